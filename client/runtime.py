@@ -1,0 +1,69 @@
+"""What a client process sets up once: its device, its threads, its partition as tensors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+
+import torch
+
+from fedsqueeze.data import DataError, load_split, partition_for, to_tensor
+from fedsqueeze.strategies.settings import RunSettings
+from fedsqueeze.strategies.training import ClientData
+
+logger = logging.getLogger("fedsqueeze.client")
+
+
+@functools.lru_cache(maxsize=None)
+def pick_device(preference: str) -> torch.device:
+    """`cuda` when asked for or available (`auto`), else `cpu`; logged once per process."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("client-device = cuda but torch.cuda.is_available() is False")
+    use_cuda = preference == "cuda" or (preference == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if use_cuda else "cpu")
+    logger.info("client device: %s", describe_device(device))
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return "cpu"
+
+
+def engine_name() -> str:
+    """Ray's simulation engine runs ClientApps inside Ray workers; deployment never imports Ray."""
+    return "simulation" if "ray" in sys.modules else "deployment"
+
+
+def partition_identity(node_config: dict, settings: RunSettings) -> tuple[int, int]:
+    """(partition-id, num-partitions) from node config; run config may fix num-partitions."""
+    if "partition-id" not in node_config:
+        raise DataError("node config has no 'partition-id': start the SuperNode with "
+                        "--node-config \"partition-id=<i> num-partitions=<N>\"")
+    num_partitions = settings.num_partitions or node_config.get("num-partitions")
+    if num_partitions is None:
+        raise DataError("num-partitions is set neither in node config nor in run config")
+    return int(node_config["partition-id"]), int(num_partitions)
+
+
+@functools.lru_cache(maxsize=4)
+def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
+                 device: torch.device) -> ClientData:
+    images, labels = load_split(settings.dataset, "train", settings.data_dir or None,
+                                download=settings.data_download)
+    indices = partition_for(labels, partition_id, scheme=settings.partitioner,
+                            num_partitions=num_partitions, seed=settings.seed,
+                            classes_per_partition=settings.partition_classes,
+                            class_assignment=settings.class_assignment,
+                            alpha=settings.dirichlet_alpha)
+    x = to_tensor(images[indices], scale=settings.input_scale).to(device)
+    y = torch.from_numpy(labels[indices]).long().to(device)
+    return ClientData(partition_id=partition_id, x=x, y=y)
+
+
+def client_data(settings: RunSettings, node_config: dict, device: torch.device) -> ClientData:
+    partition_id, num_partitions = partition_identity(node_config, settings)
+    return _client_data(settings, partition_id, num_partitions, device)

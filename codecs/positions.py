@@ -1,0 +1,414 @@
+"""``positions`` stage: which of n entries are kept (a mask / a sorted index set), near log2 C(n,k).
+
+Three coders behind one interface, plus ``auto``:
+
+* ``bitmap``: ``np.packbits`` (little bit order), ceil(n/8) bytes.  Best near density 0.5.
+* ``rice``: gaps between kept indices, Golomb-Rice coded with parameter r chosen from the
+  density (the r minimising the expected length for geometric gaps with p = k/n).  Stored as
+  two streams so both directions are vectorised: the unary quotients (q zeros then a one, per
+  gap) and the r-bit remainders (fixed width).  Cost O(k), not O(n): best at low density.
+* ``ans``: the bitmap's bytes as symbols of a 256-letter alphabet, coded with constriction's
+  ANS under the i.i.d. Bernoulli(k/n) model (P(byte) = p^popcount (1-p)^(8-popcount)); both
+  sides build the model from (n, k), so no table is sent.  Within a few bytes of n*H(k/n).
+* ``auto``: picks the coder with the smallest *estimated* size for (n, k) (closed forms in
+  :func:`estimate_bytes`; nothing is encoded to choose).
+
+Body layout (inside a section of a frame; varints as in framing.py)::
+
+    u8 method (0 trivial: k == 0 or k == n, 1 bitmap, 2 rice, 3 ans), uvarint k, then
+    bitmap: ceil(n/8) bytes, padding bits zero
+    rice:   u8 r, uvarint U, U bytes unary stream, ceil(k*r/8) bytes remainders
+    ans:    the ANS words, uint32 little-endian
+
+Decoding checks k <= n, the stream lengths, popcount == k, zero padding, that every index is
+< n (Rice indices are increasing by construction: gaps are >= 0), and that the ANS stream is
+consumed exactly.  Output size is bounded by the receiver's n.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .framing import (
+    DTYPE_CODES,
+    CodecError,
+    Reader,
+    max_header_bytes,
+    numel,
+    pack,
+    unpack,
+    uvarint_size,
+    write_uvarint,
+)
+from .registry import Codec, register_codec
+
+__all__ = [
+    "METHODS",
+    "Positions",
+    "as_positions",
+    "encode_positions",
+    "decode_positions",
+    "estimate_bytes",
+    "choose_method",
+    "rice_parameter",
+    "positions_data_bytes",
+    "max_positions_bytes",
+    "PositionsCodec",
+]
+
+METHODS = ("bitmap", "rice", "ans")
+_M_TRIVIAL, _M_BITMAP, _M_RICE, _M_ANS = 0, 1, 2, 3
+_METHOD_CODE = {"bitmap": _M_BITMAP, "rice": _M_RICE, "ans": _M_ANS}
+_MAX_N = 1 << 48
+
+
+class Positions:
+    """A set of kept indices out of n; holds a bool mask and/or sorted int64 indices."""
+
+    __slots__ = ("n", "_mask", "_idx", "_k")
+
+    def __init__(self, n: int, mask: np.ndarray | None = None, indices: np.ndarray | None = None, k: int | None = None):
+        self.n = int(n)
+        self._mask = mask
+        self._idx = indices
+        self._k = k
+
+    @property
+    def k(self) -> int:
+        if self._k is None:
+            self._k = int(self._idx.size) if self._idx is not None else int(np.count_nonzero(self._mask))
+        return self._k
+
+    @property
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            m = np.zeros(self.n, dtype=bool)
+            m[self._idx] = True
+            self._mask = m
+        return self._mask
+
+    @property
+    def indices(self) -> np.ndarray:
+        if self._idx is None:
+            self._idx = np.flatnonzero(self._mask)
+        return self._idx
+
+    @property
+    def has_mask(self) -> bool:
+        return self._mask is not None
+
+
+def as_positions(mask_or_indices, n: int | None = None) -> Positions:
+    """A bool mask (any shape, flattened in C order) or strictly increasing indices + n."""
+    if isinstance(mask_or_indices, Positions):
+        return mask_or_indices
+    a = np.asarray(mask_or_indices)
+    if a.dtype == bool:
+        m = np.ascontiguousarray(a).reshape(-1)
+        if n is not None and m.size != n:
+            raise CodecError(f"positions: mask has {m.size} entries, n = {n}")
+        return Positions(m.size, mask=m)
+    if n is None:
+        raise CodecError("positions: index input needs n")
+    if a.dtype.kind not in "iu":
+        raise CodecError(f"positions: indices must be integers or a bool mask, got {a.dtype}")
+    idx = a.reshape(-1).astype(np.int64, copy=False)
+    if idx.size:
+        if idx[0] < 0 or idx[-1] >= n:
+            raise CodecError(f"positions: index out of range [0, {n})")
+        if idx.size > 1 and not bool(np.all(idx[1:] > idx[:-1])):
+            raise CodecError("positions: indices must be strictly increasing")
+    return Positions(int(n), indices=idx)
+
+
+# --------------------------------------------------------------------------- estimates
+def _h2(p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def _rice_expected_bits(k: int, p: float, r: int) -> float:
+    a = (1.0 - p) ** (1 << r)
+    eq = a / (1.0 - a) if a < 1.0 else float("inf")
+    return k * (r + 1 + eq)
+
+
+def rice_parameter(n: int, k: int) -> int:
+    """r minimising the expected Rice length for geometric gaps with p = k/n."""
+    if k <= 0 or k >= n:
+        return 0
+    p = k / n
+    mean = (1 - p) / p
+    r0 = max(0, int(math.log2(max(mean * math.log(2), 1.0))))
+    cands = [r for r in range(max(0, r0 - 2), r0 + 3) if r <= 62]
+    return min(cands, key=lambda r: _rice_expected_bits(k, p, r))
+
+
+def estimate_bytes(n: int, k: int) -> dict[str, float]:
+    """Estimated body bytes of each coder for k of n (uniform positions), from closed forms."""
+    base = 1 + uvarint_size(k)
+    p = k / n if n else 0.0
+    r = rice_parameter(n, k)
+    rice_bits = _rice_expected_bits(k, p, r) if 0 < k < n else 0.0
+    unary = max(0.0, rice_bits - k * r) / 8
+    return {
+        "bitmap": base + (n + 7) // 8,
+        "rice": base + 1 + uvarint_size(int(unary) + 1) + unary + math.ceil(k * r / 8) + 0.5,
+        "ans": base + n * _h2(p) / 8 * 1.0005 + 6,
+    }
+
+
+def choose_method(n: int, k: int) -> str:
+    est = estimate_bytes(n, k)
+    return min(METHODS, key=lambda m: est[m])
+
+
+def max_positions_bytes(n: int) -> int:
+    """Largest body any coder can legitimately produce for n entries (for oversize checks)."""
+    # auto never exceeds bitmap by more than a few bytes; an explicit rice/ans at a bad
+    # density can: rice <= k*(r+2)/8 with r <= log2 n, ans <= n*8/8 (bits cannot exceed
+    # ~precision-limited worst case); keep a generous linear bound.
+    return 32 + 2 * n + (n + 7) // 8
+
+
+# --------------------------------------------------------------------------- coders
+def _pack_bits_le(bits: np.ndarray) -> np.ndarray:
+    return np.packbits(bits, bitorder="little")
+
+
+def _encode_rice(idx: np.ndarray, n: int, k: int, out: bytearray) -> None:
+    r = rice_parameter(n, k)
+    gaps = np.diff(idx, prepend=np.int64(-1)) - 1
+    q = gaps >> r
+    ends = np.cumsum(q + 1) - 1  # position of each terminating one
+    ubits = np.zeros(int(ends[-1]) + 1, dtype=np.uint8)
+    ubits[ends] = 1
+    unary = _pack_bits_le(ubits)
+    out.append(r)
+    write_uvarint(out, unary.size)
+    out += unary.tobytes()
+    if r:
+        rem = (gaps & ((1 << r) - 1)).astype(np.uint64 if r > 31 else np.uint32)
+        shifts = np.arange(r, dtype=rem.dtype)
+        rb = ((rem[:, None] >> shifts) & 1).astype(np.uint8)
+        out += _pack_bits_le(rb.reshape(-1)).tobytes()
+
+
+def _decode_rice(r_: Reader, n: int, k: int, where: str) -> np.ndarray:
+    r = r_.u8(f"{where} rice parameter")
+    if r > 62 or (k > 1 and (k - 1) > (1 << 62) >> r):
+        raise CodecError(f"{where}: rice parameter {r} invalid for k={k}")
+    ulen = r_.uvarint(f"{where} rice unary length", max_value=r_.remaining)
+    unary = np.frombuffer(r_.take(ulen, f"{where} rice unary stream"), dtype=np.uint8)
+    rlen = (k * r + 7) // 8
+    if r_.remaining != rlen:
+        raise CodecError(f"{where}: rice remainder stream is {r_.remaining} bytes, expected {rlen} for k={k}, r={r}")
+    rem_bytes = np.frombuffer(r_.take(rlen, f"{where} rice remainders"), dtype=np.uint8)
+    if ulen and unary[-1] == 0:
+        raise CodecError(f"{where}: rice unary stream has a trailing zero byte")
+    ones = np.flatnonzero(np.unpackbits(unary, bitorder="little"))
+    if ones.size != k:
+        raise CodecError(f"{where}: rice unary stream holds {ones.size} codes, k = {k}")
+    if k == 0:
+        return np.zeros(0, np.int64)
+    sum_q = int(ones[-1]) + 1 - k
+    if sum_q > (n >> r):
+        raise CodecError(f"{where}: rice gaps overrun n = {n}")
+    q = np.diff(ones, prepend=np.int64(-1)) - 1
+    if r:
+        rb = np.unpackbits(rem_bytes, bitorder="little")
+        if rb[k * r :].any():
+            raise CodecError(f"{where}: rice remainder padding bits not zero")
+        rb = rb[: k * r].reshape(k, r)
+        if r <= 31:
+            w = (np.uint32(1) << np.arange(r, dtype=np.uint32)).astype(np.int64)
+            rem = rb.astype(np.int64) @ w if r > 8 else (rb * w[None, :].astype(np.uint32)).sum(axis=1, dtype=np.int64)
+        else:
+            w = np.left_shift(np.int64(1), np.arange(r, dtype=np.int64))
+            rem = rb.astype(np.int64) @ w
+        gaps = (q << r) | rem
+    else:
+        gaps = q
+    idx = np.cumsum(gaps + 1) - 1
+    if idx[-1] >= n:
+        raise CodecError(f"{where}: index {int(idx[-1])} out of range [0, {n})")
+    return idx
+
+
+def _ans_model(n: int, k: int):
+    import constriction
+
+    p = k / n
+    pop = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1)
+    probs = (p**pop) * ((1.0 - p) ** (8 - pop))
+    return constriction.stream.model.Categorical(probs, perfect=False)
+
+
+def _fatal(e: BaseException) -> bool:
+    return isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError))
+
+
+def _encode_ans(mask_bytes: np.ndarray, n: int, k: int, out: bytearray) -> None:
+    import constriction
+
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(mask_bytes.astype(np.int32), _ans_model(n, k))
+    out += coder.get_compressed().astype("<u4").tobytes()
+
+
+def _decode_ans(data, n: int, k: int, where: str) -> np.ndarray:
+    import constriction
+
+    if len(data) % 4:
+        raise CodecError(f"{where}: ANS stream length {len(data)} is not a multiple of 4")
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    nb = (n + 7) // 8
+    try:
+        coder = constriction.stream.stack.AnsCoder(words)
+        sym = coder.decode(_ans_model(n, k), nb)
+        empty = coder.is_empty()
+    except BaseException as e:  # constriction raises ValueError / pyo3 PanicException
+        if _fatal(e):
+            raise
+        raise CodecError(f"{where}: invalid ANS stream ({type(e).__name__}: {e})") from None
+    if not empty:
+        raise CodecError(f"{where}: ANS stream not consumed exactly (corrupt or trailing data)")
+    return np.asarray(sym).astype(np.uint8)
+
+
+def _check_bitmap(b: np.ndarray, n: int, k: int, where: str) -> np.ndarray:
+    m = np.unpackbits(b, bitorder="little").view(bool)
+    if n % 8 and m[n:].any():
+        raise CodecError(f"{where}: bitmap padding bits not zero")
+    m = m[:n]
+    c = int(np.count_nonzero(m))
+    if c != k:
+        raise CodecError(f"{where}: bitmap holds {c} ones, k = {k}")
+    return m
+
+
+def encode_positions(mask_or_indices, n: int | None = None, method: str = "auto") -> bytes:
+    """Body bytes for a mask / index set (see module docstring for the layout)."""
+    pos = as_positions(mask_or_indices, n)
+    n, k = pos.n, pos.k
+    if n > _MAX_N:
+        raise CodecError(f"positions: n = {n} too large")
+    out = bytearray()
+    if k == 0 or k == n:
+        out.append(_M_TRIVIAL)
+        write_uvarint(out, k)
+        return bytes(out)
+    if method == "auto":
+        method = choose_method(n, k)
+    if method not in _METHOD_CODE:
+        raise CodecError(f"positions: unknown method {method!r} (one of {METHODS} or 'auto')")
+    out.append(_METHOD_CODE[method])
+    write_uvarint(out, k)
+    if method == "rice":
+        _encode_rice(pos.indices, n, k, out)
+    else:
+        b = _pack_bits_le(pos.mask)
+        if method == "bitmap":
+            out += b.tobytes()
+        else:
+            _encode_ans(b, n, k, out)
+    return bytes(out)
+
+
+def read_positions(r_: Reader, n: int, where: str = "positions") -> Positions:
+    """Decode a positions body occupying the rest of ``r_`` (exactly)."""
+    method = r_.u8(f"{where} method")
+    k = r_.uvarint(f"{where} k", max_value=n)
+    if method == _M_TRIVIAL:
+        if k not in (0, n):
+            raise CodecError(f"{where}: trivial method with k={k} (must be 0 or n={n})")
+        r_.expect_end(f"{where} (trivial)")
+        if k == 0:
+            return Positions(n, indices=np.zeros(0, np.int64), k=0)
+        return Positions(n, mask=np.ones(n, bool), k=n)
+    if k == 0 or k == n:
+        raise CodecError(f"{where}: method {method} with k={k} (must use trivial)")
+    if method == _M_BITMAP:
+        nb = (n + 7) // 8
+        if r_.remaining != nb:
+            raise CodecError(f"{where}: bitmap is {r_.remaining} bytes, expected {nb} for n={n}")
+        b = np.frombuffer(r_.take(nb, f"{where} bitmap"), dtype=np.uint8)
+        return Positions(n, mask=_check_bitmap(b, n, k, where), k=k)
+    if method == _M_RICE:
+        return Positions(n, indices=_decode_rice(r_, n, k, where), k=k)
+    if method == _M_ANS:
+        # a valid ANS stream for this model costs >= 1 word; bound the decode work by n,
+        # which the receiver's expectation already bounds
+        data = r_.take(r_.remaining, f"{where} ANS stream")
+        if len(data) < 4:
+            raise CodecError(f"{where}: ANS stream truncated ({len(data)} bytes)")
+        b = _decode_ans(data, n, k, where)
+        return Positions(n, mask=_check_bitmap(b, n, k, where), k=k)
+    raise CodecError(f"{where}: unknown method code {method}")
+
+
+def decode_positions(body, n: int, where: str = "positions") -> Positions:
+    return read_positions(Reader(body, where), n, where)
+
+
+def positions_data_bytes(body) -> int:
+    """Bytes of coded data in a body (the rest is per-body header: method, k, r, lengths)."""
+    r_ = Reader(body)
+    method = r_.u8("method")
+    r_.uvarint("k")
+    if method == _M_RICE:
+        r_.u8("r")
+        r_.uvarint("unary length")
+    return r_.remaining
+
+
+@register_codec
+class PositionsCodec(Codec):
+    """Masks for a list of tensors. ``encode(masks)`` (bool arrays, or any arrays: nonzero
+    entries), or ``encode(indices, shapes=...)`` with flat index arrays; ``decode`` returns
+    bool masks of the expected shapes."""
+
+    name = "positions"
+    version = 1
+    lossy = False
+
+    def encode(self, arrays: Sequence[np.ndarray], *, method: str = "auto", shapes: Sequence[tuple[int, ...]] | None = None) -> bytes:
+        arrays = list(arrays)
+        tensors, sections = [], []
+        for i, a in enumerate(arrays):
+            if shapes is not None:
+                shape = tuple(int(d) for d in shapes[i])
+                body = encode_positions(np.asarray(a), numel(shape), method)
+            else:
+                a = np.asarray(a)
+                shape = a.shape
+                body = encode_positions(a if a.dtype == bool else a != 0, None, method)
+            tensors.append((shape, DTYPE_CODES["mask"]))
+            sections.append(body)
+        if shapes is not None and len(shapes) != len(arrays):
+            raise CodecError(f"{len(shapes)} shapes for {len(arrays)} index arrays")
+        return pack(self.codec_id, self.version, tensors, sections)
+
+    def decode_positions(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]]) -> list[Positions]:
+        shapes = [tuple(int(d) for d in s) for s in expected_shapes]
+        cap = max_header_bytes(shapes) + sum(max_positions_bytes(numel(s)) for s in shapes)
+        f = unpack(
+            payload,
+            codec_id=self.codec_id,
+            codec_versions=self.read_versions,
+            expected_shapes=shapes,
+            allowed_dtypes=[DTYPE_CODES["mask"]],
+            n_sections=len(shapes),
+            max_payload=cap,
+        )
+        if len(f.params):
+            raise CodecError("params: positions takes none")
+        return [read_positions(Reader(s, f"tensor {i} positions"), t.numel, f"tensor {i} positions") for i, (t, s) in enumerate(zip(f.tensors, f.sections))]
+
+    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+        ps = self.decode_positions(payload, expected_shapes)
+        return [p.mask.reshape(tuple(s)) for p, s in zip(ps, expected_shapes)]

@@ -1,0 +1,158 @@
+"""Driving Flower's own processes and CLI: a private FLWR_HOME, a SuperLink, `flwr run/log/ls`.
+
+Measured facts this relies on (Flower 1.39): `flwr run --format json` prints the run id; `flwr
+log RID CONN --stream` returns when the run ends; `flwr run` can exit 0 for a failed run, so the
+real outcome is `flwr ls CONN --run-id RID --format json`'s `status`. Connections live in
+`$FLWR_HOME/config.toml`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .processes import ProcessGroup, Started, wait_until
+
+CONNECTION = "fedsqueeze"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment for Flower's processes: private home, no telemetry, venv on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "PATH": bin_dir + os.pathsep + env.get("PATH", ""),
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def flower_command(name: str) -> str:
+    """Path of a Flower console script of this interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"'{name}' not found next to {sys.executable} or on PATH: "
+                                "is flwr installed in this environment?")
+    return found
+
+
+def write_connection(flwr_home: Path, address: str, extra: str = "") -> None:
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+        f'[superlink.{CONNECTION}]\naddress = "{address}"\n{extra}')
+
+
+@dataclass
+class SuperLink:
+    started: Started
+    http_port: int
+    fleet_port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def healthy(self) -> bool:
+        if self.started.process.poll() is not None:
+            raise RuntimeError(f"the SuperLink exited with code {self.started.process.poll()}:\n"
+                               + self.started.log_tail())
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/health", timeout=0.5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+
+def start_superlink(group: ProcessGroup, env: dict[str, str], *, simulation: bool,
+                    tls_args: list[str] | None = None) -> SuperLink:
+    """Start a SuperLink on free loopback ports and wait until it answers /health."""
+    http_port, control_port, fleet_port = free_port(), free_port(), free_port()
+    command = [flower_command("flower-superlink"), *(tls_args or ["--insecure"]),
+               "--host", "127.0.0.1", "--port", str(http_port),
+               "--control-api-address", f"127.0.0.1:{control_port}",
+               "--disable-runtime-dependency-installation"]
+    if simulation:
+        command += ["--simulation", "--isolation", "subprocess"]
+    else:
+        command += ["--fleet-api-type", "grpc-rere",
+                    "--fleet-api-address", f"127.0.0.1:{fleet_port}"]
+    link = SuperLink(group.start("superlink", command, env), http_port, fleet_port)
+    wait_until(link.healthy, timeout=60, what="the SuperLink's /health")
+    return link
+
+
+def format_run_config(overrides: dict[str, object]) -> str:
+    """Overrides in Flower's `--run-config` syntax (TOML values)."""
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        return repr(v)
+    return " ".join(f'"{k}"={value(v)}' if "." in k else f"{k}={value(v)}"
+                    for k, v in overrides.items())
+
+
+def submit_run(group: ProcessGroup, env: dict[str, str], app_dir: Path,
+               run_config: dict[str, object], federation_config: str = "") -> int:
+    """`flwr run APP fedsqueeze --run-config ...`; returns the run id."""
+    command = [flower_command("flwr"), "run", str(app_dir), CONNECTION, "--format", "json",
+               "--run-config", format_run_config(run_config)]
+    if federation_config:
+        command += ["--federation-config", federation_config]
+    done = group.run(command, env, timeout=300)
+    try:
+        answer = json.loads(done.stdout)
+        return int(answer["run-id"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError("flwr run did not submit the run:\n"
+                           + (done.stdout + done.stderr).strip()[-3000:]) from None
+
+
+def stream_logs(group: ProcessGroup, env: dict[str, str], run_id: int, log_path: Path,
+                echo: bool) -> None:
+    """Follow the run's logs (`flwr log --stream`) until it ends, into a file and the console."""
+    command = [flower_command("flwr"), "log", str(run_id), CONNECTION, "--stream"]
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        proc = subprocess.Popen(command, env=group.env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log_file.write(line)
+            log_file.flush()
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        proc.wait()
+
+
+def run_status(group: ProcessGroup, env: dict[str, str], run_id: int) -> dict:
+    """Flower's record of the run (`status`, `status-details`, `network-traffic`, ...)."""
+    command = [flower_command("flwr"), "ls", CONNECTION, "--run-id", str(run_id),
+               "--format", "json"]
+    done = group.run(command, env, timeout=120)
+    try:
+        runs = json.loads(done.stdout)["runs"]
+        return next(r for r in runs if int(r["run-id"]) == run_id)
+    except (ValueError, KeyError, StopIteration, TypeError):
+        raise RuntimeError("flwr ls gave no status for run "
+                           f"{run_id}:\n{(done.stdout + done.stderr).strip()[-3000:]}") from None

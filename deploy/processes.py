@@ -1,0 +1,126 @@
+"""Start Flower processes and stop every one of them and their descendants, whatever happens.
+
+Flower's SuperExec starts a session of its own and spawns a fresh ClientApp/ServerApp
+process per task, so process groups are not enough. Every process started here carries a
+launch id in its environment (inherited by all descendants); teardown signals the recorded
+descendants and anything else whose environment carries the launch id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+LAUNCH_ID_VAR = "FEDSQUEEZE_LAUNCH_ID"
+
+
+@dataclass
+class Started:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+
+class ProcessGroup:
+    """The processes of one launch. Use as a context manager: leaving it stops them all."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.launch_id = uuid.uuid4().hex
+        self.log_dir = log_dir
+        self.started: list[Started] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def env(self, base: Mapping[str, str]) -> dict[str, str]:
+        return {**base, LAUNCH_ID_VAR: self.launch_id}
+
+    def start(self, name: str, command: Sequence[str], env: Mapping[str, str]) -> Started:
+        log_path = self.log_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 (handed to the child)
+        process = subprocess.Popen(list(command), env=self.env(env), stdout=log_file,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        log_file.close()
+        started = Started(name, process, log_path)
+        self.started.append(started)
+        return started
+
+    def run(self, command: Sequence[str], env: Mapping[str, str], timeout: float | None = None
+            ) -> subprocess.CompletedProcess:
+        """Run a short command to completion (its descendants are tracked too)."""
+        return subprocess.run(list(command), env=self.env(env), capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def members(self) -> list[psutil.Process]:
+        """Every live process of this launch: started ones, their descendants, tagged ones."""
+        found: dict[int, psutil.Process] = {}
+        for started in self.started:
+            try:
+                root = psutil.Process(started.process.pid)
+                found[root.pid] = root
+                for child in root.children(recursive=True):
+                    found[child.pid] = child
+            except psutil.NoSuchProcess:
+                pass
+        me = os.getpid()
+        for proc in psutil.process_iter(["pid"]):
+            if proc.pid == me or proc.pid in found:
+                continue
+            try:
+                if proc.environ().get(LAUNCH_ID_VAR) == self.launch_id:
+                    found[proc.pid] = proc
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return list(found.values())
+
+    def stop_all(self, grace: float = 5.0) -> list[int]:
+        """SIGTERM every member, SIGKILL what is left after `grace` s; returns survivors' pids."""
+        for _ in range(3):  # a dying parent may spawn or orphan; look again
+            procs = self.members()
+            if not procs:
+                break
+            for proc in procs:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(procs, timeout=grace)
+            for proc in alive:
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(alive, timeout=grace)
+        for started in self.started:
+            if started.process.poll() is None:
+                started.process.wait(timeout=grace)
+        return [p.pid for p in self.members()]
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"
+               ) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,25 @@
+"""Multilayer perceptrons."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .registry import register_model
+
+
+@register_model("fc2")
+def fc2(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
+    """FedSparsify's FC-2: Flatten, Linear(C*H*W, 128), ReLU, Linear(128, 128), ReLU,
+    Linear(128, classes). 118,282 parameters at 1x28x28 with 10 classes.
+
+    The first layer takes the flattened input, so any (C, H, W) works.
+    """
+    c, h, w = in_shape
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c * h * w, 128),
+        nn.ReLU(),
+        nn.Linear(128, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    )

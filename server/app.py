@@ -1,0 +1,82 @@
+"""The ServerApp: builds the method's strategy from run config and runs the rounds.
+
+Nothing here names a method or a codec: the method comes from the registry.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from logging import ERROR, INFO
+from pathlib import Path
+
+import flwr
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
+
+from fedsqueeze.strategies.registry import get_method
+from fedsqueeze.strategies.run_model import build_run_model
+from fedsqueeze.strategies.settings import RunSettings
+from fedsqueeze.strategies.tensors import count_nonzeros, load_arrays, model_arrays, to_arrayrecord
+
+from .evaluation import CentralEvaluator
+from .loop import discover_clients, run_rounds
+from .metering import MeteredGrid
+from .results import ResultsWriter, default_results_dir
+
+TRANSPORTS = {"simulation": "in-process (Ray engine)", "deployment": "grpc-rere (Fleet API)"}
+
+app = ServerApp()
+
+
+def run_directory(settings: RunSettings, run_id: int) -> Path:
+    base = Path(settings.results_dir) if settings.results_dir else default_results_dir()
+    if not base.is_absolute():
+        base = Path.cwd() / base
+    name = settings.run_name or (
+        f"{settings.method}-{settings.dataset}-{settings.model}-"
+        f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{run_id}")
+    return base / name
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_run_config(context.run_config)
+    method = get_method(settings.method)(settings, context.run_config)
+    model = build_run_model(settings)
+    strategy = method.server(model)
+    evaluator = CentralEvaluator(settings, model)
+
+    run_dir = run_directory(settings, context.run_id)
+    writer = ResultsWriter(run_dir, {
+        "run_config": {**dict(context.run_config), **method.run_config()},
+        "flwr_version": flwr.__version__,
+        "engine": settings.engine or "unknown",
+        "transport": TRANSPORTS.get(settings.engine, "unknown"),
+        "run_id": context.run_id,
+        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    log(INFO, "results: %s", run_dir)
+
+    def nonzeros_of(arrays: dict) -> tuple[int, int]:
+        load_arrays(model, arrays)
+        return count_nonzeros(model)
+
+    started = time.monotonic()
+    try:
+        metered = MeteredGrid(grid)
+        directory, clients = discover_clients(metered, settings)
+        strategy.directory = directory
+        engine = settings.engine or str(next(iter(clients.values())).get("engine", "unknown"))
+        writer.update_config(engine=engine, transport=TRANSPORTS.get(engine, "unknown"),
+                             clients={str(pid): info for pid, info in sorted(clients.items())})
+        run_rounds(metered, strategy, to_arrayrecord(model_arrays(model)), settings, writer,
+                   evaluator, nonzeros_of)
+    except Exception as err:
+        writer.finish("failed", time.monotonic() - started, error=str(err))
+        log(ERROR, "run failed: %s (results so far in %s)", err, run_dir)
+        raise
+    summary = writer.finish("completed", time.monotonic() - started)
+    log(INFO, "run completed: final accuracy %s, results in %s", summary["final_accuracy"],
+        run_dir)

@@ -1,0 +1,101 @@
+"""Byte accounting at the payload and message layers, per message, node and direction.
+
+`MeteredGrid` wraps the ServerApp's Grid. Every message it pushes (down) and every reply it
+pulls (up) is measured twice:
+- payload: `len(bytes)` of the codec payloads it carries (arrays whose stype is ours);
+- message: the serialized size of the whole Flower message as Flower ships it, i.e. the sum of
+  the deflated sizes of all objects of its object tree (message, record dict, records, arrays,
+  array chunks; Flower transfers messages object by object and `flwr ls` counts the same).
+The wire layer (TCP bytes) is measured outside Flower, by the deployment launcher.
+
+It also replaces Flower's 3-second reply poll by a short one (`poll_interval`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from fedsqueeze.strategies.payload import payload_bytes
+
+UP, DOWN = "up", "down"
+
+
+def message_bytes(message: Message) -> int:
+    """Serialized size of a message as Flower ships it (all objects of its tree)."""
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+@dataclass
+class Traffic:
+    payload: int = 0
+    message: int = 0
+    messages: int = 0
+
+    def add(self, payload: int, message: int) -> None:
+        self.payload += payload
+        self.message += message
+        self.messages += 1
+
+
+class MeteredGrid:
+    """A Grid proxy that measures what it sends and receives, grouped by phase."""
+
+    def __init__(self, grid: Grid, poll_interval: float = 0.05) -> None:
+        self._grid = grid
+        self.poll_interval = poll_interval
+        self.phase = "setup"
+        # (phase, direction, node_id) -> Traffic
+        self._traffic: dict[tuple[str, str, int], Traffic] = defaultdict(Traffic)
+
+    def __getattr__(self, name: str):  # get_node_ids, run, create_message, ...
+        return getattr(self._grid, name)
+
+    def _record(self, direction: str, node_id: int, message: Message) -> None:
+        content = message.content if message.has_content() else None
+        self._traffic[(self.phase, direction, node_id)].add(
+            payload_bytes(content), message_bytes(message))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
+                         ) -> list[Message]:
+        """Push, then pull replies every `poll_interval` s until all arrive or `timeout`."""
+        messages = list(messages)
+        for message in messages:
+            self._record(DOWN, message.metadata.dst_node_id, message)
+        pending = set(self._grid.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            for reply in self._grid.pull_messages(pending):
+                pending.discard(reply.metadata.reply_to_message_id)
+                self._record(UP, reply.metadata.src_node_id, reply)
+                replies.append(reply)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_interval)
+        return replies
+
+    def traffic(self, phase: str) -> dict[int, dict[str, Traffic]]:
+        """{node_id: {"up": Traffic, "down": Traffic}} of one phase."""
+        result: dict[int, dict[str, Traffic]] = defaultdict(
+            lambda: {UP: Traffic(), DOWN: Traffic()})
+        for (p, direction, node_id), traffic in self._traffic.items():
+            if p == phase:
+                result[node_id][direction] = traffic
+        return dict(result)
+
+    def totals(self, phases: Iterable[str] | None = None) -> dict[str, int]:
+        """Payload and message bytes per direction over some phases (all by default)."""
+        wanted = None if phases is None else set(phases)
+        out = {f"{layer}_{d}": 0 for layer in ("payload", "message") for d in (UP, DOWN)}
+        for (p, direction, _), traffic in self._traffic.items():
+            if wanted is None or p in wanted:
+                out[f"payload_{direction}"] += traffic.payload
+                out[f"message_{direction}"] += traffic.message
+        return out

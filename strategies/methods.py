@@ -1,0 +1,4 @@
+"""The built-in methods. Adding a method = its module, one import line here, its run-config
+keys in pyproject.toml, and its tests."""
+
+from . import fedavg  # noqa: F401

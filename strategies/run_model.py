@@ -1,0 +1,20 @@
+"""The run's model, built identically on the server and on every client."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedsqueeze.data import dataset_info
+from fedsqueeze.models import build_model
+
+from .settings import RunSettings
+
+
+def build_run_model(settings: RunSettings) -> nn.Module:
+    """The model named in run config, initialised from `seed` (the server's initial model)."""
+    info = dataset_info(settings.dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        return build_model(settings.model, info.num_classes, info.image_shape,
+                           init=settings.model_init)

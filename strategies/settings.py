@@ -1,0 +1,177 @@
+"""Typed, validated views of Flower's run config.
+
+Run config keys are kebab-case (`local-epochs`); a dataclass field `local_epochs` maps to the
+key `local-epochs`, and a method's fields map to `<method>.<key>` (`fedsparsify.final-sparsity`).
+Every value is checked before round 1 so that a bad value stops the run with one line that
+names the key and the allowed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+UserValue = bool | int | float | str
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type, or out of range."""
+
+
+def key_of(field_name: str, prefix: str = "") -> str:
+    """The run-config key of a dataclass field (`local_epochs` -> `local-epochs`)."""
+    key = field_name.replace("_", "-")
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"run-config '{key}' = {value!r} must be true or false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"run-config '{key}' = {value!r} must be an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"run-config '{key}' = {value!r} must be a number")
+        if not math.isfinite(value):
+            raise ConfigError(f"run-config '{key}' = {value!r} must be finite")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"run-config '{key}' = {value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported config field type {kind!r} for '{key}'")
+
+
+def from_run_config(cls: type[T], run_config: Mapping[str, UserValue], prefix: str = "") -> T:
+    """Build the frozen dataclass `cls` from run config; missing keys keep their defaults.
+
+    The dataclass's `__post_init__` does the range checks (see `check`).
+    """
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = key_of(field.name, prefix)
+        if key in run_config:
+            values[field.name] = _coerce(key, run_config[key], hints[field.name])
+    return cls(**values)
+
+
+def check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise a ConfigError naming `key`, its value and the allowed range unless `ok`."""
+    if not ok:
+        raise ConfigError(f"run-config '{key}' = {value!r} is invalid: {allowed}")
+
+
+def check_choice(key: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
+    check(value in choices, key, value, "must be one of " + ", ".join(map(str, choices)))
+
+
+def check_all(instance: Any, rules: Mapping[str, tuple[Callable[[Any], bool], str]],
+              prefix: str = "") -> None:
+    """Apply `{field: (predicate, allowed-text)}` rules to a config dataclass instance."""
+    for name, (predicate, allowed) in rules.items():
+        value = getattr(instance, name)
+        check(predicate(value), key_of(name, prefix), value, allowed)
+
+
+def to_run_config(instance: Any, prefix: str = "") -> dict[str, UserValue]:
+    """The run-config keys and values of a config dataclass (for config.json and docs)."""
+    return {key_of(f.name, prefix): getattr(instance, f.name)
+            for f in dataclasses.fields(instance)}
+
+
+def parse_int_set(key: str, text: str) -> frozenset[int]:
+    """Parse `"1,3, 5"` into {1, 3, 5}; the empty string is the empty set."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return frozenset(int(t) for t in items)
+    except ValueError as err:
+        raise ConfigError(
+            f"run-config '{key}' = {text!r} is invalid: must be comma-separated integers"
+        ) from err
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Method-independent settings of a run (the keys without a method prefix)."""
+
+    method: str = "fedavg"
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    data_download: bool = False
+    partitioner: str = "pathological"
+    partition_classes: int = 2
+    class_assignment: str = "random"
+    dirichlet_alpha: float = 0.5
+    num_partitions: int = 0
+    model: str = "fc2"
+    model_init: str = "default"
+    input_scale: float = 255.0
+    num_server_rounds: int = 3
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    on_too_few_replies: str = "fail"
+    round_timeout: float = 600.0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.02
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    client_threads: int = 1
+    client_device: str = "auto"
+    seed: int = 0
+    eval_every: int = 1
+    eval_batch_size: int = 1000
+    run_name: str = ""
+    results_dir: str = ""
+    engine: str = ""
+    fail_partitions: str = ""
+
+    def __post_init__(self) -> None:
+        check_all(self, {
+            "partition_classes": (lambda v: v >= 1, "must be >= 1"),
+            "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
+            "num_partitions": (lambda v: v >= 0, "must be >= 0 (0 = from node config)"),
+            "input_scale": (lambda v: v > 0, "must be > 0"),
+            "num_server_rounds": (lambda v: v >= 1, "must be >= 1"),
+            "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+            "min_nodes": (lambda v: v >= 1, "must be >= 1"),
+            "round_timeout": (lambda v: v > 0, "must be > 0 seconds"),
+            "local_epochs": (lambda v: v >= 1, "must be >= 1"),
+            "batch_size": (lambda v: v >= 1, "must be >= 1"),
+            "lr": (lambda v: v > 0, "must be > 0"),
+            "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+            "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+            "client_threads": (lambda v: v >= 1, "must be >= 1"),
+            "seed": (lambda v: v >= 0, "must be >= 0"),
+            "eval_every": (lambda v: v >= 1, "must be >= 1"),
+            "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
+        })
+        check_choice("on-too-few-replies", self.on_too_few_replies, ("fail", "skip"))
+        check_choice("client-device", self.client_device, ("auto", "cpu", "cuda"))
+        check_choice("model-init", self.model_init, ("default", "glorot"))
+        check_choice("engine", self.engine, ("", "simulation", "deployment"))
+        check("/" not in self.run_name, "run-name", self.run_name, "must not contain '/'")
+        parse_int_set("fail-partitions", self.fail_partitions)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, UserValue]) -> RunSettings:
+        return from_run_config(cls, run_config)
+
+    @property
+    def failing_partitions(self) -> frozenset[int]:
+        """Partitions whose ClientApp raises on purpose (fault injection for tests)."""
+        return parse_int_set("fail-partitions", self.fail_partitions)

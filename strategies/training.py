@@ -1,0 +1,84 @@
+"""Local training and evaluation on pre-tensorised data (no DataLoader, no per-sample Python)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class ClientData:
+    """One client's partition, already tensors on the training device."""
+
+    partition_id: int
+    x: torch.Tensor
+    y: torch.Tensor
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.y.shape[0])
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, round, partition-id, ...), stable across machines."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def sgd_epochs(
+    model: nn.Module,
+    data: ClientData,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    seed: int,
+    after_step: Callable[[nn.Module], None] | None = None,
+) -> float:
+    """Plain mini-batch SGD; returns the mean training loss of the last epoch.
+
+    `after_step` runs after every optimizer step (sparse methods re-apply their masks there).
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
+                                weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(seed)
+    n = data.num_examples
+    last_loss = float("nan")
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator).to(data.x.device)
+        total, seen = 0.0, 0
+        for start in range(0, n, batch_size):
+            batch = order[start:start + batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(data.x[batch]), data.y[batch])
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step(model)
+            total += float(loss.detach()) * len(batch)
+            seen += len(batch)
+        last_loss = total / max(seen, 1)
+    return last_loss
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
+             ) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of `model` on (x, y)."""
+    model.eval()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        logits = model(x[start:start + batch_size])
+        target = y[start:start + batch_size]
+        total_loss += float(loss_fn(logits, target))
+        correct += int((logits.argmax(dim=1) == target).sum())
+    n = max(len(y), 1)
+    return total_loss / n, correct / n
