@@ -146,7 +146,10 @@ def read_symbols(r_: Reader, count: int, where: str = "symbols", alphabet: int |
         raise CodecError(f"{where}: alphabet size {a} invalid" + (f" (expected {alphabet})" if alphabet else ""))
     data = r_.take(r_.remaining, f"{where} symbol stream")
     if m == _RAW:
-        return _unpack_fixed(data, count, _bits_for(a), where)
+        sym = _unpack_fixed(data, count, _bits_for(a), where)
+        if count and int(sym.max()) >= a:
+            raise CodecError(f"{where}: raw symbols outside the alphabet {a}")
+        return sym
     if count == 0:
         raise CodecError(f"{where}: method {m} for zero symbols")
     if m == _ANS:
@@ -157,8 +160,8 @@ def read_symbols(r_: Reader, count: int, where: str = "symbols", alphabet: int |
         if freq.sum() == 0:
             raise CodecError(f"{where}: frequency table is all zero")
         words = rr.take(rr.remaining, f"{where} ANS stream")
-        if len(words) % 4 or len(words) == 0:
-            raise CodecError(f"{where}: ANS stream length {len(words)} invalid (multiple of 4, > 0)")
+        if len(words) % 4:
+            raise CodecError(f"{where}: ANS stream length {len(words)} is not a multiple of 4")
         try:
             coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
             sym = np.asarray(coder.decode(_model(freq), count))

@@ -32,9 +32,10 @@ Codec-id table (one byte; never reuse a retired id)::
     9-127    reserved for future fedsqueeze stages
     128-255  free for out-of-tree stages registered with ``register_codec``
 
-Dtype codes (one byte per tensor in the table): 0 fp32, 1 fp16, 2 bf16, 3 quantized
-(b-bit symbols + scale), 4 ternary, 5 mask / positions, 6 uint8 symbols, 7 sparse
-(positions + values), 8 masked values.
+Dtype codes (one byte per tensor in the table; it says how that tensor's *values* are coded,
+whatever the codec): 0 fp32, 1 fp16, 2 bf16, 3 quantized (b-bit symbols + scale, quant.py),
+4 ternary (ternary.py), 5 mask / positions only, 6 uint8 symbols (entropy.py).  Each codec
+lists the codes it accepts; anything else is rejected.
 
 Version policy:
 
@@ -110,8 +111,6 @@ DTYPE_CODES: dict[str, int] = {
     "ternary": 4,
     "mask": 5,
     "u8": 6,
-    "sparse": 7,
-    "masked": 8,
 }
 DTYPE_NAMES: dict[int, str] = {v: k for k, v in DTYPE_CODES.items()}
 
@@ -146,13 +145,30 @@ def write_uvarint(out: bytearray, v: int) -> None:
     out.append(v)
 
 
+def as_buffer(payload) -> memoryview:
+    """A flat byte view of bytes / bytearray / memoryview / 1-D uint8 array (else CodecError)."""
+    if isinstance(payload, np.ndarray):
+        if payload.dtype != np.uint8 or payload.ndim != 1:
+            raise CodecError(f"payload array must be 1-D uint8, got {payload.dtype} {payload.shape}")
+        payload = np.ascontiguousarray(payload)
+    elif not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise CodecError(f"payload must be bytes, got {type(payload).__name__}")
+    mv = memoryview(payload)
+    if mv.format != "B" or mv.ndim != 1:
+        try:
+            mv = mv.cast("B")
+        except TypeError as e:
+            raise CodecError(f"payload buffer not byte-addressable: {e}") from None
+    return mv
+
+
 class Reader:
     """Bounds-checked little-endian reader over a buffer; every read names its field."""
 
     __slots__ = ("buf", "pos", "end", "where")
 
     def __init__(self, buf, where: str = "payload", start: int = 0, end: int | None = None):
-        self.buf = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf
+        self.buf = as_buffer(buf)
         self.pos = start
         self.end = len(self.buf) if end is None else end
         self.where = where
@@ -301,8 +317,7 @@ def unpack(
     """
     if (expected_shapes is None) == (max_elements is None):
         raise CodecError("decode needs exactly one of expected_shapes / max_elements")
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise CodecError(f"payload must be bytes, got {type(payload).__name__}")
+    payload = as_buffer(payload)
     if max_payload is not None and len(payload) > max_payload:
         raise CodecError(f"payload oversized: {len(payload)} bytes > {max_payload} allowed for the expected shapes")
     r = Reader(payload)

@@ -1,4 +1,5 @@
-"""Federated-learning data: dataset loading (torchvision, local files) and partitioning (flwr-datasets)."""
+"""Federated-learning data: dataset loading (torchvision, local files) and partitioning
+(flwr-datasets)."""
 
 from fedsqueeze.data.datasets import (
     DEFAULT_DATASET,

@@ -152,7 +152,7 @@ def _arrays(dataset: tvd.VisionDataset) -> Arrays:
     return images, labels
 
 
-def stage_fashion_mnist(root: Path) -> None:
+def _stage_fashion_mnist(root: Path) -> None:
     """Unpack missing FashionMNIST IDX files into `root/FashionMNIST/raw/`.
 
     The .gz files are looked for in that folder, in `root` itself, and in the Debian package's
@@ -163,8 +163,8 @@ def stage_fashion_mnist(root: Path) -> None:
     for name in FASHION_MNIST_FILES:
         if (raw / name).is_file():
             continue
-        candidates = (raw / f"{name}.gz", root / f"{name}.gz", SYSTEM_FASHION_MNIST_DIR / f"{name}.gz")
-        found = next((path for path in candidates if path.is_file()), None)
+        folders = (raw, root, SYSTEM_FASHION_MNIST_DIR)
+        found = next((d / f"{name}.gz" for d in folders if (d / f"{name}.gz").is_file()), None)
         if found is None:
             continue  # torchvision reports it missing (or downloads it)
         raw.mkdir(parents=True, exist_ok=True)
@@ -172,6 +172,7 @@ def stage_fashion_mnist(root: Path) -> None:
         try:
             with os.fdopen(fd, "wb") as out, gzip.open(found, "rb") as src:
                 shutil.copyfileobj(src, out)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the data dir may be shared
             os.replace(tmp, raw / name)
         except BaseException:
             os.unlink(tmp)
@@ -189,8 +190,8 @@ def stage_fashion_mnist(root: Path) -> None:
 )
 def _fashion_mnist(root: Path, train: bool, download: bool) -> Arrays:
     try:
-        stage_fashion_mnist(root)
-    except OSError as err:
+        _stage_fashion_mnist(root)
+    except (OSError, EOFError) as err:  # unwritable root, corrupt or truncated .gz
         raise DataError(f"fashion-mnist: cannot unpack the IDX files into {root}: {err}") from err
     return _arrays(tvd.FashionMNIST(root, train=train, download=download))
 

@@ -65,7 +65,9 @@ def scheme_names() -> list[str]:
 
 
 @register_scheme("iid")
-def _iid(labels: np.ndarray, num_partitions: int, seed: int, options: PartitionOptions) -> Partitioner:
+def _iid(
+    labels: np.ndarray, num_partitions: int, seed: int, options: PartitionOptions
+) -> Partitioner:
     return IidPartitioner(num_partitions)
 
 

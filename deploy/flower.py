@@ -18,7 +18,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .processes import ProcessGroup, Started, wait_until
+import psutil
+
+from .processes import ProcessGroup, Started, stop_tree, wait_until
 
 CONNECTION = "fedsqueeze"
 
@@ -85,10 +87,9 @@ class SuperLink:
 def start_superlink(group: ProcessGroup, env: dict[str, str], *, simulation: bool,
                     tls_args: list[str] | None = None) -> SuperLink:
     """Start a SuperLink on free loopback ports and wait until it answers /health."""
-    http_port, control_port, fleet_port = free_port(), free_port(), free_port()
+    http_port, fleet_port = free_port(), free_port()
     command = [flower_command("flower-superlink"), *(tls_args or ["--insecure"]),
                "--host", "127.0.0.1", "--port", str(http_port),
-               "--control-api-address", f"127.0.0.1:{control_port}",
                "--disable-runtime-dependency-installation"]
     if simulation:
         command += ["--simulation", "--isolation", "subprocess"]
@@ -156,3 +157,24 @@ def run_status(group: ProcessGroup, env: dict[str, str], run_id: int) -> dict:
     except (ValueError, KeyError, StopIteration, TypeError):
         raise RuntimeError("flwr ls gave no status for run "
                            f"{run_id}:\n{(done.stdout + done.stderr).strip()[-3000:]}") from None
+
+
+def _option(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd[:-1] else None
+
+
+def local_superlinks(http_port: int | None = None) -> list[psutil.Process]:
+    """The detached simulation SuperLink(s) that `flwr run` starts for `:local:` connections."""
+    port = str(http_port or os.environ.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091"))
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        is_superlink = any(part.endswith("flower-superlink") for part in cmd[:2])
+        if is_superlink and "--simulation" in cmd and _option(cmd, "--port") == port:
+            found.append(proc)
+    return found
+
+
+def stop_local_superlink(http_port: int | None = None) -> int:
+    """Stop Flower's detached local SuperLink and everything it started; returns the count."""
+    return stop_tree(local_superlinks(http_port))

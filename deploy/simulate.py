@@ -30,7 +30,7 @@ class LaunchResult:
 
 
 def simulate(app_dir: Path, run_config: dict[str, object], results_dir: Path, *,
-             clients: int, cpus_per_client: float, gpus_per_client: float,
+             clients: int, cpus_per_client: int, gpus_per_client: float,
              echo: bool = True) -> LaunchResult:
     """Run one simulation to its end; `run_config` must carry `results-dir` and `run-name`."""
     work = Path(tempfile.mkdtemp(prefix="fedsqueeze-sim-"))

@@ -16,7 +16,7 @@ class CentralEvaluator:
         images, labels = load_split(settings.dataset, "test", settings.data_dir or None,
                                     download=settings.data_download)
         self.x = to_tensor(images, scale=settings.input_scale)
-        self.y = torch.from_numpy(labels).long()
+        self.y = torch.tensor(labels, dtype=torch.long)
         self.model = model
         self.batch_size = settings.eval_batch_size
 

@@ -139,13 +139,15 @@ def test_partition_id_out_of_range_is_a_data_error(labels):
 
 
 def test_unknown_scheme_names_the_valid_ones(labels):
-    with pytest.raises(DataError, match="unknown partition scheme 'shards'.*dirichlet, iid, pathological"):
+    expected = "unknown partition scheme 'shards'.*dirichlet, iid, pathological"
+    with pytest.raises(DataError, match=expected):
         partition_indices(labels, "shards", 10, seed=0)
 
 
 @pytest.mark.parametrize("num_partitions", [0, 1001])
 def test_num_partitions_out_of_range_is_a_data_error(labels, num_partitions):
-    with pytest.raises(DataError, match=rf"num-partitions must be in 1\.\.1000.*got {num_partitions}"):
+    expected = rf"num-partitions must be in 1\.\.1000.*got {num_partitions}"
+    with pytest.raises(DataError, match=expected):
         partition_indices(labels, "iid", num_partitions, seed=0)
 
 
@@ -157,12 +159,14 @@ def test_non_positive_alpha_is_a_data_error(labels, alpha):
 
 @pytest.mark.parametrize("classes", [0, 11])
 def test_classes_per_partition_out_of_range_is_a_data_error(labels, classes):
-    with pytest.raises(DataError, match=rf"classes-per-partition must be in 1\.\.10.*got {classes}"):
+    expected = rf"classes-per-partition must be in 1\.\.10.*got {classes}"
+    with pytest.raises(DataError, match=expected):
         partition_indices(labels, "pathological", 10, seed=0, classes_per_partition=classes)
 
 
 def test_unknown_class_assignment_names_the_valid_ones(labels):
-    with pytest.raises(DataError, match="class-assignment 'sorted'.*random, deterministic, first-deterministic"):
+    expected = "class-assignment 'sorted'.*random, deterministic, first-deterministic"
+    with pytest.raises(DataError, match=expected):
         partition_indices(labels, "pathological", 10, seed=0, class_assignment="sorted")
 
 
@@ -186,3 +190,21 @@ def test_a_registered_scheme_is_usable_by_name(labels, monkeypatch):
     assert [len(p) for p in parts] == [250] * 4
     with pytest.raises(ValueError, match="already registered"):
         register_scheme("plain-iid")(_plain)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "options", "expected"),
+    [
+        ("iid", {}, [[0, 3, 9, 12, 15, 16, 19, 20], [1, 2, 6, 11, 13, 14, 18, 22],
+                     [4, 5, 7, 8, 10, 17, 21, 23]]),
+        ("dirichlet", {"alpha": 1.0}, [[2, 11, 14, 16, 19, 20], [0, 3, 6, 9, 12, 13, 15, 22],
+                                       [1, 4, 5, 7, 8, 10, 17, 18, 21, 23]]),
+    ],
+)
+def test_partitions_match_the_pinned_ones_so_every_machine_agrees(scheme, options, expected):
+    """Server and clients compute partitions independently. A failure here means numpy or
+    flwr-datasets changed their random streams: machines on different versions would then
+    disagree about who holds which samples."""
+    labels = np.arange(24) % 3
+    parts = partition_indices(labels, scheme, 3, seed=2026, **options)
+    assert [p.tolist() for p in parts] == expected

@@ -1,0 +1,68 @@
+"""Payload and message byte layers: payload <= message for every message."""
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from fedsqueeze.server.metering import DOWN, UP, MeteredGrid, message_bytes
+from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, payload_bytes
+
+
+def _message(n_bytes: int, node: int = 5) -> Message:
+    content = RecordDict({PAYLOAD_RECORD: pack("fedsqueeze/dense@1", bytes(range(256)) * (n_bytes // 256)),
+                          "config": ConfigRecord({"server-round": 1})})
+    return Message(content, dst_node_id=node, message_type="train")
+
+
+def test_message_is_at_least_its_payload_and_overhead_is_small(flower_task):
+    for size in (256, 25_600, 6 * 2**20):  # the last one spans two of Flower's 5 MiB chunks
+        msg = _message(size)
+        assert payload_bytes(msg.content) == size
+        assert size < message_bytes(msg) < size + 2_000
+
+
+def test_arrays_without_our_stype_are_not_payload(flower_task):
+    from flwr.app import Array, ArrayRecord
+
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(10, np.float32))})})
+    assert payload_bytes(content) == 0
+
+
+class FakeGrid:
+    """Replies to every message with a copy of its content, after one empty poll."""
+
+    def __init__(self):
+        self.pushed = []
+        self.polls = 0
+
+    def get_node_ids(self):
+        return [5, 6]
+
+    def push_messages(self, messages):
+        self.pushed = list(messages)
+        return [f"id{i}" for i, _ in enumerate(self.pushed)]
+
+    def pull_messages(self, ids):
+        self.polls += 1
+        if self.polls == 1:
+            return []
+        replies = []
+        for i, msg in enumerate(self.pushed):
+            if f"id{i}" in ids:
+                reply = Message(msg.content, reply_to=msg)
+                reply.metadata.__dict__["_reply_to_message_id"] = f"id{i}"
+                reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+                replies.append(reply)
+        return replies
+
+
+def test_metered_grid_counts_both_directions_per_node_and_phase(flower_task):
+    grid = MeteredGrid(FakeGrid(), poll_interval=0.0)
+    grid.phase = "train:1"
+    replies = grid.send_and_receive([_message(2560, 5), _message(512, 6)], timeout=5)
+    assert len(replies) == 2
+    traffic = grid.traffic("train:1")
+    assert traffic[5][DOWN].payload == 2560 and traffic[6][DOWN].payload == 512
+    assert traffic[5][UP].payload == 2560
+    totals = grid.totals(["train:1"])
+    assert totals["payload_down"] == 3072 <= totals["message_down"]
+    assert grid.totals(["train:2"])["message_up"] == 0
