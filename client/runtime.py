@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
+from logging import INFO
 
 import torch
+from flwr.supercore import log
 
 from fedsqueeze.data import DataError, load_split, partition_for, to_tensor
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.training import ClientData
-
-logger = logging.getLogger("fedsqueeze.client")
-
 
 @functools.lru_cache(maxsize=None)
 def pick_device(preference: str) -> torch.device:
@@ -22,7 +20,7 @@ def pick_device(preference: str) -> torch.device:
         raise RuntimeError("client-device = cuda but torch.cuda.is_available() is False")
     use_cuda = preference == "cuda" or (preference == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
-    logger.info("client device: %s", describe_device(device))
+    log(INFO, "client device: %s", describe_device(device))
     return device
 
 

@@ -254,7 +254,7 @@ def _ans_model(n: int, k: int):
         qq.append(qq[-1] * q)
     pop = _POPCOUNT.astype(np.int64)
     probs = np.array(pp)[pop] * np.array(qq)[8 - pop]
-    return constriction.stream.model.Categorical(probs, perfect=False)
+    return constriction.stream.model.Categorical(probs, perfect=False), float(probs.max() / probs.sum())
 
 
 def _fatal(e: BaseException) -> bool:
@@ -265,28 +265,51 @@ def _encode_ans(mask_bytes: np.ndarray, n: int, k: int, out: bytearray) -> None:
     import constriction
 
     coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(mask_bytes.astype(np.int32), _ans_model(n, k))
+    coder.encode_reverse(mask_bytes.astype(np.int32), _ans_model(n, k)[0])
     out += coder.get_compressed().astype("<u4").tobytes()
 
 
+_ANS_CHUNK = 1 << 20
+
+
 def _decode_ans(data, n: int, k: int, where: str) -> np.ndarray:
+    """Packed mask bytes; decoded in chunks with a running popcount, so corrupt streams stop
+    early and the transient memory is O(chunk), plus the n/8-byte output."""
     import constriction
 
     if len(data) % 4:
         raise CodecError(f"{where}: ANS stream length {len(data)} is not a multiple of 4")
-    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
     nb = (n + 7) // 8
+    model, qmax = _ans_model(n, k)
+    # every symbol costs at least -log2(max probability) bits (margin for the model's
+    # fixed-point quantization), so a short stream cannot stand for a huge n
+    min_bits = nb * -math.log2(min(1.0, qmax + 2.0**-16)) * 0.9 - 128
+    if 8 * len(data) < min_bits:
+        raise CodecError(f"{where}: ANS stream of {len(data)} bytes too short for n = {n}, k = {k}")
+    words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    out = np.empty(nb, dtype=np.uint8)
+    ones = 0
     try:
         coder = constriction.stream.stack.AnsCoder(words)
-        sym = coder.decode(_ans_model(n, k), nb)
+        for start in range(0, nb, _ANS_CHUNK):
+            m = min(_ANS_CHUNK, nb - start)
+            chunk = np.asarray(coder.decode(model, m))
+            if chunk.size != m or (m and int(chunk.max()) > 255):
+                raise CodecError(f"{where}: ANS produced invalid symbols")
+            out[start : start + m] = chunk
+            ones += int(_POPCOUNT[out[start : start + m]].sum(dtype=np.int64))
+            if ones > k:
+                raise CodecError(f"{where}: ANS stream decodes to more than k = {k} ones")
         empty = coder.is_empty()
+    except CodecError:
+        raise
     except BaseException as e:  # constriction raises ValueError / pyo3 PanicException
         if _fatal(e):
             raise
         raise CodecError(f"{where}: invalid ANS stream ({type(e).__name__}: {e})") from None
     if not empty:
         raise CodecError(f"{where}: ANS stream not consumed exactly (corrupt or trailing data)")
-    return np.asarray(sym).astype(np.uint8)
+    return out
 
 
 def _check_bitmap(b: np.ndarray, n: int, k: int, where: str) -> np.ndarray:

@@ -105,3 +105,19 @@ def test_same_config_twice_gives_identical_accuracies(tmp_path):
     second = run_sim(tmp_path, "b", 2, **config)
     acc = [[r["accuracy"] for r in read_run(r.results_dir)[1]] for r in (first, second)]
     assert acc[0] == acc[1] and len(acc[0]) == 2
+
+
+def test_report_prints_the_run_and_draws_three_plots(faulty, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from fedsqueeze.server.report import report
+
+    out = io.StringIO()
+    paths = report([faulty.results_dir], tmp_path, Console(file=out, width=250), per_round=True)
+    assert sorted(p.name for p in paths) == ["accuracy_vs_bytes.png", "accuracy_vs_round.png",
+                                             "nonzeros_vs_round.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+    text = out.getvalue()
+    assert "faulty" in text and "fedavg" in text and "completed" in text

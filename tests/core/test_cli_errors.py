@@ -1,0 +1,68 @@
+"""Bad input ends in one clear line naming the problem, before any process starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from fedsqueeze.client.app import identify
+from fedsqueeze.client.runtime import client_data
+from fedsqueeze.data import DataError
+from fedsqueeze.deploy.cli import main
+from fedsqueeze.strategies.settings import RunSettings
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("method='fedsparse'", "'method' = 'fedsparse' is invalid: unknown method, valid: fedavg"),
+    ("dataset='imagenet'", "unknown dataset 'imagenet'"),
+    ("lr=-0.5", "'lr' = -0.5 is invalid: must be > 0"),
+    ("fraction-train=2.0", "'fraction-train' = 2.0 is invalid: must be in (0, 1]"),
+    ("num-server-rounds=0", "'num-server-rounds' = 0 is invalid: must be >= 1"),
+    ("lr-rate=0.1", "unknown run-config key 'lr-rate'"),
+    ("\"fedavg.dtype\"='int4'", "'fedavg.dtype' = 'int4' is invalid: must be one of fp32"),
+    ("model='resnet50'", "unknown model 'resnet50'"),
+    ("model='vgg16-gn'", "model 'vgg16-gn' cannot take input shape (1, 28, 28)"),
+])
+def test_bad_run_config_is_one_error_line_with_exit_code_2(capsys, override, expected):
+    code, err = run_cli(capsys, "simulate", "--clients", "2", "--run-config", override)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("fedsqueeze: error: ") and expected in err[0]
+
+
+def test_missing_data_files_say_how_to_get_them(capsys, tmp_path, monkeypatch):
+    code, err = run_cli(capsys, "simulate", "--clients", "2", "--run-config",
+                        f"dataset='mnist' data-dir='{tmp_path}'")
+    assert code == 2 and len(err) == 1
+    assert "mnist" in err[0] and str(tmp_path) in err[0] and "data-download=true" in err[0]
+
+
+def test_fewer_clients_than_min_nodes_is_rejected(capsys):
+    code, err = run_cli(capsys, "simulate", "--clients", "1")
+    assert code == 2 and "fewer than run-config min-nodes = 2" in err[0]
+
+
+def test_partition_id_out_of_range_names_both_numbers():
+    with pytest.raises(DataError, match="partition-id 12 out of range for num-partitions 10"):
+        client_data(RunSettings(), {"partition-id": 12, "num-partitions": 10},
+                    torch.device("cpu"))
+
+
+def test_node_without_partition_id_is_told_how_to_start(flower_task):
+    context = Context(run_id=1, node_id=5, node_config={}, state=RecordDict(),
+                      run_config={})
+    query = Message(RecordDict({"config": ConfigRecord({"query": "identity"})}),
+                    dst_node_id=5, message_type="query")
+    with pytest.raises(DataError, match="--node-config"):
+        identify(query, context)
+
+
+def test_report_of_a_directory_that_is_not_a_run(capsys, tmp_path):
+    code, err = run_cli(capsys, "report", str(tmp_path))
+    assert code == 2 and "is not a fedsqueeze results directory" in err[0]
