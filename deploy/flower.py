@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from .processes import ProcessGroup, Started, stop_tree, wait_until
+from .tls import TlsFiles
 
 CONNECTION = "fedsqueeze"
 
@@ -56,11 +58,14 @@ def flower_command(name: str) -> str:
     return found
 
 
-def write_connection(flwr_home: Path, address: str, extra: str = "") -> None:
+def write_connection(flwr_home: Path, link: SuperLink) -> None:
+    """The `flwr` CLI's connection to `link` (TLS with its CA, or insecure)."""
+    security = (f'root-certificates = "{link.ca_cert}"\n' if link.ca_cert
+                else "insecure = true\n")
     flwr_home.mkdir(parents=True, exist_ok=True)
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-        f'[superlink.{CONNECTION}]\naddress = "{address}"\n{extra}')
+        f'[superlink.{CONNECTION}]\naddress = "{link.address}"\n{security}')
 
 
 @dataclass
@@ -68,6 +73,7 @@ class SuperLink:
     started: Started
     http_port: int
     fleet_port: int
+    ca_cert: Path | None = None  # set when the SuperLink serves TLS
 
     @property
     def address(self) -> str:
@@ -77,18 +83,22 @@ class SuperLink:
         if self.started.process.poll() is not None:
             raise RuntimeError(f"the SuperLink exited with code {self.started.process.poll()}:\n"
                                + self.started.log_tail())
+        scheme = "https" if self.ca_cert else "http"
+        context = ssl.create_default_context(cafile=str(self.ca_cert)) if self.ca_cert else None
         try:
-            with urllib.request.urlopen(f"http://{self.address}/health", timeout=0.5) as resp:
+            with urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=0.5,
+                                        context=context) as resp:
                 return resp.status == 200
         except OSError:
             return False
 
 
 def start_superlink(group: ProcessGroup, env: dict[str, str], *, simulation: bool,
-                    tls_args: list[str] | None = None) -> SuperLink:
+                    tls: TlsFiles | None = None) -> SuperLink:
     """Start a SuperLink on free loopback ports and wait until it answers /health."""
     http_port, fleet_port = free_port(), free_port()
-    command = [flower_command("flower-superlink"), *(tls_args or ["--insecure"]),
+    command = [flower_command("flower-superlink"),
+               *(tls.superlink_args() if tls else ["--insecure"]),
                "--host", "127.0.0.1", "--port", str(http_port),
                "--disable-runtime-dependency-installation"]
     if simulation:
@@ -96,7 +106,8 @@ def start_superlink(group: ProcessGroup, env: dict[str, str], *, simulation: boo
     else:
         command += ["--fleet-api-type", "grpc-rere",
                     "--fleet-api-address", f"127.0.0.1:{fleet_port}"]
-    link = SuperLink(group.start("superlink", command, env), http_port, fleet_port)
+    link = SuperLink(group.start("superlink", command, env), http_port, fleet_port,
+                     tls.ca_cert if tls else None)
     wait_until(link.healthy, timeout=60, what="the SuperLink's /health")
     return link
 

@@ -77,14 +77,7 @@ class ProcessGroup:
             except psutil.NoSuchProcess:
                 pass
         me = os.getpid()
-        for proc in psutil.process_iter(["pid"]):
-            if proc.pid == me or proc.pid in found:
-                continue
-            try:
-                if proc.environ().get(LAUNCH_ID_VAR) == self.launch_id:
-                    found[proc.pid] = proc
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                pass
+        found.update({p.pid: p for p in processes_of_launch(self.launch_id) if p.pid != me})
         return list(found.values())
 
     def stop_all(self, grace: float = 5.0) -> list[int]:
@@ -115,6 +108,18 @@ class ProcessGroup:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def processes_of_launch(launch_id: str) -> list[psutil.Process]:
+    """Live processes whose environment carries this launch id (zombies excluded)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if proc.environ().get(LAUNCH_ID_VAR) == launch_id:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return found
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"

@@ -8,25 +8,11 @@ and stops every process it started.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from .flower import flower_env, run_status, start_superlink, stream_logs, submit_run, \
-    write_connection
+from .flower import flower_env, start_superlink
+from .launch import LaunchResult, run_app
 from .processes import ProcessGroup
-
-
-@dataclass
-class LaunchResult:
-    run_id: int
-    status: dict
-    results_dir: Path
-    leftover_pids: list[int]
-    logs_dir: Path
-
-    @property
-    def succeeded(self) -> bool:
-        return str(self.status.get("status", "")).endswith("completed")
 
 
 def simulate(app_dir: Path, run_config: dict[str, object], results_dir: Path, *,
@@ -34,17 +20,14 @@ def simulate(app_dir: Path, run_config: dict[str, object], results_dir: Path, *,
              echo: bool = True) -> LaunchResult:
     """Run one simulation to its end; `run_config` must carry `results-dir` and `run-name`."""
     work = Path(tempfile.mkdtemp(prefix="fedsqueeze-sim-"))
-    flwr_home, logs = work / "flwr-home", results_dir / "logs"
-    env = flower_env(flwr_home)
+    logs = results_dir / "logs"
+    env = flower_env(work / "flwr-home")
     federation = (f"num-supernodes={clients} client-resources-num-cpus={cpus_per_client} "
                   f"client-resources-num-gpus={gpus_per_client}")
     group = ProcessGroup(logs)
     try:
         link = start_superlink(group, env, simulation=True)
-        write_connection(flwr_home, link.address, "insecure = true\n")
-        run_id = submit_run(group, env, app_dir, run_config, federation)
-        stream_logs(group, env, run_id, logs / "run.log", echo)
-        status = run_status(group, env, run_id)
+        run_id, status = run_app(group, env, link, app_dir, run_config, logs, echo, federation)
     finally:
         leftover = group.stop_all()
-    return LaunchResult(run_id, status, results_dir, leftover, logs)
+    return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id)

@@ -65,12 +65,14 @@ def main(grid: Grid, context: Context) -> None:
 
     started = time.monotonic()
     try:
-        metered = MeteredGrid(grid)
-        directory, clients = discover_clients(metered, settings)
+        metered = MeteredGrid(grid, poll_interval=settings.server_poll_interval)
+        directory, clients, window = discover_clients(metered, settings)
         strategy.directory = directory
         engine = settings.engine or str(next(iter(clients.values())).get("engine", "unknown"))
         writer.update_config(engine=engine, transport=TRANSPORTS.get(engine, "unknown"),
-                             clients={str(pid): info for pid, info in sorted(clients.items())})
+                             clients={str(pid): info for pid, info in sorted(clients.items())},
+                             discovery={**metered.totals(["discovery"]),
+                                        "window_unix": list(window)})
         run_rounds(metered, strategy, to_arrayrecord(model_arrays(model)), settings, writer,
                    evaluator, nonzeros_of)
     except Exception as err:

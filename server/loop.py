@@ -39,9 +39,15 @@ def human_bytes(n: float) -> str:
     raise AssertionError
 
 
-def discover_clients(grid: MeteredGrid, settings: RunSettings) -> tuple[ClientDirectory, dict]:
-    """One small query exchange: every connected node reports its partition id."""
+def discover_clients(grid: MeteredGrid, settings: RunSettings
+                     ) -> tuple[ClientDirectory, dict[int, dict[str, Any]], tuple[float, float]]:
+    """One small query exchange: every connected node reports its partition id.
+
+    Returns the directory, what each client reported (device, engine, ...) and the exchange's
+    wall-clock window.
+    """
     grid.phase = "discovery"
+    started_unix = time.time()
     deadline = time.monotonic() + settings.round_timeout
     while len(node_ids := sorted(grid.get_node_ids())) < settings.min_nodes:
         if time.monotonic() > deadline:
@@ -70,7 +76,7 @@ def discover_clients(grid: MeteredGrid, settings: RunSettings) -> tuple[ClientDi
     for partition_id in sorted(details):
         info = details[partition_id]
         log(INFO, "client partition %d: device %s", partition_id, info.get("device", "?"))
-    return ClientDirectory(mapping), details
+    return ClientDirectory(mapping), details, (started_unix, time.time())
 
 
 def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Message]
@@ -104,6 +110,7 @@ def run_rounds(
     cumulative = {"up": 0, "down": 0}
     for server_round in range(1, total + 1):
         round_started = time.monotonic()
+        started_unix = time.time()
         grid.phase = f"train:{server_round}"
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
         sent_to = {m.metadata.dst_node_id for m in messages}
@@ -143,6 +150,8 @@ def run_rounds(
             "nonzeros": nonzeros,
             "params": params,
             "seconds": seconds,
+            "started_unix": started_unix,  # wall-clock window: the launcher attributes
+            "ended_unix": time.time(),     # wire bytes to rounds with it
             "clients": sorted(directory.partition_of(n) for n in sent_to),
             "failed_replies": len(failures),
             "failures": [{"partition_id": directory.partition_of(n), "reason": why}

@@ -78,6 +78,14 @@ class ResultsWriter:
         return summary
 
 
+def rewrite_run(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """Replace rounds.jsonl and summary.json (the deployment launcher adds the wire layer)."""
+    tmp = run_dir / "rounds.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
+    tmp.replace(run_dir / "rounds.jsonl")
+    _write_json(run_dir / "summary.json", summary)
+
+
 def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """(config, rounds, summary) of a results directory; clear errors if it is not one."""
     run_dir = Path(run_dir)

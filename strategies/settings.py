@@ -125,6 +125,7 @@ class RunSettings:
     min_nodes: int = 2
     on_too_few_replies: str = "fail"
     round_timeout: float = 600.0
+    server_poll_interval: float = 0.05
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.02
@@ -150,6 +151,7 @@ class RunSettings:
             "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
             "min_nodes": (lambda v: v >= 1, "must be >= 1"),
             "round_timeout": (lambda v: v > 0, "must be > 0 seconds"),
+            "server_poll_interval": (lambda v: 0 < v <= 10, "must be in (0, 10] seconds"),
             "local_epochs": (lambda v: v >= 1, "must be >= 1"),
             "batch_size": (lambda v: v >= 1, "must be >= 1"),
             "lr": (lambda v: v > 0, "must be > 0"),

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 
-import psutil
 import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.processes import LAUNCH_ID_VAR
+from fedsqueeze.deploy.processes import processes_of_launch
 from fedsqueeze.deploy.simulate import simulate
 from fedsqueeze.server.results import ROUND_KEYS, SUMMARY_KEYS, read_run
 
@@ -37,14 +36,7 @@ def faulty(tmp_path_factory):
 def test_run_completes_and_leaves_no_flower_process(faulty):
     assert faulty.succeeded, faulty.status
     assert faulty.leftover_pids == []
-    tagged = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if LAUNCH_ID_VAR in proc.environ():
-                tagged.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    assert tagged == []
+    assert processes_of_launch(faulty.launch_id) == []
 
 
 def test_failed_client_is_counted_and_reported_every_round(faulty):

@@ -1,0 +1,99 @@
+"""Put the wire layer into a deployment's results.
+
+The ServerApp writes `rounds.jsonl` with `wire_*` = null (it cannot see TCP). Each row carries
+its wall-clock window (`started_unix`, `ended_unix`); the relay in front of SuperNode i
+(partition i) timestamps every chunk it forwards. Bytes inside a round's window are that
+round's wire bytes; bytes of the discovery exchange are `wire_setup_*`; everything else
+(SuperNodes polling and sending heartbeats while the server is between rounds, start-up,
+shutdown) is `wire_idle_*`. The relays' totals are `wire_all_*`.
+
+Checks written into summary.json:
+- `message_vs_flower`: our message-layer totals (all phases) against `flwr ls`'s
+  `network-traffic` (Flower counts Fleet message protobufs and object contents);
+- `wire_below_message`: any (round, client, direction) whose wire bytes are below its message
+  bytes, which can only happen when the SuperLink's content-addressed object store already held
+  an identical object and the SuperNode skipped the upload (deduplication).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedsqueeze.server.results import read_run, rewrite_run
+
+from .wire_meter import HTTP2_PREFACE, WireMeter, split_by_windows
+
+DIRECTIONS = ("up", "down")
+
+
+def protocol_seen(meter: WireMeter) -> str:
+    """What the SuperNode spoke on its connections, read off their first bytes.
+
+    gRPC runs over HTTP/2, whose client connection preface is fixed; a TLS connection starts
+    with a handshake record (0x16 0x03 ..), inside which HTTP/2 is negotiated by ALPN.
+    """
+    firsts = [f for f in meter.first_bytes(len(HTTP2_PREFACE)) if f]  # skip silent connections
+    if firsts and all(f == HTTP2_PREFACE for f in firsts):
+        return "HTTP/2 (gRPC, cleartext)"
+    if firsts and all(f[:2] == b"\x16\x03" for f in firsts):
+        return "TLS"
+    return "unknown: " + ", ".join(f[:8].hex() for f in firsts[:3])
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict
+                   ) -> dict[str, Any]:
+    """Fill `wire_*` per round, per client and in total; returns the summary's wire section."""
+    config, rounds, summary = read_run(run_dir)
+    windows = [(r["started_unix"], r["ended_unix"]) for r in rounds]
+    discovery = config.get("discovery", {}).get("window_unix")
+    setup = {d: 0 for d in DIRECTIONS}
+    idle = {d: 0 for d in DIRECTIONS}
+    every = {d: 0 for d in DIRECTIONS}
+    for row in rounds:
+        row["wire_up"] = row["wire_down"] = 0
+    for partition_id, meter in enumerate(meters):
+        per_round, rest = split_by_windows(meter.events(), windows)
+        in_setup = meter.bytes_between(*discovery) if discovery else {d: 0 for d in DIRECTIONS}
+        for d in DIRECTIONS:
+            setup[d] += in_setup[d]
+            idle[d] += rest[d] - in_setup[d]
+            every[d] += getattr(meter, f"{d}_bytes")
+        for row, wire in zip(rounds, per_round):
+            client = row["per_client"].setdefault(str(partition_id), {})
+            for d in DIRECTIONS:
+                row[f"wire_{d}"] += wire[d]
+                client[f"wire_{d}"] = wire[d]
+
+    below = [
+        {"round": row["round"], "partition_id": int(pid), "direction": d,
+         "message": client.get(f"message_{d}", 0), "wire": client[f"wire_{d}"]}
+        for row in rounds for pid, client in row["per_client"].items() for d in DIRECTIONS
+        if client.get(f"wire_{d}", 0) < client.get(f"message_{d}", 0)]
+
+    message = {d: sum(r[f"message_{d}"] for r in rounds) + config.get("discovery", {}).get(
+        f"message_{d}", 0) for d in DIRECTIONS}
+    traffic = flower_status.get("network-traffic", {})
+    section: dict[str, Any] = {
+        **{f"wire_{d}": sum(r[f"wire_{d}"] for r in rounds) for d in DIRECTIONS},
+        **{f"wire_setup_{d}": setup[d] for d in DIRECTIONS},
+        **{f"wire_idle_{d}": idle[d] for d in DIRECTIONS},
+        **{f"wire_all_{d}": every[d] for d in DIRECTIONS},
+        "message_vs_flower": {
+            "message_up_all_phases": message["up"],
+            "message_down_all_phases": message["down"],
+            "flower_inbound_bytes": traffic.get("inbound-bytes"),
+            "flower_outbound_bytes": traffic.get("outbound-bytes"),
+            "up_ratio": _ratio(message["up"], traffic.get("inbound-bytes") or 0),
+            "down_ratio": _ratio(message["down"], traffic.get("outbound-bytes") or 0),
+        },
+        "wire_below_message": below,
+        "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)},
+    }
+    summary.update(section)
+    rewrite_run(run_dir, rounds, summary)
+    return section

@@ -1,0 +1,105 @@
+"""A real deployment: a SuperLink and SuperNodes as processes talking gRPC on 127.0.0.1."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from fedsqueeze.deploy.config_check import find_app_dir
+from fedsqueeze.deploy.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.processes import LAUNCH_ID_VAR, processes_of_launch
+from fedsqueeze.server.results import read_run
+
+APP = find_app_dir()
+pytestmark = pytest.mark.deployment
+
+
+def launch_ids_below(pid: int) -> set[str]:
+    """Launch ids carried by the descendants of `pid` (a launcher run as a subprocess)."""
+    ids = set()
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            if LAUNCH_ID_VAR in (env := child.environ()):
+                ids.add(env[LAUNCH_ID_VAR])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return ids
+
+
+def run_deploy(tmp_path, name, clients, **config):
+    run_config = {"results-dir": str(tmp_path), "run-name": name, "engine": "deployment",
+                  "partitioner": "iid", "round-timeout": 180.0, **config}
+    return deploy(APP, run_config, tmp_path / name, DeployOptions(clients=clients, echo=False))
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    return run_deploy(tmp_path_factory.mktemp("dep"), "two", 2, **{"num-server-rounds": 2})
+
+
+def test_deployment_completes_without_leftover_processes(deployed):
+    assert deployed.succeeded, deployed.status
+    assert deployed.leftover_pids == [] and processes_of_launch(deployed.launch_id) == []
+
+
+def test_supernodes_speak_grpc_over_http2_to_the_superlink(deployed):
+    assert deployed.wire["protocol"] == {"0": "HTTP/2 (gRPC, cleartext)",
+                                         "1": "HTTP/2 (gRPC, cleartext)"}
+
+
+def test_payload_le_message_le_wire_per_node_and_direction(deployed):
+    _, rounds, summary = read_run(deployed.results_dir)
+    assert summary["wire_below_message"] == []  # no upload was deduplicated here
+    for row in rounds:
+        assert set(row["per_client"]) == {"0", "1"}
+        for client in row["per_client"].values():
+            for d in ("up", "down"):
+                assert 0 < client[f"payload_{d}"] <= client[f"message_{d}"] <= client[f"wire_{d}"]
+        assert row["message_up"] <= row["wire_up"] and row["message_down"] <= row["wire_down"]
+    assert summary["wire_up"] == sum(r["wire_up"] for r in rounds)
+    assert summary["engine"] == "deployment"
+    assert summary["transport"] == "grpc-rere (Fleet API)"
+
+
+def test_message_totals_agree_with_flower_network_traffic_within_3_percent(deployed):
+    check = deployed.wire["message_vs_flower"]
+    assert abs(check["up_ratio"] - 1) < 0.03 and abs(check["down_ratio"] - 1) < 0.03, check
+
+
+def test_context_state_persists_across_rounds_in_deployment(deployed):
+    _, rounds, _ = read_run(deployed.results_dir)
+    for row in rounds:
+        assert [row["per_client"][p]["rounds_trained"] for p in ("0", "1")] == [row["round"]] * 2
+
+
+def test_forced_client_failure_fails_the_run_and_stops_everything(tmp_path):
+    result = run_deploy(tmp_path, "fail", 2, **{"num-server-rounds": 2, "fail-partitions": "1"})
+    assert not result.succeeded and result.status["status"] == "finished:failed"
+    _, _, summary = read_run(result.results_dir)
+    assert "fault injected for partition 1" in summary["error"]
+    assert result.leftover_pids == [] and processes_of_launch(result.launch_id) == []
+
+
+def test_ctrl_c_mid_run_stops_every_process(tmp_path):
+    cli = [sys.executable, "-m", "fedsqueeze.deploy.cli", "deploy", "--clients", "2",
+           "--quiet", "--results-dir", str(tmp_path), "--run-name", "interrupted",
+           "--run-config", "num-server-rounds=50 partitioner='iid'"]
+    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rounds = tmp_path / "interrupted" / "rounds.jsonl"
+    deadline = time.monotonic() + 240
+    while not (rounds.exists() and rounds.read_text().strip()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no round finished in time"
+        time.sleep(0.5)
+    launch_ids = launch_ids_below(proc.pid)
+    assert len(launch_ids) == 1, "the deployment should be running"
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
+    assert processes_of_launch(launch_ids.pop()) == []
