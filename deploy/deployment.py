@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .flower import SuperLink, flower_command, flower_env, free_port, start_superlink
+from .flower import flower_command, flower_env, free_port, start_superlink
 from .launch import LaunchResult, run_app
 from .processes import ProcessGroup, Started, wait_until
 from .tls import make_certificates
@@ -34,7 +34,7 @@ class DeployOptions:
     echo: bool = True
 
 
-def _start_supernode(group: ProcessGroup, env: dict[str, str], link: SuperLink, index: int,
+def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
                      options: DeployOptions, relay_port: int, security: list[str]) -> Started:
     node_env = dict(env)
     if options.gpus:
@@ -73,8 +73,7 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
         for index in range(options.clients):
             meter = WireMeter(("127.0.0.1", link.fleet_port), name=f"supernode-{index}")
             meters.append(meter)
-            nodes.append(_start_supernode(group, env, link, index, options, meter.start(),
-                                          security))
+            nodes.append(_start_supernode(group, env, index, options, meter.start(), security))
         wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
                    what="every SuperNode to register with the SuperLink")
         run_id, status = run_app(group, env, link, app_dir, run_config, logs, options.echo)

@@ -103,3 +103,12 @@ def test_ctrl_c_mid_run_stops_every_process(tmp_path):
     assert proc.returncode == 130, output
     assert "interrupted" in output
     assert processes_of_launch(launch_ids.pop()) == []
+
+
+def test_tls_deployment_completes_and_the_relays_see_tls(tmp_path):
+    result = deploy(APP, {"results-dir": str(tmp_path), "run-name": "tls", "engine": "deployment",
+                          "partitioner": "iid", "num-server-rounds": 1},
+                    tmp_path / "tls", DeployOptions(clients=2, tls=True, echo=False))
+    assert result.succeeded, result.status
+    assert result.wire["protocol"] == {"0": "TLS", "1": "TLS"}
+    assert processes_of_launch(result.launch_id) == []
