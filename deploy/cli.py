@@ -27,13 +27,15 @@ from fedsqueeze.data import (
     plot_histogram,
 )
 from fedsqueeze.models import ModelError
-from fedsqueeze.server.report import fmt_bytes, report
+from fedsqueeze.server.report import report
+from fedsqueeze.server.results import fmt_bytes
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
 from .config_check import checked_run_config, find_app_dir, parse_overrides
 from .deployment import DeployOptions, deploy
 from .flower import stop_local_superlink
+from .launch import LaunchResult
 from .simulate import simulate
 
 USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError)
@@ -158,7 +160,7 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     return finish(result, console)
 
 
-def explain_wire(result, console: Console) -> None:
+def explain_wire(result: LaunchResult, console: Console) -> None:
     w = result.wire
     check = w["message_vs_flower"]
     console.print(
@@ -182,13 +184,18 @@ def _pct(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.4f}x"
 
 
-def finish(result, console: Console) -> int:
+def finish(result: LaunchResult, console: Console) -> int:
     if result.leftover_pids:
         console.print(f"[red]processes left behind: {result.leftover_pids}[/red]")
     if (result.results_dir / "config.json").exists():
         report([result.results_dir], None, console, per_round=True)
     if not result.succeeded or result.leftover_pids:
         error = _server_error(result.results_dir)
+        log = result.logs_dir / "run.log"
+        if log.exists():
+            tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+            console.print("last lines of the run's log:\n" + "\n".join(tail[-15:]),
+                          highlight=False, markup=False)
         console.print(f"[red]run {result.run_id} {result.status.get('status')}: "
                       f"{error or result.status.get('status-details')}[/red] "
                       f"(logs: {result.logs_dir})")

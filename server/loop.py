@@ -24,19 +24,11 @@ from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.tensors import from_arrayrecord
 
 from .metering import DOWN, UP, MeteredGrid
-from .results import ResultsWriter
+from .results import ResultsWriter, fmt_bytes
 
 
 class RunFailure(RuntimeError):
     """The run cannot go on (too few replies, nodes missing, ...)."""
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    raise AssertionError
 
 
 def discover_clients(grid: MeteredGrid, settings: RunSettings
@@ -169,7 +161,7 @@ def run_rounds(
         log(INFO, "round %d/%d  accuracy %s  failed %d  message bytes so far up %s down %s  "
             "%.1f s/round  ETA %.0f s", server_round, total,
             "-" if accuracy is None else f"{accuracy:.4f}", len(failures),
-            human_bytes(cumulative["up"]), human_bytes(cumulative["down"]), seconds, eta)
+            fmt_bytes(cumulative["up"]), fmt_bytes(cumulative["down"]), seconds, eta)
         if failures:
             for n, why in failures:
                 log(ERROR, "round %d: partition %d failed: %s", server_round,

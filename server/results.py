@@ -8,7 +8,6 @@ keeps every round it finished; `summary.json` is written at the end, also for a 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -101,5 +100,12 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
     return config, rounds, summary
 
 
-def finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value
+def fmt_bytes(n: float | None) -> str:
+    """Bytes for people: 473 B, 1.89 MB (decimal units, as network counts are quoted)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
 from typing import Any, ClassVar
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from fedsqueeze.codecs import CodecError
 
-from .payload import IDENTITY_RECORD, METRICS_RECORD, identity_of
+from .payload import METRICS_RECORD, identity_of
 from .sampling import ClientDirectory
 from .settings import RunSettings, UserValue, from_run_config, to_run_config
 from .tensors import expected_shapes, travelling_keys
@@ -85,7 +85,8 @@ class ClientSide(ABC):
                           after_step=self.after_step)
         return {"train-loss": loss}
 
-    after_step = None
+    # Called after every optimizer step (sparse methods re-apply their masks there).
+    after_step: Callable[[nn.Module], None] | None = None
 
     @abstractmethod
     def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
@@ -173,5 +174,3 @@ class SqueezeStrategy(FedAvg):
         log(WARNING, "node %d: %s", node_id, reason)
         self.failures.append((node_id, reason))
 
-
-__all__ = ["ClientSide", "Method", "NoConfig", "SqueezeStrategy", "IDENTITY_RECORD"]
