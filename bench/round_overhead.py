@@ -30,6 +30,9 @@ def main(paths: list[str]) -> None:
     print(f"{'run':40} {'round 1 s':>10} {'later rounds s':>15} {'overhead s':>11}")
     for path in paths:
         rows = overheads(Path(path))
+        if not rows:
+            print(f"{Path(path).name:40} (no finished round)")
+            continue
         later = rows[1:] or rows
         print(f"{Path(path).name:40} {rows[0][1]:10.2f} "
               f"{statistics.median(r[1] for r in later):15.2f} "

@@ -128,6 +128,15 @@ class SqueezeStrategy(FedAvg):
     def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> ArrayRecord:
         """The client's model (plain float32 arrays, canonical keys) from its reply content."""
 
+    def aggregate_decoded(self, server_round: int, replies: list[Message]
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate decoded replies (partition-id order, at least `min-nodes` of them).
+
+        Each reply's content is {"arrays": ArrayRecord of plain float32 arrays,
+        "metrics": MetricRecord with "num-examples"}. Default: Flower's FedAvg aggregation.
+        """
+        return FedAvg.aggregate_train(self, server_round, replies)
+
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         """Method-specific keys for this round's row of rounds.jsonl."""
         return {}
@@ -168,7 +177,7 @@ class SqueezeStrategy(FedAvg):
         if len(decoded) < self.settings.min_nodes:
             return None, None
         decoded.sort(key=lambda item: item[0])  # a fixed summation order
-        return super().aggregate_train(server_round, [message for _, message in decoded])
+        return self.aggregate_decoded(server_round, [message for _, message in decoded])
 
     def _fail(self, node_id: int, reason: str) -> None:
         log(WARNING, "node %d: %s", node_id, reason)
