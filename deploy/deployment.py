@@ -71,7 +71,10 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
         security = tls.supernode_args() if tls else ["--insecure"]
         nodes = []
         for index in range(options.clients):
-            meter = WireMeter(("127.0.0.1", link.fleet_port), name=f"supernode-{index}")
+            # resolution 0: every forwarded chunk keeps its own timestamp, so no chunk of a
+            # round can be merged into an idle-poll bucket just before the round's window.
+            meter = WireMeter(("127.0.0.1", link.fleet_port), name=f"supernode-{index}",
+                              resolution=0.0)
             meters.append(meter)
             nodes.append(_start_supernode(group, env, index, options, meter.start(), security))
         wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
