@@ -69,7 +69,9 @@ def train(msg: Message, context: Context) -> Message:
     bookkeeping["last-round"] = server_round
     context.state[STATE_RECORD] = bookkeeping
 
+    method_metrics = dict(reply.metric_records.get(METRICS_RECORD, {}))  # from side.send
     reply[METRICS_RECORD] = MetricRecord({
+        **method_metrics,
         "num-examples": data.num_examples,
         "rounds-trained": int(bookkeeping["rounds-trained"]),
         "handler-seconds": time.monotonic() - started,  # whole message, incl. set-up
