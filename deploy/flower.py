@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from .processes import ProcessGroup, Started, stop_tree, wait_until
+from .processes import CHILD_SETUP, ProcessGroup, Started, stop_tree, wait_until
 from .tls import TlsFiles
 
 CONNECTION = "fedsqueeze"
@@ -146,7 +146,9 @@ def stream_logs(group: ProcessGroup, env: dict[str, str], run_id: int, log_path:
     command = [flower_command("flwr"), "log", str(run_id), CONNECTION, "--stream"]
     with open(log_path, "w", encoding="utf-8") as log_file:
         proc = subprocess.Popen(command, env=group.env(env), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                                preexec_fn=CHILD_SETUP)  # an orphaned log stream would keep
+                                                         # the SuperLink from shutting down
         assert proc.stdout is not None
         for line in proc.stdout:
             log_file.write(line)

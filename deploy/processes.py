@@ -8,9 +8,11 @@ descendants and anything else whose environment carries the launch id.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,6 +22,19 @@ from pathlib import Path
 import psutil
 
 LAUNCH_ID_VAR = "FEDSQUEEZE_LAUNCH_ID"
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the launcher dies, even by SIGKILL.
+
+    Linux only (prctl PR_SET_PDEATHSIG); Flower's SuperExec already exits when its
+    `--parent-pid` goes away, so stopping the SuperLink/SuperNodes cascades down.
+    """
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+CHILD_SETUP = die_with_parent if sys.platform == "linux" else None
 
 
 @dataclass
@@ -53,7 +68,8 @@ class ProcessGroup:
         log_file = open(log_path, "ab")  # noqa: SIM115 (handed to the child)
         process = subprocess.Popen(list(command), env=self.env(env), stdout=log_file,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   start_new_session=True,
+                                   preexec_fn=CHILD_SETUP)
         log_file.close()
         started = Started(name, process, log_path)
         self.started.append(started)
@@ -63,7 +79,7 @@ class ProcessGroup:
             ) -> subprocess.CompletedProcess:
         """Run a short command to completion (its descendants are tracked too)."""
         return subprocess.run(list(command), env=self.env(env), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=CHILD_SETUP)
 
     def members(self) -> list[psutil.Process]:
         """Every live process of this launch: started ones, their descendants, tagged ones."""
