@@ -21,6 +21,7 @@ from fedsqueeze.data.partition import (
     register_scheme,
     scheme_names,
 )
+from fedsqueeze.data import pairs as _pairs  # noqa: F401  (registers "label-pairs")
 
 __all__ = [
     "DEFAULT_DATASET",

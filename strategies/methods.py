@@ -3,3 +3,4 @@ keys in pyproject.toml, and its tests."""
 
 from . import fedavg  # noqa: F401
 from . import resfed  # noqa: F401
+from . import fedsparsify  # noqa: F401

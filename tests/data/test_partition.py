@@ -139,7 +139,7 @@ def test_partition_id_out_of_range_is_a_data_error(labels):
 
 
 def test_unknown_scheme_names_the_valid_ones(labels):
-    expected = "unknown partition scheme 'shards'.*dirichlet, iid, pathological"
+    expected = "unknown partition scheme 'shards'.*dirichlet, iid, label-pairs, pathological"
     with pytest.raises(DataError, match=expected):
         partition_indices(labels, "shards", 10, seed=0)
 
