@@ -18,7 +18,12 @@ from flwr.supercore import log
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
-from fedsqueeze.strategies.tensors import count_nonzeros, load_arrays, model_arrays, to_arrayrecord
+from fedsqueeze.strategies.tensors import (
+    count_nonzeros,
+    model_arrays,
+    to_arrayrecord,
+    trainable_keys,
+)
 
 from .evaluation import CentralEvaluator
 from .loop import discover_clients, run_rounds
@@ -59,9 +64,10 @@ def main(grid: Grid, context: Context) -> None:
     })
     log(INFO, "results: %s", run_dir)
 
+    trainable = trainable_keys(model)
+
     def nonzeros_of(arrays: dict) -> tuple[int, int]:
-        load_arrays(model, arrays)
-        return count_nonzeros(model)
+        return count_nonzeros(arrays, trainable)
 
     started = time.monotonic()
     try:

@@ -137,6 +137,12 @@ class SqueezeStrategy(FedAvg):
         """
         return FedAvg.aggregate_train(self, server_round, replies)
 
+    def begin_round(self) -> None:
+        """Called before a round's train messages are encoded (reset per-round state)."""
+
+    def end_round(self) -> None:
+        """Called after a round's aggregation, also when it failed or raised."""
+
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         """Method-specific keys for this round's row of rounds.jsonl."""
         return {}
@@ -147,6 +153,7 @@ class SqueezeStrategy(FedAvg):
         if self.directory is None:
             raise RuntimeError("the client directory must be set before round 1")
         config["server-round"] = server_round
+        self.begin_round()
         node_ids = self.directory.sample(server_round, self.fraction_train,
                                          self.min_train_nodes, self.settings.seed)
         return [
@@ -158,6 +165,13 @@ class SqueezeStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        try:
+            return self._decode_and_aggregate(server_round, replies)
+        finally:
+            self.end_round()
+
+    def _decode_and_aggregate(self, server_round: int, replies: Iterable[Message]
+                              ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.failures = []
         decoded: list[tuple[int, Message]] = []
         for reply in replies:

@@ -350,12 +350,9 @@ class FedSparsifyStrategy(SqueezeStrategy):
         }
         return to_arrayrecord(OrderedDict(zip(self.keys, merged))), metrics
 
-    def aggregate_train(self, server_round: int, replies):
-        try:
-            return super().aggregate_train(server_round, replies)
-        finally:
-            # this round's masks never leak into the next one (a failed round included)
-            self.sent_masks, self.local_masks, self._up_nnz = {}, {}, {}
+    def end_round(self) -> None:
+        # this round's masks never leak into the next one (a failed round included)
+        self.sent_masks, self.local_masks, self._up_nnz = {}, {}, {}
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         metrics, self._metrics = self._metrics, {}

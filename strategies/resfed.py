@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
-from flwr.serverapp import Grid
 from torch import nn
 
 from fedsqueeze.codecs import CodecError
@@ -200,11 +199,6 @@ class ResFedStrategy(SqueezeStrategy):
             self.mirrors.pop(partition, None)
         self.pending.clear()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid):
-        self.begin_round()
-        return super().configure_train(server_round, arrays, config, grid)
-
     def encode_down(self, server_round: int, node_id: int, arrays: ArrayRecord,
                     config: ConfigRecord) -> RecordDict:
         partition = self.directory.partition_of(node_id)
@@ -257,11 +251,6 @@ class ResFedStrategy(SqueezeStrategy):
         self.stats["up"].append(up)
         self.stats["rel_error"].append(pending.rel_error)
         return to_arrayrecord(OrderedDict(zip(self.keys, unflatten(l_hat, self.shapes))))
-
-    def aggregate_train(self, server_round: int, replies):
-        result = super().aggregate_train(server_round, replies)
-        self.end_round()
-        return result
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         s = self.stats

@@ -66,11 +66,12 @@ def from_arrayrecord(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
     return OrderedDict((key, record[key].numpy()) for key in record.keys())
 
 
-def count_nonzeros(model: torch.nn.Module) -> tuple[int, int]:
-    """(non-zero entries, all entries) over the trainable parameters."""
-    nonzero = total = 0
-    for param in model.parameters():
-        if param.requires_grad:
-            nonzero += int(torch.count_nonzero(param))
-            total += param.numel()
-    return nonzero, total
+def trainable_keys(model: torch.nn.Module) -> list[str]:
+    """State-dict keys of the trainable parameters (what pruning and model size count)."""
+    return [name for name, param in model.named_parameters() if param.requires_grad]
+
+
+def count_nonzeros(arrays: dict[str, np.ndarray], keys: list[str]) -> tuple[int, int]:
+    """(non-zero entries, all entries) of `arrays[key]` over `keys`."""
+    return (sum(int(np.count_nonzero(arrays[k])) for k in keys),
+            sum(int(arrays[k].size) for k in keys))
