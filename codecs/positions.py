@@ -3,25 +3,36 @@
 Three coders behind one interface, plus ``auto``:
 
 * ``bitmap``: ``np.packbits`` (little bit order), ceil(n/8) bytes.  Best near density 0.5.
-* ``rice``: gaps between kept indices, Golomb-Rice coded with parameter r chosen from the
-  density (the r minimising the expected length for geometric gaps with p = k/n).  Stored as
-  two streams so both directions are vectorised: the unary quotients (q zeros then a one, per
-  gap) and the r-bit remainders (fixed width).  Cost O(k), not O(n): best at low density.
+* ``rice``: gaps between kept indices, Golomb-Rice coded with one parameter r per block of
+  gaps (2**5 or 2**7 gaps, or a single block: the encoder takes the cheapest of the three,
+  computed exactly from the gaps; each block's r is the best of the three around the optimum
+  for its mean gap).  Real pruning masks are clustered (a pruned input pixel empties a column
+  of an fc layer), and per-block parameters follow the local density, which puts Rice within
+  3% of log2 C(n,k) on them too.  Stored as streams so both directions are vectorised: the
+  block parameters (r_min + fixed-width deltas), the unary quotients (q zeros then a one, per
+  gap) and the remainders (r bits per gap, grouped by r ascending).  O(k) work, not O(n):
+  best at low density.
 * ``ans``: the bitmap's bytes as symbols of a 256-letter alphabet, coded with constriction's
   ANS under the i.i.d. Bernoulli(k/n) model (P(byte) = p^popcount (1-p)^(8-popcount)); both
   sides build the model from (n, k), so no table is sent.  Within a few bytes of n*H(k/n).
 * ``auto``: picks the coder with the smallest *estimated* size for (n, k) (closed forms in
-  :func:`estimate_bytes`; nothing is encoded to choose).
+  :func:`estimate_bytes`; nothing is encoded to choose).  Where Rice's closed form is within
+  25% of the best, Rice's exact size is computed from the gaps (block means, no encoding),
+  since clustered real masks code well below the uniform estimate.
 
 Body layout (inside a section of a frame; varints as in framing.py)::
 
     u8 method (0 trivial: k == 0 or k == n, 1 bitmap, 2 rice, 3 ans), uvarint k, then
     bitmap: ceil(n/8) bytes, padding bits zero
-    rice:   u8 r, uvarint U, U bytes unary stream, ceil(k*r/8) bytes remainders
+    rice:   u8 log2 block (63: one block), u8 r_min, u8 width w, ceil(blocks*w/8) bytes of
+            per-block r - r_min (w bits each), uvarint U, U bytes unary stream, then the
+            remainders: for each r present, ascending, the r-bit remainders of the gaps coded
+            with that r, in index order, all bits back to back (LSB first), zero-padded
     ans:    the ANS words, uint32 little-endian
 
 Decoding checks k <= n, the stream lengths, popcount == k, zero padding, that every index is
-< n (Rice indices are increasing by construction: gaps are >= 0), and that the ANS stream is
+< n (Rice indices are increasing by construction: gaps are >= 0; parameters beyond log2 n
+and gaps past n are rejected before the cumulative sum), and that the ANS stream is
 consumed exactly.  Output size is bounded by the receiver's n.
 """
 
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,6 +67,7 @@ __all__ = [
     "choose_method",
     "rice_parameter",
     "positions_data_bytes",
+    "body_method",
     "max_positions_bytes",
     "PositionsCodec",
 ]
@@ -63,6 +76,8 @@ METHODS = ("bitmap", "rice", "ans")
 _M_TRIVIAL, _M_BITMAP, _M_RICE, _M_ANS = 0, 1, 2, 3
 _METHOD_CODE = {"bitmap": _M_BITMAP, "rice": _M_RICE, "ans": _M_ANS}
 _MAX_N = 1 << 48
+_MAX_RICE_R = 48
+_RICE_RECHECK = 1.25  # see _choose_for
 _POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
 
 
@@ -158,7 +173,7 @@ def estimate_bytes(n: int, k: int) -> dict[str, float]:
     unary = max(0.0, rice_bits - k * r) / 8
     return {
         "bitmap": base + (n + 7) // 8,
-        "rice": base + 1 + uvarint_size(int(unary) + 1) + unary + math.ceil(k * r / 8) + 0.5,
+        "rice": base + 3 + uvarint_size(int(unary) + 1) + unary + math.ceil(k * r / 8) + 0.5,
         "ans": base + n * _h2(p) / 8 * 1.0005 + 6,
     }
 
@@ -166,6 +181,21 @@ def estimate_bytes(n: int, k: int) -> dict[str, float]:
 def choose_method(n: int, k: int) -> str:
     est = estimate_bytes(n, k)
     return min(METHODS, key=lambda m: est[m])
+
+
+def _choose_for(pos: Positions) -> tuple[str, _RicePlan | None]:
+    """auto's choice for one mask: the closed-form estimates, except that when Rice's estimate
+    is within _RICE_RECHECK of the best, Rice's exact size is computed from the gaps (block
+    means, no encoding): clustered real masks code well below the uniform estimate."""
+    est = estimate_bytes(pos.n, pos.k)
+    best = min(METHODS, key=lambda m: est[m])
+    if best == "rice" or est["rice"] > _RICE_RECHECK * est[best]:
+        return best, None
+    # the finest blocks first (3 passes over the gaps): most uniform masks stop here
+    if _plan_rice(pos.indices, _RICE_LOG2_BLOCKS[:1]).body_bytes >= est[best]:
+        return best, None
+    plan = _plan_rice(pos.indices)
+    return ("rice", plan) if plan.body_bytes < est[best] else (best, None)
 
 
 def max_positions_bytes(n: int) -> int:
@@ -181,33 +211,129 @@ def _pack_bits_le(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits, bitorder="little")
 
 
-def _encode_rice(idx: np.ndarray, n: int, k: int, out: bytearray) -> None:
-    r = rice_parameter(n, k)
+# Block sizes (log2, in gaps) the Rice encoder tries; one more candidate is a single block.
+# Real masks are clustered (a pruned input pixel empties a whole column of fc weights), so a
+# parameter per block of 32 gaps follows the local density; uniform positions prefer few blocks.
+_RICE_LOG2_BLOCKS = (5, 7)
+_RICE_SINGLE_BLOCK = 63
+
+
+def _rice_block_spans(k: int, log2_block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, length) of each block of 2**log2_block gaps; the last one may be shorter."""
+    block = k if log2_block >= _RICE_SINGLE_BLOCK else min(k, 1 << log2_block)
+    starts = np.arange(0, k, block, dtype=np.int64)
+    return starts, np.diff(np.append(starts, k))
+
+
+def _rice_block_parameters(gaps: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, int]:
+    """The best r per block among the three around the block mean's optimum, and the total
+    bits of unary + remainder streams with those parameters (exact, no encoding)."""
+    mean = np.add.reduceat(gaps, starts) / lens
+    r0 = np.floor(np.log2(np.maximum(mean * math.log(2), 1.0))).astype(np.int64)
+    best_bits = best_r = None
+    for dr in (-1, 0, 1):
+        r = np.clip(r0 + dr, 0, _MAX_RICE_R)
+        bits = np.add.reduceat(gaps >> np.repeat(r, lens), starts) + lens * (r + 1)
+        if best_bits is None:
+            best_bits, best_r = bits, r
+        else:
+            better = bits < best_bits
+            best_bits, best_r = np.where(better, bits, best_bits), np.where(better, r, best_r)
+    return best_r, int(best_bits.sum())
+
+
+def _pack_fixed_width(values: np.ndarray, width: int) -> np.ndarray:
+    """LSB-first bits of each value, ``width`` bits each, as a flat 0/1 uint8 array."""
+    if width == 0 or values.size == 0:
+        return np.zeros(0, np.uint8)
+    shifts = np.arange(width, dtype=np.uint64)
+    return ((values.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1)
+
+
+def _unpack_fixed_width(bits: np.ndarray, width: int) -> np.ndarray:
+    """Inverse of :func:`_pack_fixed_width` for ``bits.size // width`` values (int64)."""
+    if width == 0:
+        return np.zeros(0, np.int64)
+    rows = bits.reshape(-1, width).astype(np.int64)
+    return rows @ np.left_shift(np.int64(1), np.arange(width, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class _RicePlan:
+    """Everything the Rice encoder decides before writing: sizes are exact."""
+
+    gaps: np.ndarray
+    log2_block: int
+    lens: np.ndarray
+    r_blocks: np.ndarray
+    width: int
+    bits: int  # unary + remainder + block-parameter bits
+
+    @property
+    def body_bytes(self) -> float:
+        """Body size (method, k and lengths approximated): for auto's choice."""
+        return 1 + uvarint_size(self.gaps.size) + 3 + uvarint_size(self.bits // 8) + 1 + self.bits / 8
+
+
+def _plan_rice(idx: np.ndarray, log2_blocks: Sequence[int] = (*_RICE_LOG2_BLOCKS, _RICE_SINGLE_BLOCK)) -> _RicePlan:
+    """The cheapest of the given block sizes (log2 gaps per block, ascending)."""
     gaps = np.diff(idx, prepend=np.int64(-1)) - 1
+    k, best = gaps.size, None
+    for log2_block in log2_blocks:
+        starts, lens = _rice_block_spans(k, log2_block)
+        r, bits = _rice_block_parameters(gaps, starts, lens)
+        width = int(r.max() - r.min()).bit_length()
+        plan = _RicePlan(gaps, log2_block, lens, r, width, bits + width * r.size)
+        if best is None or plan.bits < best.bits:
+            best = plan
+        if starts.size == 1:
+            break
+    return best
+
+
+def _encode_rice(plan: _RicePlan, out: bytearray) -> None:
+    gaps, r_blocks, width = plan.gaps, plan.r_blocks, plan.width
+    r_min = int(r_blocks.min())
+    r = np.repeat(r_blocks, plan.lens)
     q = gaps >> r
     ends = np.cumsum(q + 1) - 1  # position of each terminating one
     ubits = np.zeros(int(ends[-1]) + 1, dtype=np.uint8)
     ubits[ends] = 1
     unary = _pack_bits_le(ubits)
-    out.append(r)
+    out += bytes((plan.log2_block, r_min, width))
+    out += _pack_bits_le(_pack_fixed_width(r_blocks - r_min, width)).tobytes()
     write_uvarint(out, unary.size)
     out += unary.tobytes()
-    if r:
-        rem = (gaps & ((1 << r) - 1)).astype(np.uint64 if r > 31 else np.uint32)
-        shifts = np.arange(r, dtype=rem.dtype)
-        rb = ((rem[:, None] >> shifts) & 1).astype(np.uint8)
-        out += _pack_bits_le(rb.reshape(-1)).tobytes()
+    rem = gaps & ((np.int64(1) << r) - 1)
+    groups = [_pack_fixed_width(rem[r == v], int(v)) for v in np.unique(r) if v]
+    if groups:
+        out += _pack_bits_le(np.concatenate(groups)).tobytes()
 
 
 def _decode_rice(r_: Reader, n: int, k: int, where: str) -> np.ndarray:
-    r = r_.u8(f"{where} rice parameter")
-    if r > 62 or (k > 1 and (k - 1) > (1 << 62) >> r):
-        raise CodecError(f"{where}: rice parameter {r} invalid for k={k}")
+    log2_block = r_.u8(f"{where} rice block size")
+    if log2_block > _RICE_SINGLE_BLOCK:
+        raise CodecError(f"{where}: rice block size 2**{log2_block} invalid")
+    r_min, width = r_.u8(f"{where} rice parameter"), r_.u8(f"{where} rice parameter width")
+    r_max_valid = min(_MAX_RICE_R, n.bit_length())
+    if r_min > r_max_valid or width > 6:
+        raise CodecError(f"{where}: rice parameter {r_min} / width {width} invalid for n={n}")
+    starts, lens = _rice_block_spans(k, log2_block)
+    side = np.frombuffer(r_.take((starts.size * width + 7) // 8, f"{where} rice parameters"), np.uint8)
+    side_bits = np.unpackbits(side, bitorder="little")
+    if side_bits[starts.size * width :].any():
+        raise CodecError(f"{where}: rice parameter padding bits not zero")
+    r_blocks = _unpack_fixed_width(side_bits[: starts.size * width], width) if width else np.zeros(starts.size, np.int64)
+    r_blocks = r_blocks + r_min
+    if int(r_blocks.max()) > r_max_valid:
+        raise CodecError(f"{where}: rice parameter {int(r_blocks.max())} too large for n={n}")
     ulen = r_.uvarint(f"{where} rice unary length", max_value=r_.remaining)
     unary = np.frombuffer(r_.take(ulen, f"{where} rice unary stream"), dtype=np.uint8)
-    rlen = (k * r + 7) // 8
+    r = np.repeat(r_blocks, lens)
+    rem_bits = int(r.sum())
+    rlen = (rem_bits + 7) // 8
     if r_.remaining != rlen:
-        raise CodecError(f"{where}: rice remainder stream is {r_.remaining} bytes, expected {rlen} for k={k}, r={r}")
+        raise CodecError(f"{where}: rice remainder stream is {r_.remaining} bytes, expected {rlen} for k={k}")
     rem_bytes = np.frombuffer(r_.take(rlen, f"{where} rice remainders"), dtype=np.uint8)
     if ulen and unary[-1] == 0:
         raise CodecError(f"{where}: rice unary stream has a trailing zero byte")
@@ -215,26 +341,24 @@ def _decode_rice(r_: Reader, n: int, k: int, where: str) -> np.ndarray:
     if codes != k:
         raise CodecError(f"{where}: rice unary stream holds {codes} codes, k = {k}")
     ones = np.flatnonzero(np.unpackbits(unary, bitorder="little"))
-    if k == 0:
-        return np.zeros(0, np.int64)
-    sum_q = int(ones[-1]) + 1 - k
-    if sum_q > (n >> r):
-        raise CodecError(f"{where}: rice gaps overrun n = {n}")
     q = np.diff(ones, prepend=np.int64(-1)) - 1
-    if r:
-        rb = np.unpackbits(rem_bytes, bitorder="little")
-        if rb[k * r :].any():
-            raise CodecError(f"{where}: rice remainder padding bits not zero")
-        rb = rb[: k * r].reshape(k, r)
-        if r <= 31:
-            w = (np.uint32(1) << np.arange(r, dtype=np.uint32)).astype(np.int64)
-            rem = rb.astype(np.int64) @ w if r > 8 else (rb * w[None, :].astype(np.uint32)).sum(axis=1, dtype=np.int64)
-        else:
-            w = np.left_shift(np.int64(1), np.arange(r, dtype=np.int64))
-            rem = rb.astype(np.int64) @ w
-        gaps = (q << r) | rem
-    else:
-        gaps = q
+    if bool(np.any(q > (n >> r))):
+        raise CodecError(f"{where}: rice gap overruns n = {n}")
+    rb = np.unpackbits(rem_bytes, bitorder="little")
+    if rb[rem_bits:].any():
+        raise CodecError(f"{where}: rice remainder padding bits not zero")
+    rem = np.zeros(k, np.int64)
+    offset = 0
+    for v in np.unique(r):
+        if v:
+            sel = r == v
+            count = int(np.count_nonzero(sel)) * int(v)
+            rem[sel] = _unpack_fixed_width(rb[offset : offset + count], int(v))
+            offset += count
+    gaps = (q << r) | rem
+    # each gap is < 2n here; a float sum cannot overflow, so the int64 cumsum below cannot wrap
+    if float(np.sum(gaps, dtype=np.float64)) > n:
+        raise CodecError(f"{where}: rice gaps overrun n = {n}")
     idx = np.cumsum(gaps + 1) - 1
     if idx[-1] >= n:
         raise CodecError(f"{where}: index {int(idx[-1])} out of range [0, {n})")
@@ -332,14 +456,15 @@ def encode_positions(mask_or_indices, n: int | None = None, method: str = "auto"
         out.append(_M_TRIVIAL)
         write_uvarint(out, k)
         return bytes(out)
+    rice_plan = None
     if method == "auto":
-        method = choose_method(n, k)
+        method, rice_plan = _choose_for(pos)
     if method not in _METHOD_CODE:
         raise CodecError(f"positions: unknown method {method!r} (one of {METHODS} or 'auto')")
     out.append(_METHOD_CODE[method])
     write_uvarint(out, k)
     if method == "rice":
-        _encode_rice(pos.indices, n, k, out)
+        _encode_rice(rice_plan or _plan_rice(pos.indices), out)
     else:
         b = _pack_bits_le(pos.mask)
         if method == "bitmap":
@@ -382,15 +507,28 @@ def decode_positions(body, n: int, where: str = "positions") -> Positions:
     return read_positions(Reader(body, where), n, where)
 
 
+def body_method(body) -> str:
+    """Name of the coder that wrote a positions body ("trivial" for k == 0 or k == n)."""
+    code = Reader(body).u8("method")
+    names = {_M_TRIVIAL: "trivial", **{c: m for m, c in _METHOD_CODE.items()}}
+    if code not in names:
+        raise CodecError(f"positions: unknown method code {code}")
+    return names[code]
+
+
 def positions_data_bytes(body) -> int:
-    """Bytes of coded data in a body (the rest is per-body header: method, k, r, lengths)."""
+    """Bytes of coded data in a body (the rest is per-body header: method, k, Rice's block
+    size, r_min, width and unary length)."""
     r_ = Reader(body)
     method = r_.u8("method")
-    r_.uvarint("k")
-    if method == _M_RICE:
-        r_.u8("r")
-        r_.uvarint("unary length")
-    return r_.remaining
+    k = r_.uvarint("k")
+    if method != _M_RICE:
+        return r_.remaining
+    log2_block, _, width = r_.u8("block size"), r_.u8("r_min"), r_.u8("width")
+    side = (_rice_block_spans(k, log2_block)[0].size * width + 7) // 8
+    r_.take(side, "block parameters")
+    r_.uvarint("unary length")
+    return r_.remaining + side  # the per-block parameters are coded data, not header
 
 
 @register_codec
@@ -400,7 +538,7 @@ class PositionsCodec(Codec):
     bool masks of the expected shapes."""
 
     name = "positions"
-    version = 1
+    version = 2  # 2: block-adaptive Rice positions
     lossy = False
 
     def encode(self, arrays: Sequence[np.ndarray], *, method: str = "auto", shapes: Sequence[tuple[int, ...]] | None = None) -> bytes:

@@ -140,7 +140,7 @@ class SparseCodec(Codec):
     """Positions + values per tensor. encode(arrays, masks=None, values="fp16", positions="auto")."""
 
     name = "sparse"
-    version = 1
+    version = 2  # 2: block-adaptive Rice positions
     lossy = True  # exact with values="fp32"
 
     def is_lossy(self, values="fp16", **_) -> bool:

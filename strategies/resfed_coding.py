@@ -212,7 +212,7 @@ class ResFedCodec(Codec):
     pin), so `decode_any` does not know it; the method decodes its own payloads."""
 
     name = "resfed"
-    version = 1
+    version = 2  # 2: block-adaptive Rice positions
     codec_id = 129  # out-of-tree range (framing.CODEC_IDS: 128-255)
     read_versions = (1,)
     lossy = True

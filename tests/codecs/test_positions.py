@@ -130,13 +130,18 @@ def _body(method, k, rest=b""):
         (_body(1, 2, b"\x03\x04"), 10, "padding"),
         (_body(1, 3, b"\x03\x00"), 10, "ones"),
         (_body(9, 2), 10, "unknown method"),
-        (_body(2, 2, bytes([1, 1, 0b11])), 10, "remainder"),
-        (_body(2, 2, bytes([0, 1, 0b1])), 10, "codes"),
-        (_body(2, 2, bytes([0, 2, 0b11, 0])), 10, "trailing zero"),
-        (_body(2, 2, bytes([0, 3, 0, 0, 0b11])), 10, "overrun"),
-        (_body(2, 2, bytes([63, 1, 0b11])), 10, "rice parameter"),
-        (_body(2, 2, bytes([2, 1, 0b11, 0xF0])), 10, "padding"),
-        (_body(2, 2, bytes([2, 1, 0b11, 0x0F])), 5, "out of range"),
+        # rice rest: log2 block (63 = one block), r_min, width, block deltas, U, unary, remainders
+        (_body(2, 2, bytes([63, 1, 0, 1, 0b11])), 10, "remainder"),
+        (_body(2, 2, bytes([63, 0, 0, 1, 0b1])), 10, "codes"),
+        (_body(2, 2, bytes([63, 0, 0, 2, 0b11, 0])), 10, "trailing zero"),
+        (_body(2, 2, bytes([63, 0, 0, 3, 0, 0, 0b11])), 10, "overrun"),
+        (_body(2, 2, bytes([63, 60, 0, 1, 0b11])), 10, "rice parameter"),
+        (_body(2, 2, bytes([63, 0, 7, 1, 0b11])), 10, "width"),
+        (_body(2, 2, bytes([64, 0, 0, 1, 0b11])), 10, "block size"),
+        (_body(2, 2, bytes([0, 0, 1, 0b100, 1, 0b11])), 10, "parameter padding"),
+        (_body(2, 2, bytes([0, 3, 2, 0b1111, 1, 0b11])), 10, "too large"),
+        (_body(2, 2, bytes([63, 2, 0, 1, 0b11, 0xF0])), 10, "padding"),
+        (_body(2, 2, bytes([63, 2, 0, 1, 0b11, 0x0F])), 7, "out of range"),
         (_body(3, 2, b"\x01\x02\x03\x04\x05"), 10, "multiple of 4"),
         (_body(3, 2, b""), 10, "ANS|ones"),
         (_body(3, 5, b"\x00\x00\x00\x00"), 100, "ANS"),
@@ -181,3 +186,50 @@ def test_structured_masks_round_trip(method, layout, k):
     else:
         m[np.linspace(0, n - 1, k).astype(int)] = True
     np.testing.assert_array_equal(P.decode_positions(P.encode_positions(m, method=method), n).mask, m)
+
+
+def _clustered_mask(density, seed=0):
+    """Magnitude mask of a 128x784 fc layer whose input pixels carry unequal signal (border
+    pixels near zero), so kept positions cluster by column as in a real pruned first layer."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    pixel_scale = np.exp(-((yy - 13.5) ** 2 + (xx - 13.5) ** 2) / 120.0).reshape(-1)
+    w = np.abs(rng.standard_normal((128, 784)) * (0.05 + pixel_scale)).reshape(-1)
+    k = int(round(density * w.size))
+    m = np.zeros(w.size, bool)
+    m[np.argpartition(w, w.size - k)[w.size - k :]] = True
+    return m
+
+
+@pytest.mark.parametrize("density", [0.001, 0.01, 0.05, 0.1])
+def test_rice_within_three_percent_on_clustered_masks(density):
+    m = _clustered_mask(density)
+    n, k = m.size, int(m.sum())
+    payload = pc.encode([m], method="rice")
+    data, header = _data_and_header(payload, n)
+    assert header <= 32
+    assert data <= 1.03 * log2_binom(n, k) / 8 + 8
+    np.testing.assert_array_equal(pc.decode(payload, [(n,)])[0], m)
+
+
+def test_rice_block_parameters_follow_local_density():
+    # dense first half, sparse second half: one r per block codes both halves near their own optimum
+    rng = np.random.default_rng(3)
+    n = 200_000
+    m = np.zeros(n, bool)
+    m[rng.choice(n // 2, n // 20, replace=False)] = True
+    m[n // 2 + rng.choice(n // 2, n // 2000, replace=False)] = True
+    k = int(m.sum())
+    body = P.encode_positions(m, method="rice")
+    halves = log2_binom(n // 2, n // 20) + log2_binom(n // 2, n // 2000)
+    assert len(body) <= 1.03 * halves / 8 + 16 < log2_binom(n, k) / 8
+    np.testing.assert_array_equal(P.decode_positions(body, n).mask, m)
+
+
+def test_auto_takes_rice_when_a_clustered_mask_codes_below_the_estimates():
+    m = _clustered_mask(0.1)
+    n, k = m.size, int(m.sum())
+    assert P.choose_method(n, k) != "rice"  # the closed forms alone would not
+    auto = P.encode_positions(m)
+    assert auto[0] == 2  # rice's method code
+    assert len(auto) < min(len(P.encode_positions(m, method=x)) for x in ("bitmap", "ans"))

@@ -80,7 +80,7 @@ def test_sparse_rejects_value_count_mismatch():
     # positions claim 2 entries, values section holds 3 fp32
     from fedsqueeze.codecs.positions import encode_positions
 
-    bad = pack(sparse.codec_id, 1, [((4,), 0)], [encode_positions(np.array([1, 2]), 4, "bitmap"), b"\0" * 12])
+    bad = pack(sparse.codec_id, sparse.version, [((4,), 0)], [encode_positions(np.array([1, 2]), 4, "bitmap"), b"\0" * 12])
     with pytest.raises(CodecError, match="values"):
         sparse.decode(bad, [(4,)])
 
