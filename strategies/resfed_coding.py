@@ -214,7 +214,7 @@ class ResFedCodec(Codec):
     name = "resfed"
     version = 2  # 2: block-adaptive Rice positions
     codec_id = 129  # out-of-tree range (framing.CODEC_IDS: 128-255)
-    read_versions = (1,)
+    read_versions = (version,)
     lossy = True
 
     def encode_full(self, vector: np.ndarray, header: Header) -> bytes:
