@@ -6,10 +6,18 @@ import functools
 import sys
 from logging import INFO
 
+import numpy as np
 import torch
 from flwr.supercore import log
 
-from fedsqueeze.data import DataError, load_split, partition_for, to_tensor
+from fedsqueeze.data import (
+    DataError,
+    cached_partition,
+    default_data_dir,
+    load_split,
+    to_tensor,
+)
+from fedsqueeze.data.partition_cache import partition_key
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.training import ClientData
 
@@ -50,15 +58,25 @@ def partition_identity(node_config: dict, settings: RunSettings) -> tuple[int, i
 @functools.lru_cache(maxsize=4)
 def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
                  device: torch.device) -> ClientData:
-    images, labels = load_split(settings.dataset, "train", settings.data_dir or None,
-                                download=settings.data_download)
-    indices = partition_for(labels, partition_id, scheme=settings.partitioner,
-                            num_partitions=num_partitions, seed=settings.seed,
-                            classes_per_partition=settings.partition_classes,
-                            class_assignment=settings.class_assignment,
-                            alpha=settings.dirichlet_alpha)
-    x = to_tensor(images[indices], scale=settings.input_scale).to(device)
-    y = torch.from_numpy(labels[indices]).long().to(device)
+    options = dict(classes_per_partition=settings.partition_classes,
+                   class_assignment=settings.class_assignment, alpha=settings.dirichlet_alpha)
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        from fedsqueeze.data import partition_for  # flwr-datasets: only on a cache miss
+
+        images, labels = load_split(settings.dataset, "train", settings.data_dir or None,
+                                    download=settings.data_download)
+        indices = partition_for(labels, partition_id, scheme=settings.partitioner,
+                                num_partitions=num_partitions, seed=settings.seed, **options)
+        return images[indices], labels[indices]
+
+    key = partition_key(dataset=settings.dataset, split="train",
+                        data_dir=str(settings.data_dir or default_data_dir()),
+                        scheme=settings.partitioner, num_partitions=num_partitions,
+                        partition_id=partition_id, seed=settings.seed, **options)
+    images, labels = cached_partition(key, compute)
+    x = to_tensor(images, scale=settings.input_scale).to(device)
+    y = torch.from_numpy(labels).long().to(device)
     return ClientData(partition_id=partition_id, x=x, y=y)
 
 

@@ -20,7 +20,6 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-import torchvision.datasets as tvd
 
 from fedsqueeze.data.errors import DataError
 
@@ -145,7 +144,14 @@ def _missing_message(
     )
 
 
-def _arrays(dataset: tvd.VisionDataset) -> Arrays:
+def _tvd():
+    """torchvision.datasets, imported on first use (seconds; cached partitions skip it)."""
+    import torchvision.datasets
+
+    return torchvision.datasets
+
+
+def _arrays(dataset) -> Arrays:
     data = dataset.data  # torch uint8 for the MNIST family, numpy (N,H,W,C) for CIFAR
     images = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
     labels = np.asarray(dataset.targets, dtype=np.int64)
@@ -193,7 +199,7 @@ def _fashion_mnist(root: Path, train: bool, download: bool) -> Arrays:
         _stage_fashion_mnist(root)
     except (OSError, EOFError) as err:  # unwritable root, corrupt or truncated .gz
         raise DataError(f"fashion-mnist: cannot unpack the IDX files into {root}: {err}") from err
-    return _arrays(tvd.FashionMNIST(root, train=train, download=download))
+    return _arrays(_tvd().FashionMNIST(root, train=train, download=download))
 
 
 @register_dataset(
@@ -201,7 +207,7 @@ def _fashion_mnist(root: Path, train: bool, download: bool) -> Arrays:
     layout="MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
 )
 def _mnist(root: Path, train: bool, download: bool) -> Arrays:
-    return _arrays(tvd.MNIST(root, train=train, download=download))
+    return _arrays(_tvd().MNIST(root, train=train, download=download))
 
 
 @register_dataset(
@@ -209,7 +215,7 @@ def _mnist(root: Path, train: bool, download: bool) -> Arrays:
     layout="EMNIST/raw/emnist-balanced-{train,test}-{images-idx3,labels-idx1}-ubyte",
 )
 def _emnist_balanced(root: Path, train: bool, download: bool) -> Arrays:
-    images, labels = _arrays(tvd.EMNIST(root, split="balanced", train=train, download=download))
+    images, labels = _arrays(_tvd().EMNIST(root, split="balanced", train=train, download=download))
     # EMNIST's IDX files store each image transposed; torchvision leaves them so.
     return np.ascontiguousarray(images.transpose(0, 2, 1)), labels
 
@@ -219,7 +225,7 @@ def _emnist_balanced(root: Path, train: bool, download: bool) -> Arrays:
     layout="cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
 )
 def _cifar10(root: Path, train: bool, download: bool) -> Arrays:
-    return _arrays(tvd.CIFAR10(root, train=train, download=download))
+    return _arrays(_tvd().CIFAR10(root, train=train, download=download))
 
 
 @register_dataset(
@@ -227,7 +233,7 @@ def _cifar10(root: Path, train: bool, download: bool) -> Arrays:
     layout="cifar-100-python/{train,test,meta}",
 )
 def _cifar100(root: Path, train: bool, download: bool) -> Arrays:
-    return _arrays(tvd.CIFAR100(root, train=train, download=download))
+    return _arrays(_tvd().CIFAR100(root, train=train, download=download))
 
 
 def to_tensor(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
