@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ from .config_check import checked_run_config, find_app_dir, parse_overrides
 from .deployment import DeployOptions, deploy
 from .flower import stop_local_superlink
 from .launch import LaunchResult
+from .processes import sigterm_as_interrupt
 from .simulate import simulate
 
 USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError)
@@ -230,18 +230,14 @@ def cmd_stop_local(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # same clean teardown as Ctrl-C
     console = Console(width=None if sys.stdout.isatty() else 200)
     handler = {"simulate": cmd_simulate, "deploy": cmd_deploy, "report": cmd_report,
                "partitions": cmd_partitions, "stop-local": cmd_stop_local}[args.command]
     try:
-        return handler(args, console)
+        with sigterm_as_interrupt():  # same clean teardown as Ctrl-C
+            return handler(args, console)
     except USER_ERRORS as err:
         print(f"fedsqueeze: error: {err}", file=sys.stderr)
         return 2

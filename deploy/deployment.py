@@ -10,13 +10,14 @@ stopped on success, failure and Ctrl-C.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .flower import flower_command, flower_env, free_port, start_superlink
 from .launch import LaunchResult, run_app
-from .processes import ProcessGroup, Started, wait_until
+from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
 from .tls import make_certificates
 from .wire_meter import WireMeter
 from .wire_results import add_wire_bytes
@@ -66,24 +67,27 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     status: dict = {}
     run_id = 0
     try:
-        tls = make_certificates(work / "tls") if options.tls else None
-        link = start_superlink(group, env, simulation=False, tls=tls)
-        security = tls.supernode_args() if tls else ["--insecure"]
-        nodes = []
-        for index in range(options.clients):
-            # resolution 0: every forwarded chunk keeps its own timestamp, so no chunk of a
-            # round can be merged into an idle-poll bucket just before the round's window.
-            meter = WireMeter(("127.0.0.1", link.fleet_port), name=f"supernode-{index}",
-                              resolution=0.0)
-            meters.append(meter)
-            nodes.append(_start_supernode(group, env, index, options, meter.start(), security))
-        wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
-                   what="every SuperNode to register with the SuperLink")
-        run_id, status = run_app(group, env, link, app_dir, run_config, logs, options.echo)
+        with sigterm_as_interrupt():
+            tls = make_certificates(work / "tls") if options.tls else None
+            link = start_superlink(group, env, simulation=False, tls=tls)
+            security = tls.supernode_args() if tls else ["--insecure"]
+            nodes = []
+            for index in range(options.clients):
+                # resolution 0: every forwarded chunk keeps its own timestamp, so no chunk of a
+                # round can be merged into an idle-poll bucket just before the round's window.
+                meter = WireMeter(("127.0.0.1", link.fleet_port), name=f"supernode-{index}",
+                                  resolution=0.0)
+                meters.append(meter)
+                nodes.append(_start_supernode(group, env, index, options, meter.start(), security))
+            wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
+                       what="every SuperNode to register with the SuperLink")
+            run_id, status = run_app(group, env, link, app_dir, run_config, logs, options.echo)
     finally:
         leftover = group.stop_all()
         for meter in meters:
             meter.stop()
+        if not leftover:  # a process that would not stop may still use its Flower home
+            shutil.rmtree(work, ignore_errors=True)
     wire = add_wire_bytes(results_dir, meters, status) \
         if (results_dir / "rounds.jsonl").exists() else {}
     return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)

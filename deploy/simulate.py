@@ -7,12 +7,13 @@ and stops every process it started.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
 from .flower import flower_env, start_superlink
 from .launch import LaunchResult, run_app
-from .processes import ProcessGroup
+from .processes import ProcessGroup, sigterm_as_interrupt
 
 
 def simulate(app_dir: Path, run_config: dict[str, object], results_dir: Path, *,
@@ -26,8 +27,12 @@ def simulate(app_dir: Path, run_config: dict[str, object], results_dir: Path, *,
                   f"client-resources-num-gpus={gpus_per_client}")
     group = ProcessGroup(logs)
     try:
-        link = start_superlink(group, env, simulation=True)
-        run_id, status = run_app(group, env, link, app_dir, run_config, logs, echo, federation)
+        with sigterm_as_interrupt():
+            link = start_superlink(group, env, simulation=True)
+            run_id, status = run_app(group, env, link, app_dir, run_config, logs, echo,
+                                     federation)
     finally:
         leftover = group.stop_all()
+        if not leftover:  # a process that would not stop may still use its Flower home
+            shutil.rmtree(work, ignore_errors=True)
     return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id)

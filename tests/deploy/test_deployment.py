@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import psutil
@@ -77,12 +78,16 @@ def test_context_state_persists_across_rounds_in_deployment(deployed):
         assert [row["per_client"][p]["rounds_trained"] for p in ("0", "1")] == [row["round"]] * 2
 
 
-def test_forced_client_failure_fails_the_run_and_stops_everything(tmp_path):
+def test_forced_client_failure_fails_the_run_and_stops_everything(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the launcher's Flower home goes
     result = run_deploy(tmp_path, "fail", 2, **{"num-server-rounds": 2, "fail-partitions": "1"})
     assert not result.succeeded and result.status["status"] == "finished:failed"
     _, _, summary = read_run(result.results_dir)
     assert "fault injected for partition 1" in summary["error"]
     assert result.leftover_pids == [] and processes_of_launch(result.launch_id) == []
+    assert list(scratch.iterdir()) == []  # its Flower home and certificates are removed too
 
 
 def test_ctrl_c_mid_run_stops_every_process(tmp_path):
@@ -112,3 +117,30 @@ def test_tls_deployment_completes_and_the_relays_see_tls(tmp_path):
     assert result.succeeded, result.status
     assert result.wire["protocol"] == {"0": "TLS", "1": "TLS"}
     assert processes_of_launch(result.launch_id) == []
+
+
+def test_sigterm_to_a_script_calling_simulate_stops_ray_too(tmp_path):
+    # a bench script calls simulate() directly, without the CLI's handlers; Flower's
+    # simulation process and its Ray workers are not the launcher's children
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from fedsqueeze.deploy.config_check import find_app_dir\n"
+        "from fedsqueeze.deploy.simulate import simulate\n"
+        "out = Path(sys.argv[1])\n"
+        "simulate(find_app_dir(), {'results-dir': str(out), 'run-name': 'killed',\n"
+        "          'num-server-rounds': 50, 'partitioner': 'iid', 'engine': 'simulation'},\n"
+        "         out / 'killed', clients=2, cpus_per_client=1, gpus_per_client=0.0, echo=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rounds = tmp_path / "killed" / "rounds.jsonl"
+    deadline = time.monotonic() + 240
+    while not (rounds.exists() and rounds.read_text().strip()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no round finished in time"
+        time.sleep(0.5)
+    launch_ids = launch_ids_below(proc.pid)
+    assert len(launch_ids) == 1
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert processes_of_launch(launch_ids.pop()) == []
