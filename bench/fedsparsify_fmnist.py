@@ -5,6 +5,8 @@ the real app (Flower simulation, Ray engine), and the seed's Table 2 from measur
     python bench/fedsparsify_fmnist.py --rounds 30 --epochs 1 --sparsities 0.9   # quick check
     python bench/fedsparsify_fmnist.py --runs dense,global:0.9 # a subset
     python bench/fedsparsify_fmnist.py --table-only --results-dir DIR   # table of finished runs
+    python bench/fedsparsify_fmnist.py --engine deployment --rounds 30 --epochs 1 \
+        --runs dense,global:0.9,local:0.9      # SuperLink + 10 SuperNodes: adds wire bytes
 
 Setting: 10 clients, all participate, label-pairs split (sorted by label, 20 chunks of 3000,
 clients 2j and 2j+1 share classes {2j, 2j+1}), fc2 784-128-128-10 with Glorot-uniform weights
@@ -15,8 +17,9 @@ Each run is one `fedsqueeze.deploy.simulate.simulate(...)` call into `<results-d
 a run whose summary says "completed" is reused, not rerun. The table goes to stdout and to
 `<results-dir>/table-T<rounds>-E<epochs>.md`. Communication is reported two ways: the paper's
 count (non-zeros down x participants + non-zeros up, in parameters, + one bit per parameter
-per Local upload) and our measured payload and message bytes (wire bytes exist only in
-deployment). Seconds per round are the ServerApp's round times (configure to evaluated).
+per Local upload) and our measured payload and message bytes; with `--engine deployment` (a
+SuperLink and one SuperNode per client over gRPC on this machine) also the wire bytes, TCP
+payload through each SuperNode's relay. Seconds per round are the ServerApp's round times (configure to evaluated).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import sys
 from pathlib import Path
 
 from fedsqueeze.deploy.config_check import find_app_dir
+from fedsqueeze.deploy.deployment import DeployOptions, deploy
 from fedsqueeze.deploy.simulate import simulate
 from fedsqueeze.server.results import read_run
 
@@ -101,13 +105,16 @@ def summarize(run_dir: Path) -> dict[str, object] | None:
         "paper_mb": paper_bits / 8e6,   # incl. Local's mask bits
         **{k: sum(r[k] for r in rounds) for k in ("payload_up", "payload_down",
                                                    "message_up", "message_down")},
+        **{k: (sum(r[k] for r in rounds) if all(r.get(k) is not None for r in rounds) else None)
+           for k in ("wire_up", "wire_down")},
+        "engine": config.get("engine", rc.get("engine", "simulation")),
         "s_per_round": statistics.median(seconds[1:] or seconds),
         "down_last": last["payload_down"] / max(len(last["clients"]), 1),
     }
 
 
-def mb(x: float) -> str:
-    return f"{x / 1e6:.2f}"
+def mb(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e6:.2f}"
 
 
 def table(rows: list[dict[str, object]]) -> str:
@@ -115,7 +122,8 @@ def table(rows: list[dict[str, object]]) -> str:
     head = ("| run | rounds | s_f target | sparsity | accuracy (best) | "
             "seed Table 2 acc (T=200, E=4) | non-zeros | "
             "model fp32 nnz MB | paper comm Mparams (x) | paper comm MB incl. masks | payload up MB | payload down MB | "
-            "message up MB | message down MB | total payload vs dense | s/round |")
+            "message up MB | message down MB | wire up MB | wire down MB | total payload vs dense | "
+            "s/round |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         paper_acc = PAPER.get(r["key"])
@@ -132,7 +140,8 @@ def table(rows: list[dict[str, object]]) -> str:
             f" | {r['nonzeros'] * 4 / 1e6:.3f} | {r['paper_mparams']:.1f} ({comm_x})"
             f" | {r['paper_mb']:.1f}"
             f" | {mb(r['payload_up'])} | {mb(r['payload_down'])} | {mb(r['message_up'])}"
-            f" | {mb(r['message_down'])} | {ratio} | {r['s_per_round']:.1f} |")
+            f" | {mb(r['message_down'])} | {mb(r['wire_up'])} | {mb(r['wire_down'])}"
+            f" | {ratio} | {r['s_per_round']:.1f} |")
     return "\n".join(lines)
 
 
@@ -150,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpus-per-client", type=float, default=0.0)
     ap.add_argument("--results-dir", type=Path, default=Path("results/fedsparsify-fmnist"))
     ap.add_argument("--table-only", action="store_true", help="only tabulate finished runs")
+    ap.add_argument("--engine", choices=("simulation", "deployment"), default="simulation",
+                    help="deployment: a SuperLink and --clients SuperNodes over gRPC, wire bytes")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     results = args.results_dir.resolve()
@@ -161,16 +172,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.table_only or (done and done["status"] == "completed"):
             continue
         config = {**base_config(args.rounds, args.epochs, args.seed), **keys,
-                  "results-dir": str(results), "run-name": name, "engine": "simulation"}
-        print(f"running {name} ...", flush=True)
-        result = simulate(app, config, results / name, clients=args.clients,
-                          cpus_per_client=args.cpus_per_client,
-                          gpus_per_client=args.gpus_per_client, echo=not args.quiet)
+                  "results-dir": str(results), "run-name": name, "engine": args.engine}
+        print(f"running {name} ({args.engine}) ...", flush=True)
+        if args.engine == "deployment":
+            result = deploy(app, config, results / name,
+                            DeployOptions(clients=args.clients, echo=not args.quiet))
+        else:
+            result = simulate(app, config, results / name, clients=args.clients,
+                              cpus_per_client=args.cpus_per_client,
+                              gpus_per_client=args.gpus_per_client, echo=not args.quiet)
         if not result.succeeded:
             print(f"{name} failed: {result.status} (logs: {result.logs})", flush=True)
     rows = [r for name, _ in specs if (r := summarize(results / name))]
-    text = (f"FedSparsify, FashionMNIST, 10 clients, label-pairs, T = {args.rounds}, "
-            f"E = {args.epochs} (simulation; wire bytes exist only in deployment)\n\n"
+    engines = sorted({str(r["engine"]) for r in rows}) or [args.engine]
+    text = (f"FedSparsify, FashionMNIST, {args.clients} clients, label-pairs, T = {args.rounds}, "
+            f"E = {args.epochs} ({', '.join(engines)}; wire bytes exist only in deployment)\n\n"
             + table(rows))
     print(text)
     out = results / f"table-T{args.rounds}-E{args.epochs}.md"

@@ -42,17 +42,20 @@ def mb(nbytes: float, clients: int) -> float:
     return nbytes * 8 / 1e6 / clients
 
 
-def summarize(run_dir: Path, target: float, clients: int) -> dict:
+def summarize(run_dir: Path, targets: list[float], clients: int) -> dict:
     config, rounds, _ = read_run(run_dir)
-    cum = {"up": 0, "down": 0, "mup": 0, "mdown": 0}
-    reached = None
+    cum = {"up": 0, "down": 0, "mup": 0, "mdown": 0, "warm_up": 0, "warm_down": 0}
+    reached: dict[float, tuple[int, dict]] = {}
     for r in rounds:
         cum["up"] += r["payload_up"]
         cum["down"] += r["payload_down"]
         cum["mup"] += r["message_up"]
         cum["mdown"] += r["message_down"]
-        if reached is None and r["accuracy"] is not None and r["accuracy"] >= target:
-            reached = (r["round"], dict(cum))
+        cum["warm_up"] += r.get("payload_up_warmup", 0)
+        cum["warm_down"] += r.get("payload_down_warmup", 0)
+        for t in targets:
+            if t not in reached and r["accuracy"] is not None and r["accuracy"] >= t:
+                reached[t] = (r["round"], dict(cum))
     warm_up = sum(r.get("payload_up_warmup", 0) for r in rounds)
     warm_down = sum(r.get("payload_down_warmup", 0) for r in rounds)
     res_rows = [r for r in rounds if r.get("compression_up")]
@@ -72,27 +75,35 @@ def summarize(run_dir: Path, target: float, clients: int) -> dict:
     }
 
 
-def table(rows: list[dict], target: float) -> str:
+def table(rows: list[dict], targets: list[float]) -> str:
     c = rows[0]["clients"] if rows else 1
-    head = (f"{'run':34} {'rnds':>4} {'final':>6} {'best':>6} | to {target:.0%}: {'rnd':>4} "
-            f"{'Mb up':>8} {'Mb down':>8} {'(warm-up up/down)':>18} | total Mb up/down "
+    head = (f"{'run':30} {'rnds':>4} {'final':>6} {'best':>6} | total Mb up/down (warm-up) "
             f"| CR up/down per residual rnd | max payload/bound | gap")
     lines = [head, "-" * len(head)]
     for s in rows:
-        if s["reached"]:
-            rnd, cum = s["reached"]
-            to = f"{rnd:4d} {mb(cum['up'], c):8.3f} {mb(cum['down'], c):8.3f}"
-        else:
-            to = f"{'-':>4} {'not reached':>17}"
-        warm = f"{mb(s['warm_up'], c):.2f}/{mb(s['warm_down'], c):.2f}"
         cr = (f"{s['cr_up']:.0f}x/{s['cr_down']:.0f}x" if s["cr_up"] else "1x (dense)")
         bound = f"{s['bound']:.3f}" if s["bound"] else "-"
         lines.append(
-            f"{s['run']:34} {s['rounds']:4d} {s['final']:6.4f} {s['best']:6.4f} | {to} "
-            f"{warm:>18} | {mb(s['total_up'], c):.2f}/{mb(s['total_down'], c):.2f} | {cr} | "
-            f"{bound} | {s['gap']}")
+            f"{s['run']:30} {s['rounds']:4d} {s['final']:6.4f} {s['best']:6.4f} | "
+            f"{mb(s['total_up'], c):.2f}/{mb(s['total_down'], c):.2f} "
+            f"({mb(s['warm_up'], c):.2f}/{mb(s['warm_down'], c):.2f}) | {cr} | {bound} | {s['gap']}")
+    for t in targets:
+        head = (f"to {t:.0%} accuracy: {'run':30} {'round':>5} {'Mb up':>8} {'Mb down':>8} "
+                f"{'of which warm-up up/down':>25} {'Mb up/down msg':>16}")
+        lines += ["", head, "-" * len(head)]
+        for s in rows:
+            if t in s["reached"]:
+                rnd, cum = s["reached"][t]
+                lines.append(
+                    f"{'':>18}{s['run']:30} {rnd:5d} {mb(cum['up'], c):8.3f} {mb(cum['down'], c):8.3f} "
+                    f"{mb(cum['warm_up'], c):12.3f}/{mb(cum['warm_down'], c):.3f}"
+                    f"{mb(cum['mup'], c):10.3f}/{mb(cum['mdown'], c):.3f}")
+            else:
+                lines.append(f"{'':>18}{s['run']:30} not reached in {s['rounds']} rounds "
+                             f"(best {s['best']:.4f})")
     lines.append(f"Mb = 1e6 bits of payload per client (average over {c} clients); warm-up = "
-                 "full-model transfers (first participation), counted in the to-target columns.")
+                 "full-model transfers (first participation), counted in the to-target columns "
+                 "and also shown on their own.")
     return "\n".join(lines)
 
 
@@ -103,7 +114,8 @@ def main() -> None:
     ap.add_argument("--model", default="fc2")
     ap.add_argument("--sparsity", type=float, nargs="+", default=[0.95, 0.99])
     ap.add_argument("--qe", type=int, default=1)
-    ap.add_argument("--target", type=float, default=0.70)
+    ap.add_argument("--target", type=float, nargs="+", default=[0.60, 0.70],
+                    help="accuracies to report the bytes-to-target for")
     ap.add_argument("--results-dir", type=Path, default=Path("/tmp/fedsqueeze-bench-resfed"))
     ap.add_argument("--table", nargs="*", type=Path, help="tabulate these finished runs only")
     ap.add_argument("--json", type=Path, help="also write the summaries here")
