@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -90,17 +91,21 @@ def test_forced_client_failure_fails_the_run_and_stops_everything(tmp_path, monk
     assert list(scratch.iterdir()) == []  # its Flower home and certificates are removed too
 
 
+def wait_for_first_round(proc: subprocess.Popen, rounds: Path, timeout: float = 240) -> None:
+    """Until the launcher `proc` has written one results row (it must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while not (rounds.exists() and rounds.read_text().strip()):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no round finished in time"
+        time.sleep(0.5)
+
+
 def test_ctrl_c_mid_run_stops_every_process(tmp_path):
     cli = [sys.executable, "-m", "fedsqueeze.deploy.cli", "deploy", "--clients", "2",
            "--quiet", "--results-dir", str(tmp_path), "--run-name", "interrupted",
            "--run-config", "num-server-rounds=50 partitioner='iid'"]
     proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    rounds = tmp_path / "interrupted" / "rounds.jsonl"
-    deadline = time.monotonic() + 240
-    while not (rounds.exists() and rounds.read_text().strip()):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no round finished in time"
-        time.sleep(0.5)
+    wait_for_first_round(proc, tmp_path / "interrupted" / "rounds.jsonl")
     launch_ids = launch_ids_below(proc.pid)
     assert len(launch_ids) == 1, "the deployment should be running"
     proc.send_signal(signal.SIGINT)
@@ -132,12 +137,7 @@ def test_sigterm_to_a_script_calling_simulate_stops_ray_too(tmp_path):
         "         out / 'killed', clients=2, cpus_per_client=1, gpus_per_client=0.0, echo=False)\n")
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    rounds = tmp_path / "killed" / "rounds.jsonl"
-    deadline = time.monotonic() + 240
-    while not (rounds.exists() and rounds.read_text().strip()):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no round finished in time"
-        time.sleep(0.5)
+    wait_for_first_round(proc, tmp_path / "killed" / "rounds.jsonl")
     launch_ids = launch_ids_below(proc.pid)
     assert len(launch_ids) == 1
     proc.send_signal(signal.SIGTERM)
