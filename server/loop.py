@@ -87,6 +87,18 @@ def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Mess
     return rows
 
 
+def evaluate_extra(strategy: SqueezeStrategy, server_round: int,
+                   evaluate_fn: Callable[[dict], tuple[float, float]]) -> dict[str, float]:
+    """`accuracy_<name>` (mean) and `accuracy_<name>_min` of the strategy's extra models."""
+    row: dict[str, float] = {}
+    for name, models in strategy.models_to_evaluate(server_round).items():
+        accuracies = [evaluate_fn(model)[1] for model in models]
+        if accuracies:
+            row[f"accuracy_{name}"] = sum(accuracies) / len(accuracies)
+            row[f"accuracy_{name}_min"] = min(accuracies)
+    return row
+
+
 def run_rounds(
     grid: MeteredGrid,
     strategy: SqueezeStrategy,
@@ -125,8 +137,10 @@ def run_rounds(
 
         plain = from_arrayrecord(arrays)
         loss = accuracy = None
+        extra_accuracy: dict[str, float | None] = {}
         if server_round % settings.eval_every == 0 or server_round == total:
             loss, accuracy = evaluate_fn(plain)
+            extra_accuracy = evaluate_extra(strategy, server_round, evaluate_fn)
         nonzeros, params = count_nonzeros(plain)
         traffic = grid.traffic(grid.phase)
         totals = grid.totals([grid.phase])
@@ -152,6 +166,7 @@ def run_rounds(
             "train_loss": None if train_metrics is None else train_metrics.get("train-loss"),
             "per_client": per_client_row(directory, traffic, replies),
             **strategy.round_metrics(server_round),
+            **extra_accuracy,
         }
         writer.write_round(row)
         cumulative["up"] += totals["message_up"]

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
 from typing import Any, ClassVar
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -145,6 +146,13 @@ class SqueezeStrategy(FedAvg):
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         """Method-specific keys for this round's row of rounds.jsonl."""
+        return {}
+
+    def models_to_evaluate(self, server_round: int) -> dict[str, list[dict[str, np.ndarray]]]:
+        """Models besides the global one that the round loop evaluates on the central test
+        set in rounds it evaluates, by name (state dicts as numpy arrays): for a lossy
+        downlink, the models clients really train from. Rows get `accuracy_<name>` (mean over
+        the list) and `accuracy_<name>_min`."""
         return {}
 
     # -- Flower's verbs ---------------------------------------------------------------------

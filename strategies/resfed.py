@@ -55,6 +55,8 @@ HISTORY_DEPTH = 3  # linear reads S[-2] and O[-3]
 HISTORY_RECORD = "resfed.history"
 VERSION_RECORD = "resfed.version"
 EMPTY_TAG = bytes(8)
+# how many clients' G^ per round are evaluated centrally (each costs one test-set pass)
+EVALUATED_RECONSTRUCTIONS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +189,8 @@ class ResFedStrategy(SqueezeStrategy):
         self.stats: dict[str, Any] = self._new_stats()
 
     def _new_stats(self) -> dict[str, Any]:
-        return {"down": [], "up": [], "gap": 0, "mismatch": 0, "resyncs": 0, "rel_error": []}
+        return {"down": [], "up": [], "gap": 0, "mismatch": 0, "resyncs": 0, "rel_error": [],
+                "g_hat": []}
 
     def begin_round(self) -> None:
         self.stats = self._new_stats()
@@ -217,6 +220,8 @@ class ResFedStrategy(SqueezeStrategy):
         rel = float(np.linalg.norm(g_hat - g)) / norm if norm else 0.0
         self.pending[partition] = Pending(history, g_hat, down, rel)
         self.stats["down"].append(down)
+        if len(self.stats["g_hat"]) < EVALUATED_RECONSTRUCTIONS:
+            self.stats["g_hat"].append(g_hat)
         content = RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload)})
         content["config"] = config
         return content
@@ -251,6 +256,11 @@ class ResFedStrategy(SqueezeStrategy):
         self.stats["up"].append(up)
         self.stats["rel_error"].append(pending.rel_error)
         return to_arrayrecord(OrderedDict(zip(self.keys, unflatten(l_hat, self.shapes))))
+
+    def models_to_evaluate(self, server_round: int) -> dict[str, list[dict[str, np.ndarray]]]:
+        """The lossy global models G^ that this round's first clients train from."""
+        return {"reconstructed": [OrderedDict(zip(self.keys, unflatten(g, self.shapes)))
+                                  for g in self.stats["g_hat"]]}
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         s = self.stats

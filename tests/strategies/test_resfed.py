@@ -321,6 +321,20 @@ def test_an_upload_against_a_stale_mirror_is_rejected_and_not_committed():
     assert st.stats["mismatch"] == 1 and st.mirrors[0][0].count == 3
 
 
+def test_the_reconstructions_clients_train_from_are_offered_for_evaluation():
+    from fedsqueeze.strategies.resfed import EVALUATED_RECONSTRUCTIONS
+
+    fed = Federation(CONFIGS[0], clients=5)
+    for rnd in (1, 2, 3):
+        _, partitions = fed.round(rnd)
+    models = fed.strategy.models_to_evaluate(3)["reconstructed"]
+    assert len(models) == EVALUATED_RECONSTRUCTIONS < len(partitions)
+    for model, p in zip(models, partitions):
+        assert list(model) == fed.strategy.keys
+        received = load_history(fed.states[p]).g[-1]  # the G^ client p trained from in round 3
+        assert flatten(list(model.values())).tobytes() == received.tobytes()
+
+
 def test_config_is_validated():
     with pytest.raises(ConfigError, match="resfed.sparsity-up"):
         get_method("resfed")(RunSettings(), {"resfed.sparsity-up": 1.0})
@@ -355,6 +369,8 @@ def test_two_round_simulation_runs_residuals_with_zero_gap(tmp_path):
     # round 2: clients seen in round 1 get residuals, a newcomer a full model
     assert rounds[1]["resfed_down_residual"] + rounds[1]["resfed_down_full"] == 2
     assert rounds[1]["resfed_down_residual"] >= 1
+    for r in rounds:  # the lossy G^ clients trained from, evaluated beside the exact model
+        assert 0.0 <= r["accuracy_reconstructed_min"] <= r["accuracy_reconstructed"] <= 1.0
 
 
 def test_without_sparsification_or_quantization_resfed_is_fedavg_up_to_rounding():
