@@ -10,14 +10,8 @@ import numpy as np
 import torch
 from flwr.supercore import log
 
-from fedsqueeze.data import (
-    DataError,
-    cached_partition,
-    default_data_dir,
-    load_split,
-    to_tensor,
-)
-from fedsqueeze.data.partition_cache import partition_key
+from fedsqueeze.data import DataError, default_data_dir, load_split, to_tensor
+from fedsqueeze.data.partition_cache import cached_partition, partition_key
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.training import ClientData
 

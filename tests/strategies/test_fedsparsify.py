@@ -205,13 +205,18 @@ def test_masked_gradients_keep_momentum_off_pruned_entries():
         assert np.all(after[pruned[key] == 0] == 0), key
 
 
-def test_global_uplink_is_values_only_and_decodes_with_the_sent_mask():
+def _global_round_trip(sparsity):
+    """A Global-variant down message to node 7 in round 3, received and answered untrained."""
     method = _method()
     strategy, client = method.server(build_run_model(method.settings)), method.client()
-    pruned = _pruned_model(method, 0.9, strategy=strategy)
+    pruned = _pruned_model(method, sparsity, strategy=strategy)
     content = strategy.encode_down(3, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 3}))
     model = client.receive(content, RecordDict(), build_run_model(method.settings))
-    reply = client.send(model, RecordDict())
+    return strategy, pruned, client.send(model, RecordDict())
+
+
+def test_global_uplink_is_values_only_and_decodes_with_the_sent_mask():
+    strategy, pruned, reply = _global_round_trip(0.9)
     array = reply[PAYLOAD_RECORD]["bytes"]
     assert array.stype.startswith("fedsqueeze/masked@")
     nnz = sum(int(np.count_nonzero(a)) for a in pruned.values())
@@ -239,12 +244,7 @@ def test_downlink_is_nonzero_values_plus_positions_and_never_dense():
 
 
 def test_global_mask_mismatch_is_a_codec_error():
-    method = _method()
-    strategy, client = method.server(build_run_model(method.settings)), method.client()
-    pruned = _pruned_model(method, 0.5, strategy=strategy)
-    content = strategy.encode_down(3, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 3}))
-    model = client.receive(content, RecordDict(), build_run_model(method.settings))
-    reply = client.send(model, RecordDict())
+    strategy, _, reply = _global_round_trip(0.5)
     strategy.sent_masks[7] = [None] * len(strategy.sent_masks[7])   # server now expects dense
     with pytest.raises(CodecError):
         strategy.decode_up(3, 7, reply)
