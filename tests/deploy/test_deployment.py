@@ -104,7 +104,10 @@ def test_ctrl_c_mid_run_stops_every_process(tmp_path):
     cli = [sys.executable, "-m", "fedsqueeze.deploy.cli", "deploy", "--clients", "2",
            "--quiet", "--results-dir", str(tmp_path), "--run-name", "interrupted",
            "--run-config", "num-server-rounds=50 partitioner='iid'"]
-    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # a shell without job control starts background jobs with SIGINT ignored, and children
+    # inherit that: give the launcher the disposition an interactive Ctrl-C would meet
+    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_first_round(proc, tmp_path / "interrupted" / "rounds.jsonl")
     launch_ids = launch_ids_below(proc.pid)
     assert len(launch_ids) == 1, "the deployment should be running"
