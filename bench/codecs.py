@@ -55,9 +55,10 @@ from fedsqueeze.codecs.framing import unpack  # noqa: E402
 from fedsqueeze.codecs.positions import body_method, positions_data_bytes  # noqa: E402
 
 DENSITIES = (0.001, 0.01, 0.05, 0.1, 0.3, 0.5)
-COLUMNS = ["coder", "n", "density", "source", "k", "bytes", "header_bytes", "bound_bytes", "ratio", "data_ratio",
-           "encode_mb_s", "decode_mb_s", "chosen", "accept"]
-FMNIST_DIRS = [Path("/usr/share/datasets/fashion-mnist"), Path.home() / ".cache/fedsqueeze/data/FashionMNIST/raw"]
+COLUMNS = ["coder", "n", "density", "source", "k", "bytes", "header_bytes", "bound_bytes", "ratio",
+           "data_ratio", "encode_mb_s", "decode_mb_s", "chosen", "accept"]
+FMNIST_DIRS = [Path("/usr/share/datasets/fashion-mnist"),
+               Path.home() / ".cache/fedsqueeze/data/FashionMNIST/raw"]
 
 
 def _median_time(fn, reps: int) -> tuple[float, object]:
@@ -106,7 +107,8 @@ def fc2_first_layer(log) -> np.ndarray | None:
     torch.set_num_threads(1)
     x = torch.from_numpy(_read_idx(img).reshape(-1, 784).astype(np.float32) / 255.0)
     y = torch.from_numpy(_read_idx(lab).astype(np.int64))
-    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = nn.Sequential(nn.Linear(784, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                          nn.Linear(128, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     t = time.perf_counter()
     perm = torch.randperm(x.shape[0])
@@ -135,7 +137,8 @@ def resnet18_weights(log, global_: bool) -> np.ndarray | None:
 
 
 # --------------------------------------------------------------------------- rows
-def position_rows(source: str, n: int, density: float, mask: np.ndarray, reps: int, timed: bool) -> list[dict]:
+def position_rows(source: str, n: int, density: float, mask: np.ndarray, reps: int,
+                  timed: bool) -> list[dict]:
     pc = get_codec("positions")
     k = int(mask.sum())
     bound = log2_binom(n, k) / 8
@@ -143,11 +146,13 @@ def position_rows(source: str, n: int, density: float, mask: np.ndarray, reps: i
     x[mask] = 1.0
     rows = []
     for coder in ("bitmap", "rice", "ans", "auto"):
-        enc = lambda: pc.encode([x], method=coder)  # noqa: E731
+        # enc and dec are only called within this iteration, so late binding is harmless.
+        enc = lambda: pc.encode([x], method=coder)  # noqa: E731, B023
         payload = enc()
-        f = unpack(payload, codec_id=pc.codec_id, codec_versions=pc.read_versions, expected_shapes=[(n,)])
+        f = unpack(payload, codec_id=pc.codec_id, codec_versions=pc.read_versions,
+                   expected_shapes=[(n,)])
         data = positions_data_bytes(f.sections[0])
-        dec = lambda: pc.decode(payload, [(n,)])  # noqa: E731
+        dec = lambda: pc.decode(payload, [(n,)])  # noqa: E731, B023
         if timed:
             te, _ = _median_time(enc, reps)
             td, out = _median_time(dec, reps)
@@ -161,14 +166,18 @@ def position_rows(source: str, n: int, density: float, mask: np.ndarray, reps: i
             accept = "pass" if (data <= 1.05 * bound + 8 and header <= 32) else "FAIL"
         if coder == "rice" and n >= 100_000 and density <= 0.1:
             accept = "pass" if data <= 1.03 * bound + 8 else "FAIL"
-        rows.append(dict(coder=coder, n=n, density=density, source=source, k=k, bytes=len(payload), header_bytes=header,
-                         bound_bytes=round(bound, 1), ratio=len(payload) / bound if bound else math.nan,
-                         data_ratio=data / bound if bound else math.nan, encode_mb_s=4 * n / 1e6 / te,
-                         decode_mb_s=4 * n / 1e6 / td, chosen=body_method(f.sections[0]) if coder == "auto" else "", accept=accept))
-    rows.append(dict(coder="coo-int32", n=n, density=density, source=source, k=k, bytes=4 * k, header_bytes=0,
-                     bound_bytes=round(bound, 1), ratio=4 * k / bound if bound else math.nan,
-                     data_ratio=4 * k / bound if bound else math.nan, encode_mb_s=math.nan, decode_mb_s=math.nan,
-                     chosen="", accept=""))
+        rows.append(dict(coder=coder, n=n, density=density, source=source, k=k, bytes=len(payload),
+                         header_bytes=header, bound_bytes=round(bound, 1),
+                         ratio=len(payload) / bound if bound else math.nan,
+                         data_ratio=data / bound if bound else math.nan,
+                         encode_mb_s=4 * n / 1e6 / te, decode_mb_s=4 * n / 1e6 / td,
+                         chosen=body_method(f.sections[0]) if coder == "auto" else "",
+                         accept=accept))
+    rows.append(dict(coder="coo-int32", n=n, density=density, source=source, k=k, bytes=4 * k,
+                     header_bytes=0, bound_bytes=round(bound, 1),
+                     ratio=4 * k / bound if bound else math.nan,
+                     data_ratio=4 * k / bound if bound else math.nan, encode_mb_s=math.nan,
+                     decode_mb_s=math.nan, chosen="", accept=""))
     return rows
 
 
@@ -179,7 +188,8 @@ def sparse_row(source: str, n: int, density: float, x: np.ndarray, reps: int) ->
     te, payload = _median_time(lambda: sc.encode([x], values="fp16", positions="auto"), reps)
     td, out = _median_time(lambda: sc.decode(payload, [(n,)]), reps)
     np.testing.assert_array_equal(out[0], x.astype(np.float16).astype(np.float32))
-    f = unpack(payload, codec_id=sc.codec_id, codec_versions=sc.read_versions, expected_shapes=[(n,)])
+    f = unpack(payload, codec_id=sc.codec_id, codec_versions=sc.read_versions,
+               expected_shapes=[(n,)])
     data = positions_data_bytes(f.sections[0]) + 2 * k
     enc_mb, dec_mb = 4 * n / 1e6 / te, 4 * n / 1e6 / td
     both = 4 * n / 1e6 / (te + td)
@@ -187,17 +197,20 @@ def sparse_row(source: str, n: int, density: float, x: np.ndarray, reps: int) ->
     if n >= 10_000_000 and density == 0.1:
         accept = f"{'pass' if both >= 200 else 'FAIL'} ({both:.0f} MB/s enc+dec)"
     return dict(coder="auto+fp16", n=n, density=density, source=source, k=k, bytes=len(payload),
-                header_bytes=len(payload) - data, bound_bytes=round(bound, 1), ratio=len(payload) / bound,
-                data_ratio=data / bound, encode_mb_s=enc_mb, decode_mb_s=dec_mb, chosen=body_method(f.sections[0]), accept=accept)
+                header_bytes=len(payload) - data, bound_bytes=round(bound, 1),
+                ratio=len(payload) / bound, data_ratio=data / bound, encode_mb_s=enc_mb,
+                decode_mb_s=dec_mb, chosen=body_method(f.sections[0]), accept=accept)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="n = 1e5, 1e6 + the n=1e7 d=0.1 acceptance row (< 1 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="n = 1e5, 1e6 + the n=1e7 d=0.1 acceptance row (< 1 min)")
     ap.add_argument("--out", type=Path, help="CSV file to write")
     ap.add_argument("--reps", type=int, default=5, help="timed runs per measurement (median)")
     ap.add_argument("--no-real", action="store_true", help="uniform positions only (no torch)")
-    ap.add_argument("--cpu", type=int, default=None, help="pin to this CPU (default: the first allowed one)")
+    ap.add_argument("--cpu", type=int, default=None,
+                    help="pin to this CPU (default: the first allowed one)")
     args = ap.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):  # one core, as the acceptance criterion says
         cpus = sorted(os.sched_getaffinity(0))
@@ -233,11 +246,12 @@ def main(argv=None) -> int:
             for d in DENSITIES:
                 m = _magnitude_mask(w, d)
                 rows += position_rows(name, w.size, d, m, args.reps, timed=True)
-    hdr = f"{'coder':<10}{'n':>10}{'dens':>7} {'source':<16}{'bytes':>10}{'hdr':>5}{'bound':>12}{'ratio':>8}{'data_r':>8}{'enc MB/s':>10}{'dec MB/s':>10}  chosen  accept"
+    hdr = (f"{'coder':<10}{'n':>10}{'dens':>7} {'source':<16}{'bytes':>10}{'hdr':>5}{'bound':>12}"
+           f"{'ratio':>8}{'data_r':>8}{'enc MB/s':>10}{'dec MB/s':>10}  chosen  accept")
     print(hdr)
     for r in rows:
-        print(f"{r['coder']:<10}{r['n']:>10}{r['density']:>7} {r['source']:<16}{r['bytes']:>10}{r['header_bytes']:>5}"
-              f"{r['bound_bytes']:>12.1f}{r['ratio']:>8.4f}{r['data_ratio']:>8.4f}{r['encode_mb_s']:>10.0f}"
+        print(f"{r['coder']:<10}{r['n']:>10}{r['density']:>7} {r['source']:<16}{r['bytes']:>10}"
+              f"{r['header_bytes']:>5}{r['bound_bytes']:>12.1f}{r['ratio']:>8.4f}{r['data_ratio']:>8.4f}{r['encode_mb_s']:>10.0f}"
               f"{r['decode_mb_s']:>10.0f}  {r['chosen']:<7} {r['accept']}")
     fails = [r for r in rows if str(r["accept"]).startswith("FAIL")]
     print(f"# {len(rows)} rows, {len(fails)} acceptance failures, {time.perf_counter() - t0:.1f}s")

@@ -22,20 +22,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DECODERS = ["dense", "quant", "ternary", "positions", "sparse", "masked", "lowrank", "entropy", "positions-bigN", "sparse-bigN"]
+DECODERS = ["dense", "quant", "ternary", "positions", "sparse", "masked", "lowrank", "entropy",
+            "positions-bigN", "sparse-bigN"]
 
 
 def run_one(name: str, examples: int) -> tuple[str, int, str, float, str]:
     env = dict(os.environ, FEDSQUEEZE_FUZZ_EXAMPLES=str(examples))
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:warnings", "-p", "no:cacheprovider",
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:warnings",
+                        "-p", "no:cacheprovider",
                         f"tests/codecs/test_fuzz.py::test_decoder_survives_fuzz[{name}]"],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     out = p.stdout + p.stderr
     m = re.search(rf"fuzz {re.escape(name)}: (\d+) payloads, worst peak (\d+) B", out)
     count = int(m.group(1)) if m else 0
     status = "pass" if p.returncode == 0 else "FAIL"
-    return name, count, status, time.perf_counter() - t, (m.group(2) if m else "?") if status == "pass" else out[-3000:]
+    return (name, count, status, time.perf_counter() - t,
+            (m.group(2) if m else "?") if status == "pass" else out[-3000:])
 
 
 def main(argv=None) -> int:
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
     print(f"{'decoder':<16}{'payloads':>10}{'status':>8}{'seconds':>9}  worst peak (B)")
     with ThreadPoolExecutor(args.jobs) as ex:
         for name, count, status, secs, info in ex.map(lambda n: run_one(n, args.examples), names):
-            print(f"{name:<16}{count:>10}{status:>8}{secs:>9.0f}  {info if status == 'pass' else ''}", flush=True)
+            print(f"{name:<16}{count:>10}{status:>8}{secs:>9.0f}  "
+                  f"{info if status == 'pass' else ''}", flush=True)
             if status != "pass":
                 fails += 1
                 print(info, file=sys.stderr)

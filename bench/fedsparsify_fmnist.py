@@ -19,7 +19,8 @@ a run whose summary says "completed" is reused, not rerun. The table goes to std
 count (non-zeros down x participants + non-zeros up, in parameters, + one bit per parameter
 per Local upload) and our measured payload and message bytes; with `--engine deployment` (a
 SuperLink and one SuperNode per client over gRPC on this machine) also the wire bytes, TCP
-payload through each SuperNode's relay. Seconds per round are the ServerApp's round times (configure to evaluated).
+payload through each SuperNode's relay. Seconds per round are the ServerApp's round times
+(configure to evaluated).
 """
 
 from __future__ import annotations
@@ -121,9 +122,9 @@ def table(rows: list[dict[str, object]]) -> str:
     dense = next((r for r in rows if r["name"].startswith("dense")), None)
     head = ("| run | rounds | s_f target | sparsity | accuracy (best) | "
             "seed Table 2 acc (T=200, E=4) | non-zeros | "
-            "model fp32 nnz MB | paper comm Mparams (x) | paper comm MB incl. masks | payload up MB | payload down MB | "
-            "message up MB | message down MB | wire up MB | wire down MB | total payload vs dense | "
-            "s/round |")
+            "model fp32 nnz MB | paper comm Mparams (x) | paper comm MB incl. masks | "
+            "payload up MB | payload down MB | message up MB | message down MB | "
+            "wire up MB | wire down MB | total payload vs dense | s/round |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         paper_acc = PAPER.get(r["key"])

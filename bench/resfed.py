@@ -86,7 +86,8 @@ def table(rows: list[dict], targets: list[float]) -> str:
         lines.append(
             f"{s['run']:30} {s['rounds']:4d} {s['final']:6.4f} {s['best']:6.4f} | "
             f"{mb(s['total_up'], c):.2f}/{mb(s['total_down'], c):.2f} "
-            f"({mb(s['warm_up'], c):.2f}/{mb(s['warm_down'], c):.2f}) | {cr} | {bound} | {s['gap']}")
+            f"({mb(s['warm_up'], c):.2f}/{mb(s['warm_down'], c):.2f}) | {cr} | {bound} | "
+            f"{s['gap']}")
     for t in targets:
         head = (f"to {t:.0%} accuracy: {'run':30} {'round':>5} {'Mb up':>8} {'Mb down':>8} "
                 f"{'of which warm-up up/down':>25} {'Mb up/down msg':>16}")
@@ -95,7 +96,8 @@ def table(rows: list[dict], targets: list[float]) -> str:
             if t in s["reached"]:
                 rnd, cum = s["reached"][t]
                 lines.append(
-                    f"{'':>18}{s['run']:30} {rnd:5d} {mb(cum['up'], c):8.3f} {mb(cum['down'], c):8.3f} "
+                    f"{'':>18}{s['run']:30} {rnd:5d} {mb(cum['up'], c):8.3f} "
+                    f"{mb(cum['down'], c):8.3f} "
                     f"{mb(cum['warm_up'], c):12.3f}/{mb(cum['warm_down'], c):.3f}"
                     f"{mb(cum['mup'], c):10.3f}/{mb(cum['mdown'], c):.3f}")
             else:

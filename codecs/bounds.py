@@ -21,9 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .framing import CODEC_IDS, DTYPE_NAMES, CodecError, Reader, numel, peek_codec_id, unpack
+from .framing import CODEC_IDS, DTYPE_NAMES, CodecError, Reader, peek_codec_id, unpack
 
-__all__ = ["log2_binom", "positions_bound_bits", "entropy_bits", "raw_bits", "payload_bound_bits", "payload_bound"]
+__all__ = ["log2_binom", "positions_bound_bits", "entropy_bits", "raw_bits", "payload_bound_bits",
+           "payload_bound"]
 
 
 def log2_binom(n: int, k: int) -> float:
@@ -73,7 +74,8 @@ def _values_bits(r_: Reader, code: int, count: int, where: str) -> float:
     raise CodecError(f"{where}: no bound for dtype code {code}")
 
 
-def payload_bound_bits(payload: bytes, expected_shapes: Sequence[tuple[int, ...]], masks=None) -> float:
+def payload_bound_bits(payload: bytes, expected_shapes: Sequence[tuple[int, ...]],
+                       masks=None) -> float:
     """Bound in bits for the content of a payload (the payload is validated by decoding it)."""
     from .positions import read_positions
     from .registry import get_codec_by_id
@@ -94,7 +96,8 @@ def payload_bound_bits(payload: bytes, expected_shapes: Sequence[tuple[int, ...]
     elif cid == CODEC_IDS["sparse"]:
         for i, t in enumerate(f.tensors):
             p = read_positions(Reader(f.sections[2 * i]), t.numel)
-            total += log2_binom(t.numel, p.k) + _values_bits(Reader(f.sections[2 * i + 1]), t.dtype, p.k, f"tensor {i}")
+            total += log2_binom(t.numel, p.k) + _values_bits(Reader(f.sections[2 * i + 1]), t.dtype,
+                                                             p.k, f"tensor {i}")
     elif cid == CODEC_IDS["masked"]:
         from .masked import _norm_masks
 
@@ -108,7 +111,8 @@ def payload_bound_bits(payload: bytes, expected_shapes: Sequence[tuple[int, ...]
     return total
 
 
-def payload_bound(payload: bytes, expected_shapes: Sequence[tuple[int, ...]], masks=None) -> tuple[int, float, float]:
+def payload_bound(payload: bytes, expected_shapes: Sequence[tuple[int, ...]],
+                  masks=None) -> tuple[int, float, float]:
     """(bytes, bound bytes, bytes / bound bytes) for any fedsqueeze payload."""
     b = payload_bound_bits(payload, expected_shapes, masks) / 8
     n = len(payload)

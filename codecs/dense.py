@@ -20,11 +20,13 @@ import numpy as np
 from .framing import DTYPE_CODES, DTYPE_NAMES, CodecError, max_header_bytes, numel, pack, unpack
 from .registry import Codec, register_codec
 
-__all__ = ["DenseCodec", "RAW_DTYPES", "ITEMSIZE", "encode_raw", "decode_raw", "f32_to_bf16_bits", "bf16_bits_to_f32"]
+__all__ = ["DenseCodec", "RAW_DTYPES", "ITEMSIZE", "encode_raw", "decode_raw", "f32_to_bf16_bits",
+           "bf16_bits_to_f32"]
 
 RAW_DTYPES = ("fp32", "fp16", "bf16")
 ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2}
-_EXP_MASK = {"fp32": (np.dtype("<u4"), 0x7F800000), "fp16": (np.dtype("<u2"), 0x7C00), "bf16": (np.dtype("<u2"), 0x7F80)}
+_EXP_MASK = {"fp32": (np.dtype("<u4"), 0x7F800000), "fp16": (np.dtype("<u2"), 0x7C00),
+             "bf16": (np.dtype("<u2"), 0x7F80)}
 
 
 def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -54,7 +56,8 @@ def _has_nonfinite(bits: np.ndarray, wire: str) -> bool:
     return bool(((bits & m) == m).any())
 
 
-def encode_raw(x: np.ndarray, wire: str, *, allow_nonfinite: bool = False, what: str = "tensor") -> bytes:
+def encode_raw(x: np.ndarray, wire: str, *, allow_nonfinite: bool = False,
+               what: str = "tensor") -> bytes:
     """float32 array -> little-endian bytes of dtype ``wire`` (fp32/fp16/bf16)."""
     x = np.ascontiguousarray(x, dtype="<f4").reshape(-1)
     if wire == "fp32":
@@ -70,15 +73,19 @@ def encode_raw(x: np.ndarray, wire: str, *, allow_nonfinite: bool = False, what:
         ut, _ = _EXP_MASK[wire]
         if _has_nonfinite(out.view(ut), wire):
             if _has_nonfinite(x.view("<u4"), "fp32"):
-                raise CodecError(f"{what}: non-finite values (pass allow_nonfinite=True to send them)")
-            raise CodecError(f"{what}: values overflow {wire} (max |x| = {float(np.abs(x).max()):.6g})")
+                raise CodecError(
+                    f"{what}: non-finite values (pass allow_nonfinite=True to send them)")
+            raise CodecError(
+                f"{what}: values overflow {wire} (max |x| = {float(np.abs(x).max()):.6g})")
     return out.tobytes()
 
 
-def decode_raw(buf, wire: str, count: int, *, allow_nonfinite: bool = False, what: str = "tensor") -> np.ndarray:
+def decode_raw(buf, wire: str, count: int, *, allow_nonfinite: bool = False,
+               what: str = "tensor") -> np.ndarray:
     """Inverse of :func:`encode_raw`; the caller has already checked ``len(buf)``."""
     if len(buf) != count * ITEMSIZE[wire]:
-        raise CodecError(f"{what}: section length {len(buf)} != {count} x {ITEMSIZE[wire]} bytes for {wire}")
+        raise CodecError(f"{what}: section length {len(buf)} != {count} x {ITEMSIZE[wire]} bytes "
+                         f"for {wire}")
     ut, _ = _EXP_MASK[wire]
     bits = np.frombuffer(buf, dtype=ut, count=count)
     if not allow_nonfinite and _has_nonfinite(bits, wire):
@@ -103,7 +110,8 @@ class DenseCodec(Codec):
         ds = [dtype] if isinstance(dtype, str) else list(dtype)
         return any(d != "fp32" for d in ds)
 
-    def encode(self, arrays: Sequence[np.ndarray], dtype: str | Sequence[str] = "fp32", *, allow_nonfinite: bool = False) -> bytes:
+    def encode(self, arrays: Sequence[np.ndarray], dtype: str | Sequence[str] = "fp32", *,
+               allow_nonfinite: bool = False) -> bytes:
         arrays = list(arrays)
         dts = [dtype] * len(arrays) if isinstance(dtype, str) else list(dtype)
         if len(dts) != len(arrays):
@@ -117,7 +125,8 @@ class DenseCodec(Codec):
             sections.append(encode_raw(x, d, allow_nonfinite=allow_nonfinite, what=f"tensor {i}"))
         return pack(self.codec_id, self.version, tensors, sections)
 
-    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]], *, allow_nonfinite: bool = False) -> list[np.ndarray]:
+    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]], *,
+               allow_nonfinite: bool = False) -> list[np.ndarray]:
         shapes = [tuple(int(d) for d in s) for s in expected_shapes]
         cap = max_header_bytes(shapes) + 4 * sum(numel(s) for s in shapes)
         f = unpack(
@@ -134,9 +143,11 @@ class DenseCodec(Codec):
         for i, (t, s) in enumerate(zip(f.tensors, f.sections)):
             need = t.numel * ITEMSIZE[DTYPE_NAMES[t.dtype]]
             if len(s) != need:
-                raise CodecError(f"section {i} length {len(s)} != {need} for tensor {i} shape {t.shape} {DTYPE_NAMES[t.dtype]}")
+                raise CodecError(f"section {i} length {len(s)} != {need} for tensor {i} shape "
+                                 f"{t.shape} {DTYPE_NAMES[t.dtype]}")
         out = []
         for i, (t, s) in enumerate(zip(f.tensors, f.sections)):
-            x = decode_raw(s, DTYPE_NAMES[t.dtype], t.numel, allow_nonfinite=allow_nonfinite, what=f"tensor {i}")
+            x = decode_raw(s, DTYPE_NAMES[t.dtype], t.numel, allow_nonfinite=allow_nonfinite,
+                           what=f"tensor {i}")
             out.append(x.reshape(t.shape))
         return out

@@ -22,15 +22,24 @@ frames that declare a content size, trailing bytes and ANS streams not consumed 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from .framing import DTYPE_CODES, CodecError, Reader, max_header_bytes, numel, pack, unpack, write_uvarint
+from .framing import (
+    DTYPE_CODES,
+    CodecError,
+    Reader,
+    max_header_bytes,
+    numel,
+    pack,
+    unpack,
+    write_uvarint,
+)
 from .registry import Codec, register_codec
 
-__all__ = ["encode_symbols", "decode_symbols", "read_symbols", "max_symbols_bytes", "symbol_entropy_bits", "EntropyCodec"]
+__all__ = ["encode_symbols", "decode_symbols", "read_symbols", "max_symbols_bytes",
+           "symbol_entropy_bits", "EntropyCodec"]
 
 ENTROPY_METHODS = ("raw", "ans", "zstd")
 _RAW, _ANS, _ZSTD = 0, 1, 2
@@ -102,7 +111,8 @@ def _enc_ans(sym: np.ndarray, alphabet: int) -> bytes:
 def _zstd_c():
     import zstandard
 
-    return zstandard.ZstdCompressor(level=3, write_content_size=False, write_checksum=False, write_dict_id=False)
+    return zstandard.ZstdCompressor(level=3, write_content_size=False, write_checksum=False,
+                                    write_dict_id=False)
 
 
 def encode_symbols(sym: np.ndarray, alphabet: int, method: str = "auto") -> bytes:
@@ -127,7 +137,8 @@ def encode_symbols(sym: np.ndarray, alphabet: int, method: str = "auto") -> byte
     if sym.size and method in ("auto", "zstd"):
         cands[_ZSTD] = _zstd_c().compress(sym.tobytes())
     if not cands:
-        raise CodecError(f"entropy: unknown method {method!r} (one of {ENTROPY_METHODS} or 'auto')")
+        raise CodecError(
+            f"entropy: unknown method {method!r} (one of {ENTROPY_METHODS} or 'auto')")
     m = min(cands, key=lambda k: len(cands[k]))
     head = bytearray([m])
     write_uvarint(head, alphabet)
@@ -138,12 +149,14 @@ def _fatal(e: BaseException) -> bool:
     return isinstance(e, (KeyboardInterrupt, SystemExit, MemoryError))
 
 
-def read_symbols(r_: Reader, count: int, where: str = "symbols", alphabet: int | None = None) -> np.ndarray:
+def read_symbols(r_: Reader, count: int, where: str = "symbols",
+                 alphabet: int | None = None) -> np.ndarray:
     """Decode a symbol body filling the rest of ``r_``; ``alphabet`` (if given) must match."""
     m = r_.u8(f"{where} entropy method")
     a = r_.uvarint(f"{where} alphabet size", max_value=256)
     if a < 2 or (alphabet is not None and a != alphabet):
-        raise CodecError(f"{where}: alphabet size {a} invalid" + (f" (expected {alphabet})" if alphabet else ""))
+        raise CodecError(f"{where}: alphabet size {a} invalid"
+                         + (f" (expected {alphabet})" if alphabet else ""))
     data = r_.take(r_.remaining, f"{where} symbol stream")
     if m == _RAW:
         sym = _unpack_fixed(data, count, _bits_for(a), where)
@@ -156,14 +169,16 @@ def read_symbols(r_: Reader, count: int, where: str = "symbols", alphabet: int |
         import constriction
 
         rr = Reader(data, where)
-        freq = np.array([rr.uvarint(f"{where} frequency {s}", max_value=_FREQ_MAX) for s in range(a)], np.int64)
+        freq = np.array([rr.uvarint(f"{where} frequency {s}", max_value=_FREQ_MAX)
+                         for s in range(a)], np.int64)
         if freq.sum() == 0:
             raise CodecError(f"{where}: frequency table is all zero")
         words = rr.take(rr.remaining, f"{where} ANS stream")
         if len(words) % 4:
             raise CodecError(f"{where}: ANS stream length {len(words)} is not a multiple of 4")
         try:
-            coder = constriction.stream.stack.AnsCoder(np.frombuffer(words, dtype="<u4").astype(np.uint32))
+            coder = constriction.stream.stack.AnsCoder(
+                np.frombuffer(words, dtype="<u4").astype(np.uint32))
             sym = np.asarray(coder.decode(_model(freq), count))
             empty = coder.is_empty()
         except BaseException as e:
@@ -206,7 +221,8 @@ def read_symbols(r_: Reader, count: int, where: str = "symbols", alphabet: int |
     raise CodecError(f"{where}: unknown entropy method {m}")
 
 
-def decode_symbols(body, count: int, alphabet: int | None = None, where: str = "symbols") -> np.ndarray:
+def decode_symbols(body, count: int, alphabet: int | None = None,
+                   where: str = "symbols") -> np.ndarray:
     return read_symbols(Reader(body, where), count, where, alphabet)
 
 
@@ -223,7 +239,8 @@ class EntropyCodec(Codec):
     version = 1
     lossy = False
 
-    def encode(self, arrays: Sequence[np.ndarray], *, alphabet: int = 256, method: str = "auto") -> bytes:
+    def encode(self, arrays: Sequence[np.ndarray], *, alphabet: int = 256,
+               method: str = "auto") -> bytes:
         tensors, sections = [], []
         for a in arrays:
             a = np.asarray(a)
@@ -231,11 +248,14 @@ class EntropyCodec(Codec):
             sections.append(encode_symbols(a, alphabet, method))
         return pack(self.codec_id, self.version, tensors, sections)
 
-    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]], *, alphabet: int | None = None) -> list[np.ndarray]:
+    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]], *,
+               alphabet: int | None = None) -> list[np.ndarray]:
         shapes = [tuple(int(d) for d in s) for s in expected_shapes]
         cap = max_header_bytes(shapes) + sum(max_symbols_bytes(numel(s)) for s in shapes)
-        f = unpack(payload, codec_id=self.codec_id, codec_versions=self.read_versions, expected_shapes=shapes,
-                   allowed_dtypes=[DTYPE_CODES["u8"]], n_sections=len(shapes), max_payload=cap)
+        f = unpack(payload, codec_id=self.codec_id, codec_versions=self.read_versions,
+                   expected_shapes=shapes, allowed_dtypes=[DTYPE_CODES["u8"]],
+                   n_sections=len(shapes), max_payload=cap)
         if len(f.params):
             raise CodecError("params: entropy takes none")
-        return [decode_symbols(s, t.numel, alphabet, f"tensor {i}").reshape(t.shape) for i, (t, s) in enumerate(zip(f.tensors, f.sections))]
+        return [decode_symbols(s, t.numel, alphabet, f"tensor {i}").reshape(t.shape)
+                for i, (t, s) in enumerate(zip(f.tensors, f.sections))]

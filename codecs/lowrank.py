@@ -30,10 +30,12 @@ class LowRankCodec(Codec):
     def is_lossy(self, values="fp32", **_) -> bool:
         return any(spec_is_lossy(v) for v in ([values] if isinstance(values, str) else values))
 
-    def encode(self, factors: Sequence[np.ndarray], values: str | Sequence[str] = "fp32", *, stochastic: bool = False,
-               seed=None, allow_nonfinite: bool = False) -> bytes:
+    def encode(self, factors: Sequence[np.ndarray], values: str | Sequence[str] = "fp32", *,
+               stochastic: bool = False, seed=None, allow_nonfinite: bool = False) -> bytes:
         return encode_value_frame(self, factors, values, stochastic=stochastic, seed=seed,
                                   allow_nonfinite=allow_nonfinite, ndim=2)
 
-    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, int]], *, allow_nonfinite: bool = False) -> list[np.ndarray]:
-        return decode_value_frame(self, payload, expected_shapes, allowed=_ALLOWED, allow_nonfinite=allow_nonfinite, ndim=2)
+    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, int]], *,
+               allow_nonfinite: bool = False) -> list[np.ndarray]:
+        return decode_value_frame(self, payload, expected_shapes, allowed=_ALLOWED,
+                                  allow_nonfinite=allow_nonfinite, ndim=2)

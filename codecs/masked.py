@@ -17,7 +17,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .framing import DTYPE_CODES, CodecError, Reader, max_header_bytes, numel, pack, unpack, write_uvarint
+from .framing import (
+    DTYPE_CODES,
+    CodecError,
+    Reader,
+    max_header_bytes,
+    numel,
+    pack,
+    unpack,
+    write_uvarint,
+)
 from .registry import Codec, register_codec
 from .values import encode_values, max_values_bytes, read_values, spec_is_lossy
 
@@ -47,7 +56,8 @@ def _norm_masks(masks, shapes) -> list[np.ndarray | None]:
     return out
 
 
-def mask_digest(masks: Sequence[np.ndarray | None], shapes: Sequence[tuple[int, ...]] | None = None) -> bytes:
+def mask_digest(masks: Sequence[np.ndarray | None],
+                shapes: Sequence[tuple[int, ...]] | None = None) -> bytes:
     """8-byte digest of a list of masks (None / all-True = full). Usable as a mask version."""
     if shapes is None:
         shapes = [np.asarray(m).shape for m in masks]
@@ -62,35 +72,42 @@ def mask_digest(masks: Sequence[np.ndarray | None], shapes: Sequence[tuple[int, 
     return h.digest()
 
 
-def encode_masked(arrays: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None, *, values="fp16",
-                  stochastic: bool = False, seed=None, allow_nonfinite: bool = False) -> bytes:
+def encode_masked(arrays: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None, *,
+                  values="fp16", stochastic: bool = False, seed=None,
+                  allow_nonfinite: bool = False) -> bytes:
     arrays = [np.asarray(a) for a in arrays]
     shapes = [a.shape for a in arrays]
     ms = _norm_masks(masks, shapes)
     specs = [values] * len(arrays) if isinstance(values, str) else list(values)
     if len(specs) != len(arrays):
         raise CodecError(f"{len(specs)} value specs for {len(arrays)} tensors")
-    rng = seed if seed is None or isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    rng = (seed if seed is None or isinstance(seed, np.random.Generator)
+           else np.random.default_rng(seed))
     tensors, sections = [], []
     for i, (a, m, s) in enumerate(zip(arrays, ms, specs)):
         if a.dtype.kind not in "fiub":
             raise CodecError(f"tensor {i}: dtype {a.dtype} is not numeric")
         x = np.asarray(a, dtype=np.float32).reshape(-1)
         v = x if m is None else x[m]
-        code, body = encode_values(v, s, stochastic=stochastic, seed=rng, allow_nonfinite=allow_nonfinite, what=f"tensor {i}")
+        code, body = encode_values(v, s, stochastic=stochastic, seed=rng,
+                                   allow_nonfinite=allow_nonfinite, what=f"tensor {i}")
         tensors.append((a.shape, code))
         sections.append(body)
-    return pack(MaskedCodec.codec_id, MaskedCodec.version, tensors, sections, params=mask_digest(ms, shapes))
+    return pack(MaskedCodec.codec_id, MaskedCodec.version, tensors, sections,
+                params=mask_digest(ms, shapes))
 
 
-def decode_masked_values(payload, expected_shapes, masks, *, allow_nonfinite: bool = False) -> list[np.ndarray]:
+def decode_masked_values(payload, expected_shapes, masks, *,
+                         allow_nonfinite: bool = False) -> list[np.ndarray]:
     """The kept values only (1-D float32 per tensor, mask order)."""
     shapes = [tuple(int(d) for d in s) for s in expected_shapes]
     ms = _norm_masks(masks, shapes)
     c = MaskedCodec
-    cap = max_header_bytes(shapes, params_max=DIGEST_BYTES) + sum(max_values_bytes(numel(s)) for s in shapes)
-    f = unpack(payload, codec_id=c.codec_id, codec_versions=c.read_versions, expected_shapes=shapes,
-               allowed_dtypes=_ALLOWED, n_sections=len(shapes), max_payload=cap)
+    cap = (max_header_bytes(shapes, params_max=DIGEST_BYTES)
+           + sum(max_values_bytes(numel(s)) for s in shapes))
+    f = unpack(payload, codec_id=c.codec_id, codec_versions=c.read_versions,
+               expected_shapes=shapes, allowed_dtypes=_ALLOWED, n_sections=len(shapes),
+               max_payload=cap)
     if len(f.params) != DIGEST_BYTES:
         raise CodecError(f"params: mask digest is {len(f.params)} bytes, expected {DIGEST_BYTES}")
     if bytes(f.params) != mask_digest(ms, shapes):
@@ -98,11 +115,13 @@ def decode_masked_values(payload, expected_shapes, masks, *, allow_nonfinite: bo
     out = []
     for i, (t, m, s) in enumerate(zip(f.tensors, ms, f.sections)):
         k = t.numel if m is None else int(np.count_nonzero(m))
-        out.append(read_values(Reader(s, f"tensor {i} values"), t.dtype, k, f"tensor {i} values", allow_nonfinite=allow_nonfinite))
+        out.append(read_values(Reader(s, f"tensor {i} values"), t.dtype, k, f"tensor {i} values",
+                               allow_nonfinite=allow_nonfinite))
     return out
 
 
-def decode_masked(payload, expected_shapes, masks, *, allow_nonfinite: bool = False) -> list[np.ndarray]:
+def decode_masked(payload, expected_shapes, masks, *,
+                  allow_nonfinite: bool = False) -> list[np.ndarray]:
     """Dense float32 tensors with zeros outside the masks."""
     shapes = [tuple(int(d) for d in s) for s in expected_shapes]
     vals = decode_masked_values(payload, shapes, masks, allow_nonfinite=allow_nonfinite)

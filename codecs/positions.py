@@ -80,7 +80,8 @@ _MAX_N = 1 << 48
 _MAX_RICE_R = 48
 _RICE_RECHECK = 1.25  # see _choose_for
 _RICE_SAMPLE, _RICE_WINDOWS = 1 << 15, 64  # kept entries auto samples, in that many windows
-_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(axis=1).astype(np.uint8)
+_POPCOUNT = (np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)
+             .sum(axis=1).astype(np.uint8))
 
 
 class Positions:
@@ -88,7 +89,8 @@ class Positions:
 
     __slots__ = ("n", "_mask", "_idx", "_k")
 
-    def __init__(self, n: int, mask: np.ndarray | None = None, indices: np.ndarray | None = None, k: int | None = None):
+    def __init__(self, n: int, mask: np.ndarray | None = None, indices: np.ndarray | None = None,
+                 k: int | None = None):
         self.n = int(n)
         self._mask = mask
         self._idx = indices
@@ -97,7 +99,8 @@ class Positions:
     @property
     def k(self) -> int:
         if self._k is None:
-            self._k = int(self._idx.size) if self._idx is not None else int(np.count_nonzero(self._mask))
+            self._k = (int(self._idx.size) if self._idx is not None
+                       else int(np.count_nonzero(self._mask)))
         return self._k
 
     @property
@@ -246,7 +249,8 @@ def _rice_block_spans(k: int, log2_block: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, np.diff(np.append(starts, k))
 
 
-def _rice_block_parameters(gaps: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, int]:
+def _rice_block_parameters(gaps: np.ndarray, starts: np.ndarray,
+                           lens: np.ndarray) -> tuple[np.ndarray, int]:
     """The best r per block among the three around the block mean's optimum, and the total
     bits of unary + remainder streams with those parameters (exact, no encoding)."""
     mean = np.add.reduceat(gaps, starts) / lens
@@ -268,7 +272,8 @@ def _pack_fixed_width(values: np.ndarray, width: int) -> np.ndarray:
     if width == 0 or values.size == 0:
         return np.zeros(0, np.uint8)
     shifts = np.arange(width, dtype=np.uint64)
-    return ((values.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.uint8).reshape(-1)
+    return (((values.astype(np.uint64)[:, None] >> shifts) & np.uint64(1))
+            .astype(np.uint8).reshape(-1))
 
 
 def _unpack_fixed_width(bits: np.ndarray, width: int) -> np.ndarray:
@@ -293,10 +298,12 @@ class _RicePlan:
     @property
     def body_bytes(self) -> float:
         """Body size (method, k and lengths approximated): for auto's choice."""
-        return 1 + uvarint_size(self.gaps.size) + 3 + uvarint_size(self.bits // 8) + 1 + self.bits / 8
+        return (1 + uvarint_size(self.gaps.size) + 3 + uvarint_size(self.bits // 8) + 1
+                + self.bits / 8)
 
 
-def _plan_rice(idx: np.ndarray, log2_blocks: Sequence[int] = (*_RICE_LOG2_BLOCKS, _RICE_SINGLE_BLOCK)) -> _RicePlan:
+def _plan_rice(idx: np.ndarray,
+               log2_blocks: Sequence[int] = (*_RICE_LOG2_BLOCKS, _RICE_SINGLE_BLOCK)) -> _RicePlan:
     """The cheapest of the given block sizes (log2 gaps per block, ascending)."""
     gaps = np.diff(idx, prepend=np.int64(-1)) - 1
     k, best = gaps.size, None
@@ -340,11 +347,13 @@ def _decode_rice(r_: Reader, n: int, k: int, where: str) -> np.ndarray:
     if r_min > r_max_valid or width > 6:
         raise CodecError(f"{where}: rice parameter {r_min} / width {width} invalid for n={n}")
     starts, lens = _rice_block_spans(k, log2_block)
-    side = np.frombuffer(r_.take((starts.size * width + 7) // 8, f"{where} rice parameters"), np.uint8)
+    side = np.frombuffer(r_.take((starts.size * width + 7) // 8, f"{where} rice parameters"),
+                         np.uint8)
     side_bits = np.unpackbits(side, bitorder="little")
     if side_bits[starts.size * width :].any():
         raise CodecError(f"{where}: rice parameter padding bits not zero")
-    r_blocks = _unpack_fixed_width(side_bits[: starts.size * width], width) if width else np.zeros(starts.size, np.int64)
+    r_blocks = (_unpack_fixed_width(side_bits[: starts.size * width], width) if width
+                else np.zeros(starts.size, np.int64))
     r_blocks = r_blocks + r_min
     if int(r_blocks.max()) > r_max_valid:
         raise CodecError(f"{where}: rice parameter {int(r_blocks.max())} too large for n={n}")
@@ -354,7 +363,8 @@ def _decode_rice(r_: Reader, n: int, k: int, where: str) -> np.ndarray:
     rem_bits = int(r.sum())
     rlen = (rem_bits + 7) // 8
     if r_.remaining != rlen:
-        raise CodecError(f"{where}: rice remainder stream is {r_.remaining} bytes, expected {rlen} for k={k}")
+        raise CodecError(f"{where}: rice remainder stream is {r_.remaining} bytes, "
+                         f"expected {rlen} for k={k}")
     rem_bytes = np.frombuffer(r_.take(rlen, f"{where} rice remainders"), dtype=np.uint8)
     if ulen and unary[-1] == 0:
         raise CodecError(f"{where}: rice unary stream has a trailing zero byte")
@@ -562,7 +572,8 @@ class PositionsCodec(Codec):
     version = 2  # 2: block-adaptive Rice positions
     lossy = False
 
-    def encode(self, arrays: Sequence[np.ndarray], *, method: str = "auto", shapes: Sequence[tuple[int, ...]] | None = None) -> bytes:
+    def encode(self, arrays: Sequence[np.ndarray], *, method: str = "auto",
+               shapes: Sequence[tuple[int, ...]] | None = None) -> bytes:
         arrays = list(arrays)
         tensors, sections = [], []
         for i, a in enumerate(arrays):
@@ -579,7 +590,8 @@ class PositionsCodec(Codec):
             raise CodecError(f"{len(shapes)} shapes for {len(arrays)} index arrays")
         return pack(self.codec_id, self.version, tensors, sections)
 
-    def decode_positions(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]]) -> list[Positions]:
+    def decode_positions(self, payload: bytes,
+                         expected_shapes: Sequence[tuple[int, ...]]) -> list[Positions]:
         shapes = [tuple(int(d) for d in s) for s in expected_shapes]
         cap = max_header_bytes(shapes) + sum(max_positions_bytes(numel(s)) for s in shapes)
         f = unpack(
@@ -593,8 +605,10 @@ class PositionsCodec(Codec):
         )
         if len(f.params):
             raise CodecError("params: positions takes none")
-        return [read_positions(Reader(s, f"tensor {i} positions"), t.numel, f"tensor {i} positions") for i, (t, s) in enumerate(zip(f.tensors, f.sections))]
+        return [read_positions(Reader(s, f"tensor {i} positions"), t.numel, f"tensor {i} positions")
+                for i, (t, s) in enumerate(zip(f.tensors, f.sections))]
 
-    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    def decode(self, payload: bytes,
+               expected_shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         ps = self.decode_positions(payload, expected_shapes)
         return [p.mask.reshape(tuple(s)) for p, s in zip(ps, expected_shapes)]

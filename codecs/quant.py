@@ -33,7 +33,8 @@ def _rng(seed):
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
-def quantize(x: np.ndarray, bits: int, *, stochastic: bool = False, seed=None) -> tuple[np.ndarray, float, float]:
+def quantize(x: np.ndarray, bits: int, *, stochastic: bool = False,
+             seed=None) -> tuple[np.ndarray, float, float]:
     """Return (symbols uint8, lo, scale)."""
     if not (isinstance(bits, (int, np.integer)) and 1 <= bits <= 8):
         raise CodecError(f"quant: bits must be an int in 1..8, got {bits!r}")
@@ -64,7 +65,8 @@ def quant_error_bound(scale: float, lo: float, bits: int, stochastic: bool = Fal
     return (scale if stochastic else scale / 2) + 4 * np.finfo(np.float32).eps * hi
 
 
-def encode_quant(x: np.ndarray, bits: int = 8, *, stochastic: bool = False, seed=None, entropy: str = "auto") -> bytes:
+def encode_quant(x: np.ndarray, bits: int = 8, *, stochastic: bool = False, seed=None,
+                 entropy: str = "auto") -> bytes:
     from .entropy import encode_symbols
 
     sym, lo, scale = quantize(x, bits, stochastic=stochastic, seed=seed)
@@ -85,7 +87,8 @@ def read_quant(r_: Reader, count: int, where: str) -> np.ndarray:
     if scale < 0 or abs(lo) + scale * levels > float(np.finfo(np.float32).max):
         raise CodecError(f"{where}: quant scale {scale} invalid (negative or range overflows fp32)")
     sym = read_symbols(r_, count, where, alphabet=1 << bits)
-    return (np.float32(lo) + sym.astype(np.float32) * np.float32(scale)).astype(np.float32, copy=False)
+    return (np.float32(lo)
+            + sym.astype(np.float32) * np.float32(scale)).astype(np.float32, copy=False)
 
 
 @register_codec
@@ -96,10 +99,12 @@ class QuantCodec(Codec):
     version = 1
     lossy = True
 
-    def encode(self, arrays: Sequence[np.ndarray], bits: int = 8, *, stochastic: bool = False, seed=None) -> bytes:
+    def encode(self, arrays: Sequence[np.ndarray], bits: int = 8, *, stochastic: bool = False,
+               seed=None) -> bytes:
         if not (isinstance(bits, (int, np.integer)) and 1 <= bits <= 8):
             raise CodecError(f"quant: bits must be an int in 1..8, got {bits!r}")
         return encode_value_frame(self, arrays, f"q{bits}", stochastic=stochastic, seed=seed)
 
-    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    def decode(self, payload: bytes,
+               expected_shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         return decode_value_frame(self, payload, expected_shapes, allowed=[DTYPE_CODES["quant"]])

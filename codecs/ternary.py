@@ -24,7 +24,8 @@ from .values import decode_value_frame, encode_value_frame
 __all__ = ["TernaryCodec", "ternarize", "encode_ternary", "read_ternary"]
 
 
-def ternarize(x: np.ndarray, *, stochastic: bool = False, seed=None, threshold: float = 0.7) -> tuple[np.ndarray, float]:
+def ternarize(x: np.ndarray, *, stochastic: bool = False, seed=None,
+              threshold: float = 0.7) -> tuple[np.ndarray, float]:
     x = np.asarray(x, dtype=np.float32).reshape(-1)
     if x.size == 0:
         return np.zeros(0, np.uint8), 0.0
@@ -36,7 +37,8 @@ def ternarize(x: np.ndarray, *, stochastic: bool = False, seed=None, threshold: 
             raise CodecError("ternary: stochastic mode needs a seed")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         s = float(ax.max())
-        keep = rng.random(x.size, dtype=np.float32) * np.float32(s) < ax if s > 0 else np.zeros(x.size, bool)
+        keep = (rng.random(x.size, dtype=np.float32) * np.float32(s) < ax if s > 0
+                else np.zeros(x.size, bool))
     else:
         t = np.float32(threshold) * ax.mean(dtype=np.float64)
         keep = ax > t
@@ -48,7 +50,8 @@ def ternarize(x: np.ndarray, *, stochastic: bool = False, seed=None, threshold: 
     return sym, s
 
 
-def encode_ternary(x: np.ndarray, *, stochastic: bool = False, seed=None, threshold: float = 0.7) -> bytes:
+def encode_ternary(x: np.ndarray, *, stochastic: bool = False, seed=None,
+                   threshold: float = 0.7) -> bytes:
     sym, s = ternarize(x, stochastic=stochastic, seed=seed, threshold=threshold)
     return bytes([1 if stochastic else 0]) + struct.pack("<f", s) + encode_symbols(sym, 3)
 
@@ -73,8 +76,11 @@ class TernaryCodec(Codec):
     version = 1
     lossy = True
 
-    def encode(self, arrays: Sequence[np.ndarray], *, stochastic: bool = False, seed=None, threshold: float = 0.7) -> bytes:
-        return encode_value_frame(self, arrays, "ternary", stochastic=stochastic, seed=seed, threshold=threshold)
+    def encode(self, arrays: Sequence[np.ndarray], *, stochastic: bool = False, seed=None,
+               threshold: float = 0.7) -> bytes:
+        return encode_value_frame(self, arrays, "ternary", stochastic=stochastic, seed=seed,
+                                  threshold=threshold)
 
-    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    def decode(self, payload: bytes,
+               expected_shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
         return decode_value_frame(self, payload, expected_shapes, allowed=[DTYPE_CODES["ternary"]])

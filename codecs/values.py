@@ -16,10 +16,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .framing import DTYPE_CODES, DTYPE_NAMES, CodecError, Reader, max_header_bytes, numel, pack, unpack
+from .framing import (
+    DTYPE_CODES,
+    DTYPE_NAMES,
+    CodecError,
+    Reader,
+    max_header_bytes,
+    numel,
+    pack,
+    unpack,
+)
 
-__all__ = ["VALUE_SPECS", "parse_spec", "spec_is_lossy", "encode_values", "read_values", "max_values_bytes",
-           "encode_value_frame", "decode_value_frame"]
+__all__ = ["VALUE_SPECS", "parse_spec", "spec_is_lossy", "encode_values", "read_values",
+           "max_values_bytes", "encode_value_frame", "decode_value_frame"]
 
 VALUE_SPECS = ("fp32", "fp16", "bf16", *(f"q{b}" for b in range(1, 9)), "ternary")
 
@@ -45,7 +54,8 @@ def _rng(seed):
 
 
 def encode_values(x: np.ndarray, spec: str = "fp32", *, stochastic: bool = False, seed=None,
-                  allow_nonfinite: bool = False, threshold: float = 0.7, what: str = "values") -> tuple[int, bytes]:
+                  allow_nonfinite: bool = False, threshold: float = 0.7,
+                  what: str = "values") -> tuple[int, bytes]:
     """Flat float vector -> (dtype code, body)."""
     code, bits = parse_spec(spec)
     if code in (DTYPE_CODES["fp32"], DTYPE_CODES["fp16"], DTYPE_CODES["bf16"]):
@@ -61,13 +71,15 @@ def encode_values(x: np.ndarray, spec: str = "fp32", *, stochastic: bool = False
     return code, encode_ternary(x, stochastic=stochastic, seed=seed, threshold=threshold)
 
 
-def read_values(r_: Reader, code: int, count: int, where: str, *, allow_nonfinite: bool = False) -> np.ndarray:
+def read_values(r_: Reader, code: int, count: int, where: str, *,
+                allow_nonfinite: bool = False) -> np.ndarray:
     """Decode ``count`` values of dtype ``code`` from the rest of ``r_`` (exactly)."""
     name = DTYPE_NAMES.get(code)
     if name in ("fp32", "fp16", "bf16"):
         from .dense import decode_raw
 
-        return decode_raw(r_.take(r_.remaining, f"{where} values"), name, count, allow_nonfinite=allow_nonfinite, what=where)
+        return decode_raw(r_.take(r_.remaining, f"{where} values"), name, count,
+                          allow_nonfinite=allow_nonfinite, what=where)
     if name == "quant":
         from .quant import read_quant
 
@@ -90,8 +102,9 @@ def _specs(spec, n: int) -> list[str]:
     return specs
 
 
-def encode_value_frame(codec, arrays: Sequence[np.ndarray], spec, *, stochastic: bool = False, seed=None,
-                       allow_nonfinite: bool = False, threshold: float = 0.7, ndim: int | None = None) -> bytes:
+def encode_value_frame(codec, arrays: Sequence[np.ndarray], spec, *, stochastic: bool = False,
+                       seed=None, allow_nonfinite: bool = False, threshold: float = 0.7,
+                       ndim: int | None = None) -> bytes:
     arrays = list(arrays)
     specs = _specs(spec, len(arrays))
     rng = _rng(seed)
@@ -101,24 +114,27 @@ def encode_value_frame(codec, arrays: Sequence[np.ndarray], spec, *, stochastic:
         if x.dtype.kind not in "fiub":
             raise CodecError(f"tensor {i}: dtype {x.dtype} is not numeric")
         if ndim is not None and x.ndim != ndim:
-            raise CodecError(f"tensor {i}: {codec.name} needs {ndim}-D arrays, got shape {x.shape}")
-        code, body = encode_values(x.reshape(-1), s, stochastic=stochastic, seed=rng, allow_nonfinite=allow_nonfinite,
-                                   threshold=threshold, what=f"tensor {i}")
+            raise CodecError(
+                f"tensor {i}: {codec.name} needs {ndim}-D arrays, got shape {x.shape}")
+        code, body = encode_values(x.reshape(-1), s, stochastic=stochastic, seed=rng,
+                                   allow_nonfinite=allow_nonfinite, threshold=threshold,
+                                   what=f"tensor {i}")
         tensors.append((x.shape, code))
         sections.append(body)
     return pack(codec.codec_id, codec.version, tensors, sections)
 
 
-def decode_value_frame(codec, payload, expected_shapes, *, allowed: Sequence[int], allow_nonfinite: bool = False,
-                       ndim: int | None = None) -> list[np.ndarray]:
+def decode_value_frame(codec, payload, expected_shapes, *, allowed: Sequence[int],
+                       allow_nonfinite: bool = False, ndim: int | None = None) -> list[np.ndarray]:
     shapes = [tuple(int(d) for d in s) for s in expected_shapes]
     if ndim is not None:
         for i, s in enumerate(shapes):
             if len(s) != ndim:
                 raise CodecError(f"expected shape {i} {s} is not {ndim}-D")
     cap = max_header_bytes(shapes) + sum(max_values_bytes(numel(s)) for s in shapes)
-    f = unpack(payload, codec_id=codec.codec_id, codec_versions=codec.read_versions, expected_shapes=shapes,
-               allowed_dtypes=allowed, n_sections=len(shapes), max_payload=cap)
+    f = unpack(payload, codec_id=codec.codec_id, codec_versions=codec.read_versions,
+               expected_shapes=shapes, allowed_dtypes=allowed, n_sections=len(shapes),
+               max_payload=cap)
     if len(f.params):
         raise CodecError(f"params: {codec.name} takes none")
     out = []

@@ -12,10 +12,10 @@ import gzip
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 from urllib.error import URLError
 
 import numpy as np

@@ -12,9 +12,9 @@ flwr-datasets `Partitioner` (partitioning by the column `LABEL`).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 from datasets import Dataset

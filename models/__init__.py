@@ -9,12 +9,11 @@
 Registered: fc2, cnn, lenet5, mnistnet, cifar-cnn, resnet18, vgg16-gn.
 """
 
-from .registry import ModelError, build_model, count_parameters, model_names, register_model
-
 # Importing the family modules registers their models.
 from . import cnn as _cnn  # noqa: F401,E402
 from . import mlp as _mlp  # noqa: F401,E402
 from . import resnet as _resnet  # noqa: F401,E402
 from . import vgg as _vgg  # noqa: F401,E402
+from .registry import ModelError, build_model, count_parameters, model_names, register_model
 
 __all__ = ["ModelError", "build_model", "count_parameters", "model_names", "register_model"]

@@ -7,7 +7,7 @@ A registered factory has the signature ``factory(num_classes, in_shape) -> nn.Mo
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn

@@ -45,4 +45,5 @@ def test_payload_bound_for_each_codec():
 
 
 def test_payload_bound_empty():
-    assert payload_bound(get_codec("positions").encode([np.zeros(10, bool)]), [(10,)])[2] == float("inf")
+    assert (payload_bound(get_codec("positions").encode([np.zeros(10, bool)]), [(10,)])[2]
+            == float("inf"))

@@ -60,9 +60,11 @@ def _bf16_reference(v: float) -> float:
 
 
 def test_bf16_round_to_nearest_even():
-    specials = [1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-8 + 2**-20, -1.0 - 2**-8, 3.0e38, 1e-40, 0.0, -0.0]
+    specials = [1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-8 + 2**-20, -1.0 - 2**-8, 3.0e38,
+                1e-40, 0.0, -0.0]
     rng = np.random.default_rng(2)
-    vals = np.concatenate([np.array(specials, np.float32), rng.standard_normal(500).astype(np.float32) * 1e3])
+    vals = np.concatenate([np.array(specials, np.float32),
+                           rng.standard_normal(500).astype(np.float32) * 1e3])
     got = bf16_bits_to_f32(f32_to_bf16_bits(vals))
     ref = np.array([_bf16_reference(float(v)) for v in vals], np.float32)
     np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
@@ -111,7 +113,8 @@ GOOD = dense.encode([np.ones((3, 4), np.float32), np.ones(7, np.float32)], "fp16
 GS = [(3, 4), (7,)]
 
 
-def _hdr(codec_id=1, version=1, fmt=1, magic=MAGIC, tensors=(((3, 4), 1), ((7,), 1)), sections=None, params=b""):
+def _hdr(codec_id=1, version=1, fmt=1, magic=MAGIC, tensors=(((3, 4), 1), ((7,), 1)),
+         sections=None, params=b""):
     h = bytearray(magic) + bytes([fmt, codec_id, version])
     write_uvarint(h, len(tensors))
     for shape, dt in tensors:

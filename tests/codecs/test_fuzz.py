@@ -23,9 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fedsqueeze.codecs import CodecError, encode_masked, encode_sparse, get_codec
-from fedsqueeze.codecs.entropy import encode_symbols
 from fedsqueeze.codecs.framing import DTYPE_CODES, pack, unpack
-from fedsqueeze.codecs.positions import encode_positions
 from fedsqueeze.codecs.quant import encode_quant
 from fedsqueeze.codecs.ternary import encode_ternary
 
@@ -44,11 +42,13 @@ def _x(shape, density=1.0):
 def _seeds_dense():
     sh = [(6, 5), (11,), ()]
     a = [_x(s) for s in sh]
-    return sh, [get_codec("dense").encode(a, d) for d in ("fp32", "fp16", "bf16")] + [get_codec("dense").encode(a, ["fp16", "fp32", "bf16"])], {}
+    return sh, [get_codec("dense").encode(a, d) for d in ("fp32", "fp16", "bf16")] + [
+        get_codec("dense").encode(a, ["fp16", "fp32", "bf16"])], {}
 
 
 def _values_frame(codec, shapes, bodies_codes):
-    return pack(codec.codec_id, codec.version, [(s, c) for s, (c, _) in zip(shapes, bodies_codes)], [b for _, b in bodies_codes])
+    return pack(codec.codec_id, codec.version, [(s, c) for s, (c, _) in zip(shapes, bodies_codes)],
+                [b for _, b in bodies_codes])
 
 
 def _seeds_quant():
@@ -57,7 +57,9 @@ def _seeds_quant():
     a = [_x(s) for s in sh]
     seeds = [c.encode(a, b, stochastic=s, seed=1) for b in (1, 3, 8) for s in (False, True)]
     for ent in ("raw", "ans", "zstd"):
-        seeds.append(_values_frame(c, sh, [(DTYPE_CODES["quant"], encode_quant(x.reshape(-1), 4, entropy=ent)) for x in a]))
+        seeds.append(_values_frame(c, sh, [(DTYPE_CODES["quant"],
+                                            encode_quant(x.reshape(-1), 4, entropy=ent))
+                                           for x in a]))
     return sh, seeds, {}
 
 
@@ -65,7 +67,9 @@ def _seeds_ternary():
     c = get_codec("ternary")
     sh = [(9, 7), (40,)]
     a = [_x(s, 0.7) for s in sh]
-    return sh, [c.encode(a), c.encode(a, stochastic=True, seed=2), _values_frame(c, sh, [(DTYPE_CODES["ternary"], encode_ternary(x, stochastic=False)) for x in a])], {}
+    return sh, [c.encode(a), c.encode(a, stochastic=True, seed=2),
+                _values_frame(c, sh, [(DTYPE_CODES["ternary"], encode_ternary(x, stochastic=False))
+                                      for x in a])], {}
 
 
 def _seeds_positions():
@@ -83,7 +87,8 @@ def _seeds_sparse():
     seeds = []
     for d in (0.05, 0.3, 1.0):
         a = [_x(s, d) for s in sh]
-        for pm, v in [("bitmap", "fp32"), ("rice", "fp16"), ("ans", "q4"), ("auto", "ternary"), ("rice", "bf16"), ("ans", "q8")]:
+        for pm, v in [("bitmap", "fp32"), ("rice", "fp16"), ("ans", "q4"), ("auto", "ternary"),
+                      ("rice", "bf16"), ("ans", "q8")]:
             seeds.append(encode_sparse(a, values=v, positions=pm, seed=3))
     return sh, seeds, {}
 
@@ -94,7 +99,8 @@ MASKS = [rng.random((12, 5)) < 0.4, None, rng.random(30) < 0.1]
 def _seeds_masked():
     sh = [(12, 5), (6,), (30,)]
     a = [_x(s) for s in sh]
-    return sh, [encode_masked(a, MASKS, values=v, seed=4) for v in ("fp32", "fp16", "bf16", "q2", "q8", "ternary")], {"masks": MASKS}
+    return sh, [encode_masked(a, MASKS, values=v, seed=4)
+                for v in ("fp32", "fp16", "bf16", "q2", "q8", "ternary")], {"masks": MASKS}
 
 
 def _seeds_lowrank():
@@ -109,7 +115,8 @@ def _seeds_entropy():
     sh = [(200,), (5, 6)]
     seeds = []
     for alpha in (2, 3, 17, 256):
-        s = [np.minimum(rng.geometric(0.4, size=x) - 1, alpha - 1).astype(np.uint8).reshape(x) for x in sh]
+        s = [np.minimum(rng.geometric(0.4, size=x) - 1, alpha - 1).astype(np.uint8).reshape(x)
+             for x in sh]
         seeds += [c.encode(s, alphabet=alpha, method=m) for m in ("raw", "ans", "zstd")]
     return sh, seeds, {}
 
@@ -120,7 +127,8 @@ BIG_N = 2_000_000  # a large expectation: tiny payloads must not allocate beyond
 def _seeds_positions_big():
     c = get_codec("positions")
     sh = [(BIG_N,)]
-    seeds = [c.encode([rng.random(BIG_N) < d], method=m) for d in (1e-5, 1e-3) for m in ("rice", "ans", "auto")]
+    seeds = [c.encode([rng.random(BIG_N) < d], method=m)
+             for d in (1e-5, 1e-3) for m in ("rice", "ans", "auto")]
     return sh, seeds, {}
 
 
@@ -128,7 +136,8 @@ def _seeds_sparse_big():
     sh = [(BIG_N,)]
     x = np.zeros(BIG_N, np.float32)
     x[rng.choice(BIG_N, 20, replace=False)] = 1.5
-    return sh, [encode_sparse([x], values=v, positions=p) for v, p in (("fp16", "rice"), ("q4", "ans"))], {}
+    return sh, [encode_sparse([x], values=v, positions=p)
+                for v, p in (("fp16", "rice"), ("q4", "ans"))], {}
 
 
 CASES = {
@@ -143,10 +152,12 @@ CASES = {
     "positions-bigN": _seeds_positions_big,
     "sparse-bigN": _seeds_sparse_big,
 }
-SCALE = {"positions-bigN": 0.2, "sparse-bigN": 0.2}  # O(n) decodes: fewer examples, still >= 200 in CI
+# O(n) decodes: fewer examples, still >= 200 in CI
+SCALE = {"positions-bigN": 0.2, "sparse-bigN": 0.2}
 
 INTERESTING = [0, 1, 2, 3, 4, 7, 8, 0x7F, 0x80, 0xFE, 0xFF]
-BIG = [struct.pack("<f", v) for v in (float("nan"), float("inf"), -float("inf"), -1.0, 3e38, 1e-45)] + [
+BIG = [struct.pack("<f", v) for v in (float("nan"), float("inf"), -float("inf"), -1.0, 3e38,
+                                      1e-45)] + [
     b"\xff\xff\xff\xff\x0f", b"\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01", b"\xff\xff\xff\x7f"]
 
 
@@ -160,7 +171,8 @@ def mutated(draw, seeds, codec, shapes):
         cut = draw(st.integers(0, len(base)))
         return base[:cut] + draw(st.binary(max_size=64))
     if kind == "section":  # valid frame, one mutated section (reaches the body decoders)
-        f = unpack(base, codec_id=codec.codec_id, codec_versions=codec.read_versions, max_elements=1 << 40)
+        f = unpack(base, codec_id=codec.codec_id, codec_versions=codec.read_versions,
+                   max_elements=1 << 40)
         secs = [bytes(s) for s in f.sections]
         tens = [(t.shape, t.dtype) for t in f.tensors]
         if secs:
@@ -208,9 +220,10 @@ def test_decoder_survives_fuzz(name):
     count = 0
     worst = [0, 0]
 
-    @settings(derandomize=True, max_examples=n_examples, deadline=timedelta(seconds=2), database=None,
-              phases=[Phase.explicit, Phase.generate, Phase.shrink],
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(derandomize=True, max_examples=n_examples, deadline=timedelta(seconds=2),
+              database=None, phases=[Phase.explicit, Phase.generate, Phase.shrink],
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                     HealthCheck.filter_too_much])
     @given(mutated(seeds, codec, shapes))
     def run(payload):
         nonlocal count
@@ -230,11 +243,13 @@ def test_decoder_survives_fuzz(name):
         if out is not None:
             assert [o.shape for o in out] == [tuple(x) for x in shapes]
 
-    faulthandler.dump_traceback_later(max(120, n_examples // 20), exit=True)  # a hang kills the run with a traceback
+    # a hang kills the run with a traceback
+    faulthandler.dump_traceback_later(max(120, n_examples // 20), exit=True)
     try:
         run()
     finally:
         faulthandler.cancel_dump_traceback_later()
     COUNTS[name] = count
-    print(f"\nfuzz {name}: {count} payloads, worst peak {worst[0]} B (payload {worst[1]} B)", file=sys.stderr)
+    print(f"\nfuzz {name}: {count} payloads, worst peak {worst[0]} B (payload {worst[1]} B)",
+          file=sys.stderr)
     assert count >= n_examples

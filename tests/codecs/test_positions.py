@@ -20,13 +20,15 @@ def _mask(n, k, seed=0):
 
 
 def _data_and_header(payload, n):
-    f = unpack(payload, codec_id=pc.codec_id, codec_versions=pc.read_versions, expected_shapes=[(n,)])
+    f = unpack(payload, codec_id=pc.codec_id, codec_versions=pc.read_versions,
+               expected_shapes=[(n,)])
     data = P.positions_data_bytes(f.sections[0])
     return data, len(payload) - data
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("n,k", [(1, 0), (1, 1), (7, 3), (8, 8), (9, 1), (1000, 0), (1000, 1000), (1000, 1), (1000, 999), (4099, 2000)])
+@pytest.mark.parametrize("n,k", [(1, 0), (1, 1), (7, 3), (8, 8), (9, 1), (1000, 0), (1000, 1000),
+                                 (1000, 1), (1000, 999), (4099, 2000)])
 def test_round_trip_exact(method, n, k):
     m = _mask(n, k, seed=n + k)
     body = P.encode_positions(m, method=method)
@@ -39,7 +41,8 @@ def test_round_trip_exact(method, n, k):
 def test_index_input_equals_mask_input():
     m = _mask(5000, 321)
     for method in METHODS:
-        assert P.encode_positions(np.flatnonzero(m), 5000, method) == P.encode_positions(m, method=method)
+        assert (P.encode_positions(np.flatnonzero(m), 5000, method)
+                == P.encode_positions(m, method=method))
 
 
 def test_index_input_validated():
@@ -185,7 +188,8 @@ def test_structured_masks_round_trip(method, layout, k):
         m[n - k :] = True
     else:
         m[np.linspace(0, n - 1, k).astype(int)] = True
-    np.testing.assert_array_equal(P.decode_positions(P.encode_positions(m, method=method), n).mask, m)
+    np.testing.assert_array_equal(P.decode_positions(P.encode_positions(m, method=method), n).mask,
+                                  m)
 
 
 def _clustered_mask(density, seed=0):

@@ -72,7 +72,8 @@ def test_positions_round_trip(m, method):
 
 
 @SETTINGS
-@given(tensors(), st.sampled_from(["fp32", "fp16", "q8", "q3", "ternary"]), st.sampled_from(["auto", "rice", "bitmap", "ans"]))
+@given(tensors(), st.sampled_from(["fp32", "fp16", "q8", "q3", "ternary"]),
+       st.sampled_from(["auto", "rice", "bitmap", "ans"]))
 def test_sparse_round_trip(arrs, values, positions):
     c = get_codec("sparse")
     shapes = [a.shape for a in arrs]
@@ -113,7 +114,8 @@ def test_ternary_three_levels(arrs, stochastic):
 @SETTINGS
 @given(tensors(), st.sampled_from(["fp32", "bf16", "q5"]), st.data())
 def test_masked_round_trip(arrs, values, data):
-    ms = [data.draw(st.one_of(st.none(), st.just(a != 0), st.just(np.ones(a.shape, bool)))) for a in arrs]
+    ms = [data.draw(st.one_of(st.none(), st.just(a != 0), st.just(np.ones(a.shape, bool))))
+          for a in arrs]
     shapes = [a.shape for a in arrs]
     out = decode_masked(encode_masked(arrs, ms, values=values), shapes, ms)
     for a, m, b in zip(arrs, ms, out):
@@ -124,15 +126,18 @@ def test_masked_round_trip(arrs, values, data):
 
 
 @SETTINGS
-@given(st.integers(2, 256), st.integers(0, 3000), st.floats(0.05, 1.0), st.sampled_from(["auto", "raw", "ans", "zstd"]), st.integers(0, 2**31))
+@given(st.integers(2, 256), st.integers(0, 3000), st.floats(0.05, 1.0),
+       st.sampled_from(["auto", "raw", "ans", "zstd"]), st.integers(0, 2**31))
 def test_entropy_round_trip(alphabet, count, p, method, seed):
     rng = np.random.default_rng(seed)
     s = np.minimum(rng.geometric(p, count) - 1, alphabet - 1).astype(np.uint8)
-    np.testing.assert_array_equal(decode_symbols(encode_symbols(s, alphabet, method), count, alphabet), s)
+    np.testing.assert_array_equal(
+        decode_symbols(encode_symbols(s, alphabet, method), count, alphabet), s)
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=4), st.sampled_from(["fp32", "fp16", "q8"]))
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=4),
+       st.sampled_from(["fp32", "fp16", "q8"]))
 def test_lowrank_round_trip(shapes, values):
     c = get_codec("lowrank")
     rng = np.random.default_rng(len(shapes))

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 import fedsqueeze.codecs as C
-from fedsqueeze.codecs import CODEC_IDS, Codec, CodecError, codec_for_payload, codec_names, get_codec, register_codec
+from fedsqueeze.codecs import (
+    CODEC_IDS,
+    Codec,
+    CodecError,
+    codec_for_payload,
+    codec_names,
+    get_codec,
+    register_codec,
+)
 
 CODEC_DIR = Path(C.__file__).parent
 
@@ -69,8 +77,10 @@ def test_codec_for_payload_and_array_payloads():
 
 
 def test_codecs_import_no_torch_no_flower():
-    code = "import sys, fedsqueeze.codecs; bad = [m for m in ('torch', 'flwr', 'pickle') if m in sys.modules]; print(bad)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = ("import sys, fedsqueeze.codecs; "
+            "bad = [m for m in ('torch', 'flwr', 'pickle') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
     assert out in ("[]", "['pickle']")  # pickle may be pulled in by the stdlib, never used by us
 
 

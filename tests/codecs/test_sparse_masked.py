@@ -44,7 +44,8 @@ def test_fp32_values_exact_and_fp16_rounded():
 def test_every_position_coder_with_every_value_coding(positions, values):
     a = sparse_arrays(0.2)
     shapes = [x.shape for x in a]
-    parts = decode_sparse_parts(encode_sparse(a, values=values, positions=positions, seed=1), shapes)
+    parts = decode_sparse_parts(encode_sparse(a, values=values, positions=positions, seed=1),
+                                shapes)
     for x, p in zip(a, parts):
         np.testing.assert_array_equal(p.indices, np.flatnonzero(x))  # positions are always exact
         np.testing.assert_array_equal(p.mask, x != 0)
@@ -58,7 +59,8 @@ def test_explicit_masks_keep_zeros_and_indices_input():
     np.testing.assert_array_equal(out, [0, 1, 0, 2, 0])
     p1 = encode_sparse([x], [m], values="fp32")
     p2 = encode_sparse([x], [np.array([0, 1, 3])], values="fp32")
-    p3 = encode_sparse_parts([(5,)], [np.array([0, 1, 3])], [np.array([0.0, 1.0, 2.0])], values="fp32")
+    p3 = encode_sparse_parts([(5,)], [np.array([0, 1, 3])], [np.array([0.0, 1.0, 2.0])],
+                             values="fp32")
     assert p1 == p2 == p3
     with pytest.raises(CodecError, match="values for"):
         encode_sparse_parts([(5,)], [np.array([0, 1])], [np.array([1.0])])
@@ -80,13 +82,15 @@ def test_sparse_rejects_value_count_mismatch():
     # positions claim 2 entries, values section holds 3 fp32
     from fedsqueeze.codecs.positions import encode_positions
 
-    bad = pack(sparse.codec_id, sparse.version, [((4,), 0)], [encode_positions(np.array([1, 2]), 4, "bitmap"), b"\0" * 12])
+    bad = pack(sparse.codec_id, sparse.version, [((4,), 0)],
+               [encode_positions(np.array([1, 2]), 4, "bitmap"), b"\0" * 12])
     with pytest.raises(CodecError, match="values"):
         sparse.decode(bad, [(4,)])
 
 
 def test_masked_round_trip_and_digest():
-    a = [rng.standard_normal((20, 10)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    a = [rng.standard_normal((20, 10)).astype(np.float32),
+         rng.standard_normal(5).astype(np.float32)]
     ms = [rng.random((20, 10)) < 0.3, None]
     shapes = [x.shape for x in a]
     p = masked.encode(a, ms, values="fp32")
@@ -111,7 +115,8 @@ def test_masked_quantized_values():
     m = [rng.random(1000) < 0.5]
     out = decode_any(encode_masked(a, m, values="q4"), [(1000,)], masks=m)[0]
     assert np.all(out[~m[0]] == 0)
-    assert np.abs(out[m[0]] - a[0][m[0]]).max() <= (a[0][m[0]].max() - a[0][m[0]].min()) / 15 / 2 + 1e-5
+    assert (np.abs(out[m[0]] - a[0][m[0]]).max()
+            <= (a[0][m[0]].max() - a[0][m[0]].min()) / 15 / 2 + 1e-5)
 
 
 def test_masked_mask_validation():

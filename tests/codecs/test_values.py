@@ -14,7 +14,8 @@ from fedsqueeze.codecs.values import VALUE_SPECS, parse_spec
 
 quant, tern, ent, lowrank = (get_codec(n) for n in ("quant", "ternary", "entropy", "lowrank"))
 rng = np.random.default_rng(0)
-X = [rng.standard_normal((30, 20)).astype(np.float32), (rng.standard_normal(257) * 1e-3).astype(np.float32)]
+X = [rng.standard_normal((30, 20)).astype(np.float32),
+     (rng.standard_normal(257) * 1e-3).astype(np.float32)]
 SH = [x.shape for x in X]
 
 
@@ -67,7 +68,8 @@ def test_quant_bad_bits(bad, field):
 
 
 def _quant_payload(bits=4, lo=0.0, scale=1.0, flags=0):
-    body = bytes([bits, flags]) + struct.pack("<ff", lo, scale) + encode_symbols(np.zeros(3, np.uint8), 1 << max(1, min(bits, 8)))
+    body = (bytes([bits, flags]) + struct.pack("<ff", lo, scale)
+            + encode_symbols(np.zeros(3, np.uint8), 1 << max(1, min(bits, 8))))
     return pack(quant.codec_id, 1, [((3,), 3)], [body])
 
 
@@ -120,7 +122,8 @@ def test_entropy_round_trip(method, alphabet):
     body = encode_symbols(s, alphabet, method)
     np.testing.assert_array_equal(decode_symbols(body, s.size, alphabet), s)
     t = [s[:3000].reshape(3, 1000), s[3000:]]
-    out = ent.decode(ent.encode(t, alphabet=alphabet, method=method), [(3, 1000), (1,)], alphabet=alphabet)
+    out = ent.decode(ent.encode(t, alphabet=alphabet, method=method), [(3, 1000), (1,)],
+                     alphabet=alphabet)
     for a, b in zip(t, out):
         np.testing.assert_array_equal(a, b)
 
@@ -163,7 +166,8 @@ def test_entropy_rejects_bad_streams():
 
 @pytest.mark.parametrize("values", ["fp32", "fp16", "bf16", "q8", "q4", "ternary"])
 def test_lowrank_round_trip(values):
-    fs = [rng.standard_normal((64, 4)).astype(np.float32), rng.standard_normal((4, 32)).astype(np.float32)]
+    fs = [rng.standard_normal((64, 4)).astype(np.float32),
+          rng.standard_normal((4, 32)).astype(np.float32)]
     shapes = [f.shape for f in fs]
     out = lowrank.decode(lowrank.encode(fs, values), shapes)
     assert [o.shape for o in out] == shapes

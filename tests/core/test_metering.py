@@ -8,7 +8,8 @@ from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, payload_bytes
 
 
 def _message(n_bytes: int, node: int = 5) -> Message:
-    content = RecordDict({PAYLOAD_RECORD: pack("fedsqueeze/dense@1", bytes(range(256)) * (n_bytes // 256)),
+    payload = bytes(range(256)) * (n_bytes // 256)
+    content = RecordDict({PAYLOAD_RECORD: pack("fedsqueeze/dense@1", payload),
                           "config": ConfigRecord({"server-round": 1})})
     return Message(content, dst_node_id=node, message_type="train")
 

@@ -34,7 +34,8 @@ def test_second_call_reads_the_stored_entry(cache):
 def test_keys_separate_every_field():
     base = dict(dataset="fashion-mnist", partition_id=0, num_partitions=10, seed=1)
     keys = {pc.partition_key(**base)}
-    for field, other in [("dataset", "mnist"), ("partition_id", 1), ("num_partitions", 9), ("seed", 2)]:
+    for field, other in [("dataset", "mnist"), ("partition_id", 1), ("num_partitions", 9),
+                         ("seed", 2)]:
         keys.add(pc.partition_key(**{**base, field: other}))
     assert len(keys) == 5
     assert pc.partition_key(**base) == pc.partition_key(**dict(reversed(base.items())))
@@ -72,6 +73,7 @@ def test_client_process_imports_neither_torchvision_nor_hf_datasets():
     import sys
 
     code = ("import sys, fedsqueeze.client.app; "
-            "print(sorted(m for m in ('torchvision', 'datasets', 'flwr_datasets') if m in sys.modules))")
+            "print(sorted(m for m in ('torchvision', 'datasets', 'flwr_datasets') "
+            "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -63,7 +63,8 @@ def test_every_registered_model_has_a_count_test():
     )
 
 
-@pytest.mark.parametrize("name,in_shape", [("fc2", MNIST), ("mnistnet", MNIST), ("cifar-cnn", CIFAR)])
+@pytest.mark.parametrize("name,in_shape",
+                         [("fc2", MNIST), ("mnistnet", MNIST), ("cifar-cnn", CIFAR)])
 def test_only_the_last_layer_grows_with_the_number_of_classes(name, in_shape):
     # The last layer's fan-in times 90 extra classes, plus 90 biases.
     fan_in = {"fc2": 128, "mnistnet": 50, "cifar-cnn": 84}[name]

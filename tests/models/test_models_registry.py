@@ -72,7 +72,8 @@ def test_register_model_adds_a_buildable_name_and_rejects_duplicates(monkeypatch
 
     @register_model("tiny-test-model")
     def _tiny(num_classes, in_shape):
-        return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes))
+        return nn.Sequential(nn.Flatten(),
+                             nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes))
 
     assert "tiny-test-model" in model_names()
     assert build_model("tiny-test-model", 4, (1, 2, 2))[1].out_features == 4
