@@ -31,6 +31,7 @@ demo: setup data
 	  --run-config "num-server-rounds=5 partitioner='dirichlet' dirichlet-alpha=0.5"
 
 test: setup data
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 bench-codecs: setup

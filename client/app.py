@@ -1,7 +1,8 @@
 """The ClientApp: loads its partition and model, hands messages to the method's client side.
 
 Nothing here names a method or a codec. Per-node state lives in `context.state`, which Flower
-keeps across rounds in both engines (and discards when a handler raises).
+keeps across rounds in both engines (and discards when a handler raises). Every message
+carries the round's config ("server-round", "exchange"), attached by the server's core.
 """
 
 from __future__ import annotations
@@ -12,13 +13,21 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsqueeze.strategies.base import CONFIG_RECORD, TRAIN, ClientSide
 from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD, identity_record
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
-from fedsqueeze.strategies.training import derive_seed
+from fedsqueeze.strategies.training import derive_seed, evaluate
 
-from .runtime import client_data, describe_device, engine_name, partition_identity, pick_device
+from .runtime import (
+    client_data,
+    client_test_data,
+    describe_device,
+    engine_name,
+    partition_identity,
+    pick_device,
+)
 
 STATE_RECORD = "fedsqueeze"  # generic per-node bookkeeping in context.state
 
@@ -29,6 +38,12 @@ def _setup(context: Context) -> tuple[RunSettings, torch.device]:
     settings = RunSettings.from_run_config(context.run_config)
     torch.set_num_threads(settings.client_threads)
     return settings, pick_device(settings.client_device)
+
+
+def _side(settings: RunSettings, context: Context, msg: Message) -> ClientSide:
+    side = get_method(settings.method)(settings, context.run_config).client()
+    side.server_round = int(msg.content[CONFIG_RECORD]["server-round"])
+    return side
 
 
 @app.query()
@@ -44,39 +59,63 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """The train exchange (receive, train, send) or an earlier exchange of the round."""
     started = time.monotonic()
     settings, device = _setup(context)
     partition_id, _ = partition_identity(context.node_config, settings)
     if partition_id in settings.failing_partitions:
         raise RuntimeError(f"fault injected for partition {partition_id} (run-config "
                            f"fail-partitions = {settings.fail_partitions!r})")
-    method = get_method(settings.method)(settings, context.run_config)
-    side = method.client()
+    side = _side(settings, context, msg)
+    exchange = str(msg.content[CONFIG_RECORD]["exchange"])
     data = client_data(settings, context.node_config, device)
-    server_round = int(msg.content["config"]["server-round"])
-
-    model = build_run_model(settings)
-    model = side.receive(msg.content, context.state, model).to(device)
-    seed = derive_seed(settings.seed, server_round, partition_id)
+    seed = derive_seed(settings.seed, side.server_round, partition_id)
     torch.manual_seed(seed)
-    fit_started = time.monotonic()
-    metrics = side.train(model, data, context.state, seed)
-    fit_seconds = time.monotonic() - fit_started
-    reply = side.send(model.cpu(), context.state)
+    model = build_run_model(settings)
 
-    bookkeeping = context.state.get(STATE_RECORD) or ConfigRecord({"rounds-trained": 0})
-    bookkeeping["rounds-trained"] = int(bookkeeping["rounds-trained"]) + 1
-    bookkeeping["last-round"] = server_round
-    context.state[STATE_RECORD] = bookkeeping
+    if exchange == TRAIN:
+        model = side.receive(msg.content, context.state, model).to(device)
+        fit_started = time.monotonic()
+        metrics = side.train(model, data, context.state, seed)
+        fit_seconds = time.monotonic() - fit_started
+        model = model.cpu()
+        reply = side.send(model, context.state)
+        metrics = {**side.metrics(model, context.state), **metrics}
+        bookkeeping = context.state.get(STATE_RECORD) or ConfigRecord({"rounds-trained": 0})
+        bookkeeping["rounds-trained"] = int(bookkeeping["rounds-trained"]) + 1
+        bookkeeping["last-round"] = side.server_round
+        context.state[STATE_RECORD] = bookkeeping
+        metrics["rounds-trained"] = int(bookkeeping["rounds-trained"])
+    else:
+        fit_started = time.monotonic()
+        reply = side.exchange(exchange, msg.content, context.state, model.to(device), data, seed)
+        fit_seconds = time.monotonic() - fit_started
+        metrics = {}
 
-    method_metrics = dict(reply.metric_records.get(METRICS_RECORD, {}))  # from side.send
     reply[METRICS_RECORD] = MetricRecord({
-        **method_metrics,
-        "num-examples": data.num_examples,
-        "rounds-trained": int(bookkeeping["rounds-trained"]),
-        "handler-seconds": time.monotonic() - started,  # whole message, incl. set-up
-        "fit-seconds": fit_seconds,  # local training alone
+        **dict(reply.metric_records.get(METRICS_RECORD, {})),  # a method's own, if any
         **metrics,
+        "num-examples": data.num_examples,
+        "handler-seconds": time.monotonic() - started,  # whole message, incl. set-up
+        "fit-seconds": fit_seconds,  # local training (or the exchange's work) alone
     })
     reply[IDENTITY_RECORD] = identity_record(partition_id)
+    return Message(reply, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_locally(msg: Message, context: Context) -> Message:
+    """Accuracy of the model the method names (default: the message's global model) on this
+    client's local test split."""
+    settings, device = _setup(context)
+    partition_id, _ = partition_identity(context.node_config, settings)
+    side = _side(settings, context, msg)
+    test = client_test_data(settings, context.node_config, device)
+    model = side.evaluation_model(msg.content, context.state, build_run_model(settings))
+    loss, accuracy = evaluate(model.to(device), test.x, test.y, settings.eval_batch_size)
+    reply = RecordDict({
+        METRICS_RECORD: MetricRecord({"accuracy": accuracy, "loss": loss,
+                                      "num-examples": test.num_examples}),
+        IDENTITY_RECORD: identity_record(partition_id),
+    })
     return Message(reply, reply_to=msg)

@@ -15,7 +15,8 @@ from fedsqueeze.data.partition_cache import cached_partition, partition_key
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.training import ClientData
 
-@functools.lru_cache(maxsize=None)
+
+@functools.cache
 def pick_device(preference: str) -> torch.device:
     """`cuda` when asked for or available (`auto`), else `cpu`; logged once per process."""
     if preference == "cuda" and not torch.cuda.is_available():
@@ -51,7 +52,7 @@ def partition_identity(node_config: dict, settings: RunSettings) -> tuple[int, i
 
 @functools.lru_cache(maxsize=4)
 def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
-                 device: torch.device) -> ClientData:
+                 device: torch.device) -> tuple[ClientData, ClientData | None]:
     options = dict(classes_per_partition=settings.partition_classes,
                    class_assignment=settings.class_assignment, alpha=settings.dirichlet_alpha)
 
@@ -69,11 +70,43 @@ def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
                         scheme=settings.partitioner, num_partitions=num_partitions,
                         partition_id=partition_id, seed=settings.seed, **options)
     images, labels = cached_partition(key, compute)
-    x = to_tensor(images, scale=settings.input_scale).to(device)
-    y = torch.from_numpy(labels).long().to(device)
-    return ClientData(partition_id=partition_id, x=x, y=y)
+    train, test = local_test_split(len(labels), settings.local_test_fraction, settings.seed,
+                                   partition_id)
+
+    def tensors(idx: np.ndarray) -> ClientData:
+        x = to_tensor(images[idx], scale=settings.input_scale).to(device)
+        y = torch.from_numpy(labels[idx]).long().to(device)
+        return ClientData(partition_id=partition_id, x=x, y=y)
+
+    return tensors(train), (tensors(test) if test is not None else None)
+
+
+def local_test_split(n: int, fraction: float, seed: int, partition_id: int
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(train indices, local test indices) of a partition of n examples: round(fraction x n)
+    examples (at least 1) drawn by a generator seeded with (seed, partition-id), both in their
+    original order; no test split when fraction = 0."""
+    if fraction <= 0:
+        return np.arange(n), None
+    size = min(max(int(round(fraction * n)), 1), n - 1)
+    rng = np.random.default_rng([seed, partition_id, 7])
+    test = np.zeros(n, dtype=bool)
+    test[rng.choice(n, size=size, replace=False)] = True
+    return np.flatnonzero(~test), np.flatnonzero(test)
 
 
 def client_data(settings: RunSettings, node_config: dict, device: torch.device) -> ClientData:
+    """This node's training data (its partition less the local test split)."""
     partition_id, num_partitions = partition_identity(node_config, settings)
-    return _client_data(settings, partition_id, num_partitions, device)
+    return _client_data(settings, partition_id, num_partitions, device)[0]
+
+
+def client_test_data(settings: RunSettings, node_config: dict, device: torch.device
+                     ) -> ClientData:
+    """This node's local test split; a clear error when `local-test-fraction` is 0."""
+    partition_id, num_partitions = partition_identity(node_config, settings)
+    test = _client_data(settings, partition_id, num_partitions, device)[1]
+    if test is None:
+        raise DataError("local evaluation needs a local test split: set local-test-fraction "
+                        "> 0")
+    return test

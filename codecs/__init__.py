@@ -3,7 +3,7 @@
 Façade (every stage)::
 
     from fedsqueeze.codecs import CodecError, get_codec, register_codec
-    codec = get_codec("dense")                       # dense quant ternary positions sparse masked lowrank entropy
+    codec = get_codec("dense")  # or quant ternary positions sparse masked lowrank entropy residual
     payload = codec.encode(arrays, dtype="fp16")      # all tensors of one message, in order
     arrays = codec.decode(payload, expected_shapes)   # float32; CodecError on any mismatch
     codec.name, codec.version, codec.lossy, codec.stype  # stype = "fedsqueeze/<name>@<version>"
@@ -16,20 +16,35 @@ bounds in ``fedsqueeze.codecs.bounds``.  See framing.py for the byte layout, cod
 and version policy.
 """
 
-from .framing import CODEC_IDS, FORMAT_VERSION, CodecError
-from .registry import Codec, codec_for_payload, codec_names, get_codec, get_codec_by_id, register_codec
 from . import dense as _dense  # noqa: F401  (registers the stages)
 from . import entropy as _entropy  # noqa: F401
 from . import lowrank as _lowrank  # noqa: F401
 from . import masked as _masked  # noqa: F401
 from . import positions as _positions  # noqa: F401
 from . import quant as _quant  # noqa: F401
+from . import residual as _residual  # noqa: F401
 from . import sparse as _sparse  # noqa: F401
 from . import ternary as _ternary  # noqa: F401
 from .bounds import log2_binom, payload_bound
+from .framing import CODEC_IDS, FORMAT_VERSION, CodecError
 from .masked import decode_masked, decode_masked_values, encode_masked, mask_digest
 from .positions import Positions, choose_method, decode_positions, encode_positions, estimate_bytes
-from .sparse import SparseTensor, decode_sparse, decode_sparse_parts, encode_sparse, encode_sparse_parts
+from .registry import (
+    Codec,
+    codec_for_payload,
+    codec_names,
+    get_codec,
+    get_codec_by_id,
+    register_codec,
+)
+from .residual import QUANTIZERS, DecodedResidual, ResidualHeader, median_quantize
+from .sparse import (
+    SparseTensor,
+    decode_sparse,
+    decode_sparse_parts,
+    encode_sparse,
+    encode_sparse_parts,
+)
 from .values import VALUE_SPECS, encode_values
 
 
@@ -39,9 +54,11 @@ def decode_any(payload: bytes, expected_shapes, **options):
 
 
 __all__ = [
-    "CODEC_IDS", "FORMAT_VERSION", "VALUE_SPECS", "Codec", "CodecError", "Positions", "SparseTensor",
-    "choose_method", "codec_for_payload", "codec_names", "decode_any", "decode_masked", "decode_masked_values",
-    "decode_positions", "decode_sparse", "decode_sparse_parts", "encode_masked", "encode_positions",
-    "encode_sparse", "encode_sparse_parts", "encode_values", "estimate_bytes", "get_codec", "get_codec_by_id",
-    "log2_binom", "mask_digest", "payload_bound", "register_codec",
+    "CODEC_IDS", "Codec", "CodecError", "DecodedResidual", "FORMAT_VERSION", "Positions",
+    "QUANTIZERS", "ResidualHeader", "SparseTensor", "VALUE_SPECS", "choose_method",
+    "codec_for_payload", "codec_names", "decode_any", "decode_masked", "decode_masked_values",
+    "decode_positions", "decode_sparse", "decode_sparse_parts", "encode_masked",
+    "encode_positions", "encode_sparse", "encode_sparse_parts", "encode_values", "estimate_bytes",
+    "get_codec", "get_codec_by_id", "log2_binom", "mask_digest", "median_quantize",
+    "payload_bound", "register_codec",
 ]

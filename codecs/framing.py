@@ -29,7 +29,8 @@ Codec-id table (one byte; never reuse a retired id)::
     6        masked      values in the order of a mask both sides hold  (values decide)
     7        lowrank     list of factor matrices + value coding         (values decide)
     8        entropy     uint8 symbols, ANS / zstd / raw by size        (lossless)
-    9-127    reserved for future fedsqueeze stages
+    9        residual    model or sparse quantized residual + history   (lossy)
+    10-127   reserved for future fedsqueeze stages
     128-255  free for out-of-tree stages registered with ``register_codec``
 
 Dtype codes (one byte per tensor in the table; it says how that tensor's *values* are coded,
@@ -101,6 +102,7 @@ CODEC_IDS: dict[str, int] = {
     "masked": 6,
     "lowrank": 7,
     "entropy": 8,
+    "residual": 9,
 }
 
 DTYPE_CODES: dict[str, int] = {
@@ -149,7 +151,8 @@ def as_buffer(payload) -> memoryview:
     """A flat byte view of bytes / bytearray / memoryview / 1-D uint8 array (else CodecError)."""
     if isinstance(payload, np.ndarray):
         if payload.dtype != np.uint8 or payload.ndim != 1:
-            raise CodecError(f"payload array must be 1-D uint8, got {payload.dtype} {payload.shape}")
+            raise CodecError(
+                f"payload array must be 1-D uint8, got {payload.dtype} {payload.shape}")
         payload = np.ascontiguousarray(payload)
     elif not isinstance(payload, (bytes, bytearray, memoryview)):
         raise CodecError(f"payload must be bytes, got {type(payload).__name__}")
@@ -180,7 +183,8 @@ class Reader:
     def _need(self, n: int, field: str) -> None:
         if n > self.end - self.pos:
             raise CodecError(
-                f"{self.where}: truncated reading {field} (need {n} bytes, {self.end - self.pos} left)"
+                f"{self.where}: truncated reading {field} "
+                f"(need {n} bytes, {self.end - self.pos} left)"
             )
 
     def u8(self, field: str) -> int:
@@ -289,13 +293,15 @@ def peek_codec_id(payload) -> int:
 
 def _fixed(r: Reader) -> tuple[int, int]:
     if r.remaining < FIXED_HEADER:
-        raise CodecError(f"payload truncated: {r.remaining} bytes, the fixed header alone is {FIXED_HEADER}")
+        raise CodecError(
+            f"payload truncated: {r.remaining} bytes, the fixed header alone is {FIXED_HEADER}")
     magic = bytes(r.take(2, "magic"))
     if magic != MAGIC:
         raise CodecError(f"bad magic {magic!r} (expected {MAGIC!r})")
     fmt = r.u8("format version")
     if fmt not in SUPPORTED_FORMAT_VERSIONS:
-        raise CodecError(f"unsupported format version {fmt} (supported: {sorted(SUPPORTED_FORMAT_VERSIONS)})")
+        raise CodecError(
+            f"unsupported format version {fmt} (supported: {sorted(SUPPORTED_FORMAT_VERSIONS)})")
     return r.u8("codec id"), r.u8("codec version")
 
 
@@ -319,7 +325,8 @@ def unpack(
         raise CodecError("decode needs exactly one of expected_shapes / max_elements")
     payload = as_buffer(payload)
     if max_payload is not None and len(payload) > max_payload:
-        raise CodecError(f"payload oversized: {len(payload)} bytes > {max_payload} allowed for the expected shapes")
+        raise CodecError(f"payload oversized: {len(payload)} bytes > {max_payload} allowed "
+                         f"for the expected shapes")
     r = Reader(payload)
     cid, cver = _fixed(r)
     if cid != codec_id:
@@ -346,7 +353,8 @@ def unpack(
         for j in range(nd):
             d = r.uvarint(f"tensor {i} dim {j}", max_value=MAX_DIM)
             if exp is not None and d != exp[i][j]:
-                raise CodecError(f"tensor {i} dim {j} = {d} != expected {exp[i][j]} (shape {exp[i]})")
+                raise CodecError(
+                    f"tensor {i} dim {j} = {d} != expected {exp[i][j]} (shape {exp[i]})")
             shape.append(d)
         dt = r.u8(f"tensor {i} dtype")
         if dt not in DTYPE_NAMES or (allowed_dtypes is not None and dt not in allowed_dtypes):
@@ -354,7 +362,8 @@ def unpack(
         shape_t = tuple(shape)
         total += numel(shape_t)
         if max_elements is not None and total > max_elements:
-            raise CodecError(f"tensor {i} shape {shape_t}: total element count {total} exceeds max_elements={max_elements}")
+            raise CodecError(f"tensor {i} shape {shape_t}: total element count {total} "
+                             f"exceeds max_elements={max_elements}")
         tensors.append(TensorEntry(shape_t, dt))
     plen = r.uvarint("params length", max_value=MAX_PARAMS)
     params = r.take(plen, "params")
@@ -364,14 +373,17 @@ def unpack(
     lens = [r.uvarint(f"section {k} length", max_value=len(payload)) for k in range(ns)]
     header_bytes = r.pos
     if sum(lens) > r.remaining:
-        raise CodecError(f"payload truncated: sections declare {sum(lens)} bytes, {r.remaining} present")
+        raise CodecError(
+            f"payload truncated: sections declare {sum(lens)} bytes, {r.remaining} present")
     if sum(lens) < r.remaining:
-        raise CodecError(f"trailing garbage: {r.remaining - sum(lens)} bytes after the last section")
+        raise CodecError(
+            f"trailing garbage: {r.remaining - sum(lens)} bytes after the last section")
     sections = [r.take(n, f"section {k}") for k, n in enumerate(lens)]
     return Frame(cid, cver, tensors, params, sections, header_bytes)
 
 
-def max_header_bytes(expected_shapes: Sequence[Sequence[int]], params_max: int = 0, sections_per_tensor: int = 1, extra_sections: int = 1) -> int:
+def max_header_bytes(expected_shapes: Sequence[Sequence[int]], params_max: int = 0,
+                     sections_per_tensor: int = 1, extra_sections: int = 1) -> int:
     """Upper bound on the header size for these shapes (used for the ``oversized`` check)."""
     t = len(expected_shapes)
     n = FIXED_HEADER + 10 + 10 + params_max + 10

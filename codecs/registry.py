@@ -48,7 +48,8 @@ class Codec:
     def encode(self, arrays: Sequence[np.ndarray], **options) -> bytes:  # pragma: no cover
         raise NotImplementedError
 
-    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]], **options) -> list[np.ndarray]:  # pragma: no cover
+    def decode(self, payload: bytes, expected_shapes: Sequence[tuple[int, ...]],
+               **options) -> list[np.ndarray]:  # pragma: no cover
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -87,7 +88,8 @@ def get_codec(name: str) -> Codec:
     try:
         return _BY_NAME[name]
     except KeyError:
-        raise CodecError(f"unknown codec {name!r}; registered: {', '.join(codec_names())}") from None
+        raise CodecError(f"unknown codec {name!r}; registered: "
+                         f"{', '.join(codec_names())}") from None
 
 
 def get_codec_by_id(codec_id: int) -> Codec:

@@ -11,7 +11,7 @@ from logging import ERROR, INFO
 from pathlib import Path
 
 import flwr
-from flwr.app import Context
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -26,7 +26,7 @@ from fedsqueeze.strategies.tensors import (
 )
 
 from .evaluation import CentralEvaluator
-from .loop import discover_clients, run_rounds
+from .loop import RoundRunner, discover_clients
 from .metering import MeteredGrid
 from .results import ResultsWriter, default_results_dir
 
@@ -45,46 +45,63 @@ def run_directory(settings: RunSettings, run_id: int) -> Path:
     return base / name
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    settings = RunSettings.from_run_config(context.run_config)
-    method = get_method(settings.method)(settings, context.run_config)
+def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, ArrayRecord]:
+    """Everything before round 1: the method's strategy, the results directory, the client
+    directory (one identity exchange). Returns the round runner and the initial model."""
+    settings = RunSettings.from_run_config(run_config)
+    method = get_method(settings.method)(settings, run_config)
     model = build_run_model(settings)
     strategy = method.server(model)
     evaluator = CentralEvaluator(settings, model)
+    initial = to_arrayrecord(model_arrays(model))
 
-    run_dir = run_directory(settings, context.run_id)
+    run_dir = run_directory(settings, run_id)
     writer = ResultsWriter(run_dir, {
-        "run_config": {**dict(context.run_config), **method.run_config()},
+        "run_config": {**dict(run_config), **method.run_config()},
         "flwr_version": flwr.__version__,
         "engine": settings.engine or "unknown",
         "transport": TRANSPORTS.get(settings.engine, "unknown"),
-        "run_id": context.run_id,
+        "run_id": run_id,
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     log(INFO, "results: %s", run_dir)
-
     trainable = trainable_keys(model)
 
     def nonzeros_of(arrays: dict) -> tuple[int, int]:
         return count_nonzeros(arrays, trainable)
 
-    started = time.monotonic()
+    metered = MeteredGrid(grid, poll_interval=settings.server_poll_interval)
+    runner = RoundRunner(metered, strategy, settings, writer, evaluator, nonzeros_of)
     try:
-        metered = MeteredGrid(grid, poll_interval=settings.server_poll_interval)
         directory, clients, window = discover_clients(metered, settings)
-        strategy.directory = directory
-        engine = settings.engine or str(next(iter(clients.values())).get("engine", "unknown"))
-        writer.update_config(engine=engine, transport=TRANSPORTS.get(engine, "unknown"),
-                             clients={str(pid): info for pid, info in sorted(clients.items())},
-                             discovery={**metered.totals(["discovery"]),
-                                        "window_unix": list(window)})
-        run_rounds(metered, strategy, to_arrayrecord(model_arrays(model)), settings, writer,
-                   evaluator, nonzeros_of)
     except Exception as err:
-        writer.finish("failed", time.monotonic() - started, error=str(err))
-        log(ERROR, "run failed: %s (results so far in %s)", err, run_dir)
+        writer.finish("failed", time.monotonic() - runner.started, error=str(err))
         raise
-    summary = writer.finish("completed", time.monotonic() - started)
+    strategy.directory = directory
+    engine = settings.engine or str(next(iter(clients.values())).get("engine", "unknown"))
+    writer.update_config(engine=engine, transport=TRANSPORTS.get(engine, "unknown"),
+                         clients={str(pid): info for pid, info in sorted(clients.items())},
+                         discovery={**metered.totals(["discovery"]),
+                                    "window_unix": list(window)})
+    return runner, initial
+
+
+def finish_run(runner: RoundRunner, initial: ArrayRecord) -> ArrayRecord:
+    """Every round, then summary.json (`completed`, or `failed` with the error)."""
+    writer = runner.writer
+    try:
+        final = runner.run(initial)
+    except Exception as err:
+        writer.finish("failed", time.monotonic() - runner.started, error=str(err))
+        log(ERROR, "run failed: %s (results so far in %s)", err, writer.run_dir)
+        raise
+    summary = writer.finish("completed", time.monotonic() - runner.started)
     log(INFO, "run completed: final accuracy %s, results in %s", summary["final_accuracy"],
-        run_dir)
+        writer.run_dir)
+    return final
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    runner, initial = start_run(grid, dict(context.run_config), context.run_id)
+    finish_run(runner, initial)

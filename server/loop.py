@@ -1,10 +1,12 @@
 """The round loop of the ServerApp.
 
 Flower's `Strategy.start` keeps the previous model when aggregation returns None and calls
-central evaluation every round; this loop instead fails the run (or skips the round, as
-configured) when fewer than `min-nodes` replies succeed, counts and logs every failed reply,
-evaluates every `eval-every` rounds, and writes a results row per round. It calls the
-strategy's own verbs (`configure_train`, `aggregate_train`), so methods stay Flower strategies.
+central evaluation every round; this loop instead runs each round's exchanges in order (the
+strategy's `exchanges(t)`, then "train"), each metered as its own phase, fails the run (or
+skips the round, as configured) when fewer than `min-nodes` replies of an exchange succeed,
+counts and logs every failed reply, evaluates centrally every `eval-every` rounds and on the
+clients' local test splits every `local-eval-every` rounds, and writes a results row per
+round. It calls the strategy's verbs, so methods stay Flower strategies.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.supercore import log
 
-from fedsqueeze.strategies.base import SqueezeStrategy
+from fedsqueeze.strategies.base import EVALUATE, TRAIN, Failure, SqueezeStrategy
 from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD, identity_of
 from fedsqueeze.strategies.sampling import ClientDirectory
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.tensors import from_arrayrecord
 
-from .metering import DOWN, UP, MeteredGrid
+from .metering import DOWN, UP, MeteredGrid, Traffic
 from .results import ResultsWriter, fmt_bytes
 
 
@@ -99,37 +101,74 @@ def evaluate_extra(strategy: SqueezeStrategy, server_round: int,
     return row
 
 
-def run_rounds(
-    grid: MeteredGrid,
-    strategy: SqueezeStrategy,
-    arrays: ArrayRecord,
-    settings: RunSettings,
-    writer: ResultsWriter,
-    evaluate_fn: Callable[[dict], tuple[float, float]],
-    count_nonzeros: Callable[[dict], tuple[int, int]],
-) -> ArrayRecord:
-    """Run `num-server-rounds` rounds; return the final global arrays."""
-    total = settings.num_server_rounds
-    started = time.monotonic()
-    cumulative = {"up": 0, "down": 0}
-    for server_round in range(1, total + 1):
+def phase_of(exchange: str, server_round: int) -> str:
+    return f"{exchange}:{server_round}"
+
+
+class RoundRunner:
+    """Runs the rounds of one run against a (metered) grid and writes their rows."""
+
+    def __init__(self, grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings,
+                 writer: ResultsWriter, evaluate_fn: Callable[[dict], tuple[float, float]],
+                 count_nonzeros: Callable[[dict], tuple[int, int]]) -> None:
+        self.grid = grid
+        self.strategy = strategy
+        self.settings = settings
+        self.writer = writer
+        self.evaluate_fn = evaluate_fn
+        self.count_nonzeros = count_nonzeros
+        self.cumulative = {"up": 0, "down": 0}
+        self.started = time.monotonic()
+
+    def _exchange(self, name: str, server_round: int, node_ids: list[int]
+                  ) -> tuple[list[Message], list[Failure]]:
+        """Send one exchange's messages; (replies, nodes that never answered)."""
+        s, strategy = self.settings, self.strategy
+        self.grid.phase = phase_of(name, server_round)
+        messages = strategy.configure_exchange(name, server_round, node_ids)
+        replies = self.grid.send_and_receive(messages, timeout=s.round_timeout)
+        answered = {r.metadata.src_node_id for r in replies}
+        silent = [Failure(n, name, f"no reply within {s.round_timeout:.0f} s")
+                  for n in node_ids if n not in answered]
+        return replies, silent
+
+    def run_round(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """One round: its exchanges, aggregation, evaluations and results row."""
+        s, strategy = self.settings, self.strategy
         round_started = time.monotonic()
         started_unix = time.time()
-        grid.phase = f"train:{server_round}"
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
-        sent_to = {m.metadata.dst_node_id for m in messages}
-        replies = grid.send_and_receive(messages, timeout=settings.round_timeout)
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-        failures = list(strategy.failures)
-        answered = {r.metadata.src_node_id for r in replies}
-        failures += [(n, f"no reply within {settings.round_timeout:.0f} s")
-                     for n in sorted(sent_to - answered)]
-        ok = len(sent_to) - len(failures)
+        node_ids = strategy.sample(server_round)
+        sampled = list(node_ids)
+        strategy.begin(server_round, from_arrayrecord(arrays))
+        silent: list[Failure] = []
+        phases: list[str] = []
+        all_replies: list[Message] = []
+        new_arrays = train_metrics = None
+        name = TRAIN
+        sent: list[int] = []
+        try:
+            for name in (*strategy.exchanges(server_round), TRAIN):
+                phases.append(phase_of(name, server_round))
+                sent = list(node_ids)
+                replies, missing = self._exchange(name, server_round, node_ids)
+                silent += missing
+                all_replies += replies
+                if name == TRAIN:
+                    new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+                else:
+                    node_ids = strategy.aggregate_exchange(name, server_round, replies)
+                    if len(node_ids) < s.min_nodes:
+                        break
+        finally:
+            strategy.end(server_round)
+        failures = list(strategy.failures) + silent
         if new_arrays is None:
-            reason = (f"round {server_round}: {ok} of {len(sent_to)} replies succeeded, "
-                      f"min-nodes = {settings.min_nodes}; failures: "
-                      + "; ".join(f"node {n}: {why}" for n, why in failures))
-            if settings.on_too_few_replies == "fail":
+            ok = len(sent) - len([f for f in failures if f.exchange == name])
+            reason = (f"round {server_round}: {ok} of {len(sent)} replies succeeded in exchange "
+                      f"{name!r}, min-nodes = {s.min_nodes}; failures: "
+                      + "; ".join(f"node {f.node_id} ({f.exchange}): {f.reason}"
+                                  for f in failures))
+            if s.on_too_few_replies == "fail":
                 raise RunFailure(reason)
             log(WARNING, "%s; skipping the round (on-too-few-replies = skip)", reason)
         else:
@@ -138,14 +177,20 @@ def run_rounds(
         plain = from_arrayrecord(arrays)
         loss = accuracy = None
         extra_accuracy: dict[str, float | None] = {}
-        if server_round % settings.eval_every == 0 or server_round == total:
-            loss, accuracy = evaluate_fn(plain)
-            extra_accuracy = evaluate_extra(strategy, server_round, evaluate_fn)
-        nonzeros, params = count_nonzeros(plain)
-        traffic = grid.traffic(grid.phase)
-        totals = grid.totals([grid.phase])
-        seconds = time.monotonic() - round_started
+        if server_round % s.eval_every == 0 or server_round == s.num_server_rounds:
+            loss, accuracy = self.evaluate_fn(plain)
+            extra_accuracy = evaluate_extra(strategy, server_round, self.evaluate_fn)
+        local = self._evaluate_locally(server_round, arrays) \
+            if s.evaluates_locally(server_round) else {}
+        nonzeros, params = self.count_nonzeros(plain)
         directory = strategy.directory
+        totals = self.grid.totals(phases)
+        traffic: dict[int, dict] = {}
+        for phase in phases:
+            for node_id, t in self.grid.traffic(phase).items():
+                merged = traffic.setdefault(node_id, {UP: Traffic(), DOWN: Traffic()})
+                for d in (UP, DOWN):
+                    merged[d].add_all(t[d])
         row: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,
@@ -155,30 +200,66 @@ def run_rounds(
             "wire_down": None,
             "nonzeros": nonzeros,
             "params": params,
-            "seconds": seconds,
+            "seconds": time.monotonic() - round_started,
             "started_unix": started_unix,  # wall-clock window: the launcher attributes
             "ended_unix": time.time(),     # wire bytes to rounds with it
-            "clients": sorted(directory.partition_of(n) for n in sent_to),
+            "clients": sorted(directory.partition_of(n) for n in sampled),
             "failed_replies": len(failures),
-            "failures": [{"partition_id": directory.partition_of(n), "reason": why}
-                         for n, why in failures],
+            "failures": [{"partition_id": directory.partition_of(f.node_id),
+                          "exchange": f.exchange, "reason": f.reason} for f in failures],
             "skipped": new_arrays is None,
             "train_loss": None if train_metrics is None else train_metrics.get("train-loss"),
-            "per_client": per_client_row(directory, traffic, replies),
+            "per_client": per_client_row(directory, traffic, all_replies),
+            **({"exchanges": {p.split(":")[0]: self.grid.totals([p]) for p in phases}}
+               if len(phases) > 1 else {}),
             **strategy.round_metrics(server_round),
             **extra_accuracy,
+            **local,
         }
-        writer.write_round(row)
-        cumulative["up"] += totals["message_up"]
-        cumulative["down"] += totals["message_down"]
-        elapsed = time.monotonic() - started
+        self.writer.write_round(row)
+        self._log_progress(row, failures)
+        return arrays
+
+    def _evaluate_locally(self, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
+        """The local-evaluation exchange: its accuracies and bytes (not in the round's totals:
+        measuring costs bytes no training method needs)."""
+        s, strategy = self.settings, self.strategy
+        failures_before = len(strategy.failures)
+        self.grid.phase = phase_of(EVALUATE, server_round)
+        messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(),
+                                                    self.grid))
+        replies = self.grid.send_and_receive(messages, timeout=s.round_timeout)
+        metrics = strategy.aggregate_evaluate(server_round, replies)
+        failed = len(strategy.failures) - failures_before + len(messages) - len(replies)
+        totals = self.grid.totals([self.grid.phase])
+        row: dict[str, Any] = {f"eval_{k}": v for k, v in totals.items()}
+        row.update({"accuracy_local": None, "accuracy_local_min": None, "loss_local": None,
+                    "local_evaluations": 0, "failed_local_evaluations": failed})
+        if metrics is not None:
+            row.update(dict(metrics))
+        return row
+
+    def _log_progress(self, row: dict[str, Any], failures: list[Failure]) -> None:
+        total, server_round = self.settings.num_server_rounds, row["round"]
+        self.cumulative["up"] += row["message_up"]
+        self.cumulative["down"] += row["message_down"]
+        elapsed = time.monotonic() - self.started
         eta = elapsed / server_round * (total - server_round)
-        log(INFO, "round %d/%d  accuracy %s  failed %d  message bytes so far up %s down %s  "
+        accuracy = row["accuracy"]
+        local = row.get("accuracy_local")
+        log(INFO, "round %d/%d  accuracy %s%s  failed %d  message bytes so far up %s down %s  "
             "%.1f s/round  ETA %.0f s", server_round, total,
-            "-" if accuracy is None else f"{accuracy:.4f}", len(failures),
-            fmt_bytes(cumulative["up"]), fmt_bytes(cumulative["down"]), seconds, eta)
-        if failures:
-            for n, why in failures:
-                log(ERROR, "round %d: partition %d failed: %s", server_round,
-                    directory.partition_of(n), why)
-    return arrays
+            "-" if accuracy is None else f"{accuracy:.4f}",
+            "" if local is None else f"  local {local:.4f}", len(failures),
+            fmt_bytes(self.cumulative["up"]), fmt_bytes(self.cumulative["down"]),
+            row["seconds"], eta)
+        directory = self.strategy.directory
+        for f in failures:
+            log(ERROR, "round %d: partition %d failed (%s): %s", server_round,
+                directory.partition_of(f.node_id), f.exchange, f.reason)
+
+    def run(self, arrays: ArrayRecord, first_round: int = 1) -> ArrayRecord:
+        """Run rounds `first_round`..`num-server-rounds`; return the final global arrays."""
+        for server_round in range(first_round, self.settings.num_server_rounds + 1):
+            arrays = self.run_round(server_round, arrays)
+        return arrays

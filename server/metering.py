@@ -43,6 +43,11 @@ class Traffic:
         self.message += message
         self.messages += 1
 
+    def add_all(self, other: Traffic) -> None:
+        self.payload += other.payload
+        self.message += other.message
+        self.messages += other.messages
+
 
 class MeteredGrid:
     """A Grid proxy that measures what it sends and receives, grouped by phase."""

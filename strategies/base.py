@@ -1,20 +1,55 @@
 """The method contract: a server strategy plus a client side, built from run config.
 
-```python
-@register("fedavg")
-class FedAvgMethod(Method):
-    Config = FedAvgConfig                  # frozen dataclass of the `fedavg.*` keys
-    def server(self, model) -> SqueezeStrategy: ...
-    def client(self) -> ClientSide: ...
-```
-The generic ServerApp and ClientApp only ever talk to these classes.
+A method is one module in `strategies/methods/`, found by discovery (no list to edit), plus its
+keys in pyproject's `[tool.flwr.app.config]`, plus its tests::
+
+    @dataclasses.dataclass(frozen=True)
+    class TopKConfig(MethodConfig):          # the `topk-ef.*` keys; @register sets the prefix
+        sparsity: float = 0.99
+        def __post_init__(self): self.check({"sparsity": (lambda v: 0 <= v < 1, "in [0, 1)")})
+
+    @register("topk-ef")
+    class TopKEF(Method):
+        Config = TopKConfig                  # default: MethodConfig (no keys)
+        Strategy = TopKStrategy              # default: SqueezeStrategy (dense model both ways)
+        Client = TopKClient                  # default: ClientSide (dense model both ways)
+        def model_codec(self) -> DenseModelCodec: ...   # default: fp32
+
+Server side (`SqueezeStrategy`, a subclass of Flower's FedAvg). The round loop calls, per
+round t: `sample(t)`, `begin(t, arrays)`, then for each exchange of `exchanges(t)` and finally
+"train": `configure_exchange(name, t, node_ids)` -> messages, then `aggregate_exchange(name,
+t, replies)` (earlier exchanges) or `aggregate_train(t, replies)` (Flower's verb), then
+`end(t)`. Rounds with `local-eval-every` also run `configure_evaluate` / `aggregate_evaluate`
+(Flower's verbs) on the clients' local test splits. A method overrides only hooks:
+
+    encode_down(t, node_id, arrays) -> RecordDict         train message content (no config:
+                                                          the core attaches the round's config)
+    decode_up(t, node_id, content) -> Arrays              the client's model, plain float32
+    aggregate_decoded(t, replies) -> (ArrayRecord, MetricRecord)   default: Flower's FedAvg
+    exchanges(t) -> tuple[str, ...]                       exchanges before "train" (default none)
+    encode_exchange(name, t, node_id) -> RecordDict
+    decode_exchange(name, t, node_id, content) -> Any     raise CodecError/ValueError to reject
+    combine_exchange(name, t, decoded: dict[partition, Any])   what the server decides from it
+    encode_evaluate(t, node_id, arrays) -> RecordDict     default: the dense fp32 global model
+    begin_round(t, arrays) / end_round(t)                 per-round state (end: also on failure)
+    round_metrics(t) -> dict                              method keys of the round's row
+    models_to_evaluate(t) -> {name: [state dicts]}        extra centrally evaluated models
+    export_state() -> ServerState / import_state(state)   plain arrays + JSON (resume)
+
+Client side (`ClientSide`): the generic ClientApp sets `server_round`, builds the run's model
+and calls, for a train message: `receive(content, state, model)` -> model, `train(model, data,
+state, seed)` -> metrics, `send(model, state)` -> RecordDict, `metrics(model, state)` -> extra
+reply metrics; for an earlier exchange: `exchange(name, content, state, model, data, seed)`
+-> RecordDict; for a local evaluation: `evaluation_model(content, state, model)` -> model.
+`state` is Flower's `context.state` (persists across rounds in both engines; discarded when a
+hook raises). Replies get the metrics ("num-examples", ...) and the identity record from the
+core. Every metric key must be the same for every client of a round.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from logging import WARNING
 from typing import Any, ClassVar
 
@@ -27,107 +62,154 @@ from torch import nn
 
 from fedsqueeze.codecs import CodecError
 
+from .model_codec import DenseModelCodec
 from .payload import METRICS_RECORD, identity_of
 from .sampling import ClientDirectory
-from .settings import RunSettings, UserValue, from_run_config, to_run_config
-from .tensors import expected_shapes, travelling_keys
+from .settings import MethodConfig, RunSettings, UserValue, from_run_config, to_run_config
+from .state import ServerState
+from .tensors import (
+    Arrays,
+    expected_shapes,
+    from_arrayrecord,
+    load_arrays,
+    model_arrays,
+    to_arrayrecord,
+    travelling_keys,
+)
 from .training import ClientData, sgd_epochs
+
+TRAIN = "train"
+EVALUATE = "evaluate"
+CONFIG_RECORD = "config"  # the round's config, attached by the core to every message
 
 
 @dataclasses.dataclass(frozen=True)
-class NoConfig:
-    """A method without keys of its own."""
+class Failure:
+    """A reply that did not count: which node, in which exchange, and why."""
+
+    node_id: int
+    exchange: str
+    reason: str
 
 
-class Method(ABC):
+class Method:
     """One federated method: its config, its server strategy and its client side."""
 
     name: ClassVar[str]
-    Config: ClassVar[type] = NoConfig
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    Strategy: ClassVar[type[SqueezeStrategy]]
+    Client: ClassVar[type[ClientSide]]
 
     def __init__(self, settings: RunSettings, run_config: Mapping[str, UserValue]) -> None:
         self.settings = settings
         self.config = from_run_config(self.Config, run_config, prefix=self.name)
 
-    @abstractmethod
     def server(self, model: nn.Module) -> SqueezeStrategy:
         """The Flower strategy that runs this method's server side for `model`."""
+        return self.Strategy(self, model)
 
-    @abstractmethod
     def client(self) -> ClientSide:
         """What a client does with this method's messages."""
+        return self.Client(self)
+
+    def model_codec(self) -> DenseModelCodec:
+        """How the dense default sides carry the whole model (fp32)."""
+        return DenseModelCodec("fp32")
 
     def run_config(self) -> dict[str, UserValue]:
         """This method's keys and values (for config.json)."""
         return to_run_config(self.config, prefix=self.name)
 
 
-class ClientSide(ABC):
-    """Three hooks the generic ClientApp calls: receive, train, send.
+class ClientSide:
+    """The hooks the generic ClientApp calls (see the module docstring). The defaults carry
+    the whole model with the method's `model_codec` and train with local SGD."""
 
-    `state` is Flower's `context.state` (a RecordDict that persists across rounds in both
-    engines); a method keeps its per-node state there under its own record names.
-    """
+    #: the round of the message being handled; set by the ClientApp before any hook runs
+    server_round: int = 0
 
     def __init__(self, method: Method) -> None:
         self.method = method
         self.settings = method.settings
+        self.model_codec = method.model_codec()
 
-    @abstractmethod
     def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
-        """Decode the server's message into `model` (in place) and return it."""
+        """Decode the server's train message into `model` (in place) and return it."""
+        load_arrays(model, self.model_codec.decode(content, travelling_keys(model),
+                                                   expected_shapes(model)))
+        return model
 
     def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
               ) -> dict[str, float]:
-        """Local SGD with the run's hyper-parameters; override for method-specific training."""
+        """Local SGD with the run's hyper-parameters (lr of this round: lr x lr-decay^(t-1))."""
         s = self.settings
-        loss = sgd_epochs(model, data, epochs=s.local_epochs, batch_size=s.batch_size, lr=s.lr,
-                          momentum=s.momentum, weight_decay=s.weight_decay, seed=seed,
-                          after_step=self.after_step)
+        loss = sgd_epochs(model, data, epochs=s.local_epochs, batch_size=s.batch_size,
+                          lr=s.lr_at(self.server_round), momentum=s.momentum,
+                          weight_decay=s.weight_decay, seed=seed, after_step=self.after_step)
         return {"train-loss": loss}
 
-    # Called after every optimizer step (sparse methods re-apply their masks there).
-    after_step: Callable[[nn.Module], None] | None = None
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step of the default `train` (sparse methods re-apply
+        their masks here)."""
 
-    @abstractmethod
     def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
-        """The records (codec payloads) of the reply; the ClientApp adds metrics and identity."""
+        """The records (codec payloads) of the train reply."""
+        return self.model_codec.encode(model_arrays(model))
+
+    def metrics(self, model: nn.Module, state: RecordDict) -> dict[str, float]:
+        """Extra metrics of the train reply (same keys on every client)."""
+        return {}
+
+    def exchange(self, name: str, content: RecordDict, state: RecordDict, model: nn.Module,
+                 data: ClientData, seed: int) -> RecordDict:
+        """The reply to exchange `name` (methods whose strategy declares `exchanges`)."""
+        raise NotImplementedError(f"method {self.method.name!r} has no exchange {name!r}")
+
+    def evaluation_model(self, content: RecordDict, state: RecordDict, model: nn.Module
+                         ) -> nn.Module:
+        """The model this client evaluates on its local test split: by default the global
+        model of the message (a personalised method returns its own)."""
+        load_arrays(model, DenseModelCodec("fp32").decode(content, travelling_keys(model),
+                                                          expected_shapes(model)))
+        return model
 
 
 class SqueezeStrategy(FedAvg):
-    """Flower's FedAvg with seeded sampling over partition ids and codec payloads.
+    """Flower's FedAvg with seeded sampling over partition ids, codec payloads, several
+    exchanges per round and local evaluation (see the module docstring).
 
-    Subclasses say how the global model is encoded for one node (`encode_down`) and how a reply
-    is decoded (`decode_up`); aggregation stays Flower's, run on decoded replies in
-    partition-id order. Replies that failed or could not be decoded are recorded in
-    `self.failures` for the round loop (which fails or skips the round below `min-nodes`).
+    Aggregation stays Flower's, run on decoded replies in partition-id order. Replies that
+    failed or could not be decoded are recorded in `self.failures` (per exchange) for the
+    round loop, which fails or skips the round below `min-nodes`.
     """
 
     def __init__(self, method: Method, model: nn.Module) -> None:
         settings = method.settings
         super().__init__(
             fraction_train=settings.fraction_train,
-            fraction_evaluate=0.0,  # central evaluation only: an extra exchange costs seconds
+            fraction_evaluate=0.0,  # central evaluation; local evaluation is our own exchange
             min_train_nodes=settings.min_nodes,
             min_evaluate_nodes=0,
             min_available_nodes=settings.min_nodes,
         )
         self.method = method
         self.settings = settings
+        self.config = method.config
+        self.model_codec = method.model_codec()
         self.keys = travelling_keys(model)
         self.shapes = expected_shapes(model)
         self.directory: ClientDirectory | None = None
-        self.failures: list[tuple[int, str]] = []
+        self.failures: list[Failure] = []
+        self.round_arrays: Arrays = model_arrays(model)
 
-    # -- what a method provides -------------------------------------------------------------
-    @abstractmethod
-    def encode_down(self, server_round: int, node_id: int, arrays: ArrayRecord,
-                    config: ConfigRecord) -> RecordDict:
-        """The content of the train message for one node."""
+    # -- hooks a method overrides -----------------------------------------------------------
+    def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
+        """The content of the train message for one node (default: the dense model)."""
+        return self.model_codec.encode(arrays)
 
-    @abstractmethod
-    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> ArrayRecord:
-        """The client's model (plain float32 arrays, canonical keys) from its reply content."""
+    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
+        """The client's model (plain float32 arrays, canonical keys) from its reply."""
+        return self.model_codec.decode(content, self.keys, self.shapes)
 
     def aggregate_decoded(self, server_round: int, replies: list[Message]
                           ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -138,11 +220,29 @@ class SqueezeStrategy(FedAvg):
         """
         return FedAvg.aggregate_train(self, server_round, replies)
 
-    def begin_round(self) -> None:
-        """Called before a round's train messages are encoded (reset per-round state)."""
+    def exchanges(self, server_round: int) -> tuple[str, ...]:
+        """Names of the exchanges that run before the train exchange in round t."""
+        return ()
 
-    def end_round(self) -> None:
-        """Called after a round's aggregation, also when it failed or raised."""
+    def encode_exchange(self, name: str, server_round: int, node_id: int) -> RecordDict:
+        raise NotImplementedError(f"{type(self).__name__} declares no exchange {name!r}")
+
+    def decode_exchange(self, name: str, server_round: int, node_id: int,
+                        content: RecordDict) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} declares no exchange {name!r}")
+
+    def combine_exchange(self, name: str, server_round: int, decoded: dict[int, Any]) -> None:
+        """What the server decides from an exchange's decoded replies (by partition id)."""
+
+    def encode_evaluate(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
+        """The content of a local-evaluation message (default: the global model, fp32)."""
+        return DenseModelCodec("fp32").encode(arrays)
+
+    def begin_round(self, server_round: int, arrays: Arrays) -> None:
+        """Called before a round's first message is encoded, with the round's global model."""
+
+    def end_round(self, server_round: int) -> None:
+        """Called after a round's last exchange, also when it failed or raised."""
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         """Method-specific keys for this round's row of rounds.jsonl."""
@@ -155,44 +255,89 @@ class SqueezeStrategy(FedAvg):
         the list) and `accuracy_<name>_min`."""
         return {}
 
-    # -- Flower's verbs ---------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def export_state(self) -> ServerState:
+        """The strategy's state between rounds as plain arrays + JSON (default: none)."""
+        return ServerState()
+
+    def import_state(self, state: ServerState) -> None:
+        """Restore what `export_state` wrote (into a freshly built strategy)."""
+
+    # -- the verbs the round loop calls -----------------------------------------------------
+    def sample(self, server_round: int) -> list[int]:
+        """Node ids of round t's clients (seeded by (seed, t), partition-id order)."""
         if self.directory is None:
             raise RuntimeError("the client directory must be set before round 1")
-        config["server-round"] = server_round
-        self.begin_round()
-        node_ids = self.directory.sample(server_round, self.fraction_train,
-                                         self.min_train_nodes, self.settings.seed)
-        return [
-            Message(self.encode_down(server_round, node_id, arrays, config),
-                    dst_node_id=node_id, message_type=MessageType.TRAIN,
-                    group_id=str(server_round))
-            for node_id in node_ids
-        ]
+        return self.directory.sample(server_round, self.fraction_train, self.min_train_nodes,
+                                     self.settings.seed)
+
+    def begin(self, server_round: int, arrays: Arrays) -> None:
+        self.failures = []
+        self.round_arrays = arrays
+        self.begin_round(server_round, arrays)
+
+    def end(self, server_round: int) -> None:
+        self.end_round(server_round)
+
+    def round_config(self, server_round: int, exchange: str) -> ConfigRecord:
+        return ConfigRecord({"server-round": server_round, "exchange": exchange})
+
+    def configure_exchange(self, name: str, server_round: int, node_ids: Iterable[int]
+                           ) -> list[Message]:
+        """The messages of one exchange, each with the round's config attached."""
+        messages = []
+        for node_id in node_ids:
+            if name == TRAIN:
+                content = self.encode_down(server_round, node_id, self.round_arrays)
+            else:
+                content = self.encode_exchange(name, server_round, node_id)
+            messages.append(self._message(content, name, server_round, node_id,
+                                          MessageType.TRAIN))
+        return messages
+
+    def _message(self, content: RecordDict, exchange: str, server_round: int, node_id: int,
+                 message_type: str) -> Message:
+        if CONFIG_RECORD in content:
+            raise ValueError(f"{type(self).__name__}: message content must not carry a "
+                             f"'{CONFIG_RECORD}' record (the core attaches the round's config)")
+        content[CONFIG_RECORD] = self.round_config(server_round, exchange)
+        return Message(content, dst_node_id=node_id, message_type=message_type,
+                       group_id=f"{server_round}:{exchange}")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Flower's verb, for a single-exchange round: sample, begin, train messages."""
+        self.begin(server_round, from_arrayrecord(arrays))
+        return self.configure_exchange(TRAIN, server_round, self.sample(server_round))
+
+    def aggregate_exchange(self, name: str, server_round: int, replies: Iterable[Message]
+                           ) -> list[int]:
+        """Decode an earlier exchange's replies, hand them to `combine_exchange`; returns the
+        node ids that answered well (partition-id order)."""
+        decoded: dict[int, Any] = {}
+        nodes: dict[int, int] = {}
+        for reply, partition_id in self._good_replies(name, replies):
+            node_id = reply.metadata.src_node_id
+            try:
+                decoded[partition_id] = self.decode_exchange(name, server_round, node_id,
+                                                             reply.content)
+            except (CodecError, KeyError, ValueError) as err:
+                self._fail(node_id, name, f"undecodable reply: {err}")
+                continue
+            nodes[partition_id] = node_id
+        if len(decoded) >= self.settings.min_nodes:
+            self.combine_exchange(name, server_round, dict(sorted(decoded.items())))
+        return [nodes[p] for p in sorted(nodes)]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        try:
-            return self._decode_and_aggregate(server_round, replies)
-        finally:
-            self.end_round()
-
-    def _decode_and_aggregate(self, server_round: int, replies: Iterable[Message]
-                              ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self.failures = []
         decoded: list[tuple[int, Message]] = []
-        for reply in replies:
+        for reply, partition_id in self._good_replies(TRAIN, replies):
             node_id = reply.metadata.src_node_id
-            if reply.has_error():
-                self._fail(node_id, f"client error: {reply.error.reason}")
-                continue
             try:
-                partition_id = identity_of(reply.content)
-                arrays = self.decode_up(server_round, node_id, reply.content)
+                arrays = to_arrayrecord(self.decode_up(server_round, node_id, reply.content))
                 metrics = reply.content.metric_records[METRICS_RECORD]
             except (CodecError, KeyError, ValueError) as err:
-                self._fail(node_id, f"undecodable reply: {err}")
+                self._fail(node_id, TRAIN, f"undecodable reply: {err}")
                 continue
             content = RecordDict({"arrays": arrays, METRICS_RECORD: metrics})
             decoded.append((partition_id, Message(content=content, metadata=reply.metadata)))
@@ -201,7 +346,55 @@ class SqueezeStrategy(FedAvg):
         decoded.sort(key=lambda item: item[0])  # a fixed summation order
         return self.aggregate_decoded(server_round, [message for _, message in decoded])
 
-    def _fail(self, node_id: int, reason: str) -> None:
-        log(WARNING, "node %d: %s", node_id, reason)
-        self.failures.append((node_id, reason))
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """Local-evaluation messages to `local-eval-clients` clients (seeded; 0 = all)."""
+        assert self.directory is not None
+        plain = from_arrayrecord(arrays)
+        wanted = self.settings.local_eval_clients or len(self.directory)
+        node_ids = self.directory.choose(server_round, wanted, self.settings.seed, 1)
+        return [self._message(self.encode_evaluate(server_round, node_id, plain), EVALUATE,
+                              server_round, node_id, MessageType.EVALUATE)
+                for node_id in node_ids]
 
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        """`accuracy_local` (mean over clients), `accuracy_local_min`, `loss_local`."""
+        accuracies, losses = [], []
+        for reply, _ in self._good_replies(EVALUATE, replies):
+            try:
+                metrics = reply.content.metric_records[METRICS_RECORD]
+                accuracy, loss = float(metrics["accuracy"]), float(metrics["loss"])
+            except (KeyError, ValueError, TypeError) as err:
+                self._fail(reply.metadata.src_node_id, EVALUATE, f"bad metrics: {err}")
+                continue
+            accuracies.append(accuracy)
+            losses.append(loss)
+        if not accuracies:
+            return None
+        return MetricRecord({"accuracy_local": float(np.mean(accuracies)),
+                             "accuracy_local_min": float(min(accuracies)),
+                             "loss_local": float(np.mean(losses)),
+                             "local_evaluations": len(accuracies)})
+
+    def _good_replies(self, exchange: str, replies: Iterable[Message]
+                      ) -> Iterable[tuple[Message, int]]:
+        for reply in replies:
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                self._fail(node_id, exchange, f"client error: {reply.error.reason}")
+                continue
+            try:
+                partition_id = identity_of(reply.content)
+            except (CodecError, KeyError, ValueError) as err:
+                self._fail(node_id, exchange, f"undecodable reply: {err}")
+                continue
+            yield reply, partition_id
+
+    def _fail(self, node_id: int, exchange: str, reason: str) -> None:
+        log(WARNING, "node %d (%s): %s", node_id, exchange, reason)
+        self.failures.append(Failure(node_id, exchange, reason))
+
+
+Method.Strategy = SqueezeStrategy
+Method.Client = ClientSide

@@ -41,11 +41,16 @@ class ClientDirectory:
 
         Like Flower's FedAvg: `max(int(fraction * N), min_nodes)` clients, without replacement.
         """
+        size = max(int(fraction * len(self)), min_nodes)
+        return self.choose(server_round, size, seed)
+
+    def choose(self, server_round: int, size: int, seed: int, *salt: int) -> list[int]:
+        """Node ids of `size` clients drawn without replacement by a generator seeded with
+        (seed, round, *salt), in partition-id order (all of them when size >= N)."""
         partitions = self.partition_ids
-        size = min(max(int(fraction * len(partitions)), min_nodes), len(partitions))
         if size >= len(partitions):
             chosen = partitions
         else:
-            rng = np.random.default_rng([seed, server_round])
+            rng = np.random.default_rng([seed, server_round, *salt])
             chosen = sorted(rng.choice(partitions, size=size, replace=False).tolist())
         return [self._node_of_partition[p] for p in chosen]

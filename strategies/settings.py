@@ -12,7 +12,7 @@ import dataclasses
 import math
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 UserValue = bool | int | float | str
 
@@ -105,6 +105,27 @@ def parse_int_set(key: str, text: str) -> frozenset[int]:
 
 
 @dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """Base of a method's frozen config dataclass (its `<method>.*` keys).
+
+    `@register("name")` sets `prefix` to the method's name, so validators name their keys
+    without repeating it: `self.check({"qe": (lambda v: 1 <= v <= 8, "must be in 1..8")})`
+    reports `run-config 'resfed.qe' = 9 is invalid: must be in 1..8`.
+    """
+
+    prefix: ClassVar[str] = ""
+
+    def key(self, field_name: str) -> str:
+        return key_of(field_name, self.prefix)
+
+    def check(self, rules: Mapping[str, tuple[Callable[[Any], bool], str]]) -> None:
+        check_all(self, rules, prefix=self.prefix)
+
+    def check_choice(self, field_name: str, choices: list[str] | tuple[str, ...]) -> None:
+        check_choice(self.key(field_name), getattr(self, field_name), choices)
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSettings:
     """Method-independent settings of a run (the keys without a method prefix)."""
 
@@ -129,6 +150,7 @@ class RunSettings:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.02
+    lr_decay: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0
     client_threads: int = 1
@@ -136,6 +158,9 @@ class RunSettings:
     seed: int = 0
     eval_every: int = 1
     eval_batch_size: int = 1000
+    local_test_fraction: float = 0.0
+    local_eval_every: int = 0
+    local_eval_clients: int = 0
     run_name: str = ""
     results_dir: str = ""
     engine: str = ""
@@ -155,13 +180,20 @@ class RunSettings:
             "local_epochs": (lambda v: v >= 1, "must be >= 1"),
             "batch_size": (lambda v: v >= 1, "must be >= 1"),
             "lr": (lambda v: v > 0, "must be > 0"),
+            "lr_decay": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
             "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
             "weight_decay": (lambda v: v >= 0, "must be >= 0"),
             "client_threads": (lambda v: v >= 1, "must be >= 1"),
             "seed": (lambda v: v >= 0, "must be >= 0"),
             "eval_every": (lambda v: v >= 1, "must be >= 1"),
             "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
+            "local_test_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)"),
+            "local_eval_every": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
+            "local_eval_clients": (lambda v: v >= 0, "must be >= 0 (0 = every client)"),
         })
+        check(self.local_eval_every == 0 or self.local_test_fraction > 0, "local-eval-every",
+              self.local_eval_every, "needs local-test-fraction > 0 (each client's local "
+              "test split)")
         check_choice("on-too-few-replies", self.on_too_few_replies, ("fail", "skip"))
         check_choice("client-device", self.client_device, ("auto", "cpu", "cuda"))
         check_choice("model-init", self.model_init, ("default", "glorot"))
@@ -172,6 +204,16 @@ class RunSettings:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, UserValue]) -> RunSettings:
         return from_run_config(cls, run_config)
+
+    def lr_at(self, server_round: int) -> float:
+        """The learning rate of round t: lr x lr-decay^(t-1)."""
+        return self.lr * self.lr_decay ** (server_round - 1)
+
+    def evaluates_locally(self, server_round: int) -> bool:
+        """Whether round t ends with a federated evaluation on the clients' local test splits
+        (every `local-eval-every` rounds and after the last)."""
+        every = self.local_eval_every
+        return every > 0 and (server_round % every == 0 or server_round == self.num_server_rounds)
 
     @property
     def failing_partitions(self) -> frozenset[int]:

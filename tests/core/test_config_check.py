@@ -8,20 +8,37 @@ from fedsqueeze.deploy.config_check import (
     find_app_dir,
     parse_overrides,
 )
-from fedsqueeze.strategies.settings import ConfigError, RunSettings
-from fedsqueeze.strategies.registry import get_method
+from fedsqueeze.strategies.registry import get_method, method_names
+from fedsqueeze.strategies.settings import ConfigError, RunSettings, to_run_config
 
 APP = find_app_dir()
 
 
-def test_every_settings_field_and_method_key_is_declared_in_pyproject():
+def test_every_settings_field_is_declared_in_pyproject_with_its_default():
     declared = declared_config(APP)
-    settings = RunSettings.from_run_config(declared)
-    method = get_method(settings.method)(settings, declared)
-    from fedsqueeze.strategies.settings import to_run_config
-
-    for key in [*to_run_config(settings), *method.run_config()]:
+    for key, default in to_run_config(RunSettings()).items():
         assert key in declared, f"{key} missing from [tool.flwr.app.config]"
+        assert declared[key] == default, f"{key}: pyproject says {declared[key]!r}, " \
+                                         f"RunSettings {default!r}"
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_key_is_declared_in_pyproject_with_its_dataclass_default(name):
+    declared = declared_config(APP)
+    method = get_method(name)
+    defaults = to_run_config(method.Config(), prefix=name)
+    for key, default in defaults.items():
+        assert key in declared, f"{key} missing from [tool.flwr.app.config]"
+        assert declared[key] == default, f"{key}: pyproject says {declared[key]!r}, " \
+                                         f"{method.Config.__name__} {default!r}"
+    # and no stale key of this method is left in pyproject
+    stale = [k for k in declared if k.startswith(f"{name}.") and k not in defaults]
+    assert not stale, f"pyproject declares keys {stale} that {name} does not have"
+
+
+def test_every_prefixed_key_in_pyproject_belongs_to_a_registered_method():
+    prefixes = {k.split(".", 1)[0] for k in declared_config(APP) if "." in k}
+    assert prefixes <= set(method_names())
 
 
 def test_misspelt_key_is_rejected_with_a_suggestion():

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from fedsqueeze.codecs import CodecError
 from fedsqueeze.strategies.payload import IDENTITY_RECORD, PAYLOAD_RECORD, identity_record, pack
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
-from fedsqueeze.strategies.tensors import from_arrayrecord, model_arrays, to_arrayrecord
+from fedsqueeze.strategies.tensors import model_arrays
 
 
 def _method(dtype="fp32"):
@@ -24,7 +24,7 @@ def test_client_upload_decodes_on_the_server_bit_exactly():
     strategy, client = method.server(model), method.client()
     content = client.send(model, RecordDict())
     content[IDENTITY_RECORD] = identity_record(0)
-    decoded = from_arrayrecord(strategy.decode_up(1, 7, content))
+    decoded = strategy.decode_up(1, 7, content)
     for (k1, v1), (k2, v2) in zip(decoded.items(), model_arrays(model).items()):
         assert k1 == k2 and np.array_equal(v1, v2)
 
@@ -33,8 +33,7 @@ def test_server_download_loads_into_a_fresh_client_model():
     method = _method("fp16")
     server_model = build_run_model(method.settings)
     strategy, client = method.server(server_model), method.client()
-    content = strategy.encode_down(1, 7, to_arrayrecord(model_arrays(server_model)),
-                                   ConfigRecord({"server-round": 1}))
+    content = strategy.encode_down(1, 7, model_arrays(server_model))
     fresh = build_run_model(RunSettings(seed=123))
     client.receive(content, RecordDict(), fresh)
     for a, b in zip(fresh.parameters(), server_model.parameters()):

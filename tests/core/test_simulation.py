@@ -87,7 +87,7 @@ def test_run_fails_when_fewer_than_min_nodes_reply(tmp_path):
     assert result.status["status"] == "finished:failed"
     _, rounds, summary = read_run(result.results_dir)
     assert rounds == [] and summary["status"] == "failed"
-    assert "1 of 2 replies succeeded, min-nodes = 2" in summary["error"]
+    assert "1 of 2 replies succeeded in exchange 'train', min-nodes = 2" in summary["error"]
     assert result.leftover_pids == []
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import RecordDict
 
 from fedsqueeze.codecs import CodecError, decode_sparse_parts
-from fedsqueeze.codecs.framing import unpack as unpack_frame
-from fedsqueeze.strategies.fedsparsify import (
+from fedsqueeze.deploy.inprocess import Federation
+from fedsqueeze.strategies.methods.fedsparsify import (
     FedSparsifyConfig,
     Schedule,
     magnitude_threshold,
@@ -17,11 +17,11 @@ from fedsqueeze.strategies.fedsparsify import (
     prune_global,
     vote_threshold,
 )
-from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD
+from fedsqueeze.strategies.payload import PAYLOAD_RECORD
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
-from fedsqueeze.strategies.tensors import from_arrayrecord, model_arrays, to_arrayrecord
+from fedsqueeze.strategies.tensors import model_arrays
 from fedsqueeze.strategies.training import ClientData
 
 
@@ -179,7 +179,8 @@ def test_masked_weights_stay_exactly_zero_through_training_with_momentum():
     method = _method()
     strategy, client = method.server(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, strategy=strategy)
-    content = strategy.encode_down(3, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 3}))
+    content = strategy.encode_down(3, 7, pruned)
+    client.server_round = 3
     model = client.receive(content, RecordDict(), build_run_model(RunSettings(seed=99)))
     client.train(model, _data(), RecordDict(), seed=5)
     trained = model_arrays(model)
@@ -197,9 +198,10 @@ def test_masked_gradients_keep_momentum_off_pruned_entries():
     method = _method()
     strategy, client = method.server(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, strategy=strategy)
-    content = strategy.encode_down(3, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 3}))
+    content = strategy.encode_down(3, 7, pruned)
+    client.server_round = 3
     model = client.receive(content, RecordDict(), build_run_model(RunSettings(seed=99)))
-    client.apply_masks = lambda m: None   # disable the re-masking after every step
+    client.after_step = lambda m: None   # disable the re-masking after every step
     client.train(model, _data(), RecordDict(), seed=5)
     for key, after in model_arrays(model).items():
         assert np.all(after[pruned[key] == 0] == 0), key
@@ -210,7 +212,8 @@ def _global_round_trip(sparsity):
     method = _method()
     strategy, client = method.server(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, sparsity, strategy=strategy)
-    content = strategy.encode_down(3, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 3}))
+    content = strategy.encode_down(3, 7, pruned)
+    client.server_round = 3
     model = client.receive(content, RecordDict(), build_run_model(method.settings))
     return strategy, pruned, client.send(model, RecordDict())
 
@@ -222,7 +225,7 @@ def test_global_uplink_is_values_only_and_decodes_with_the_sent_mask():
     nnz = sum(int(np.count_nonzero(a)) for a in pruned.values())
     # fp32 values only: 4 bytes per kept entry plus a small frame header (no positions)
     assert nnz * 4 < len(array.data) <= nnz * 4 + 96
-    decoded = from_arrayrecord(strategy.decode_up(3, 7, reply))
+    decoded = (strategy.decode_up(3, 7, reply))
     for key, value in decoded.items():
         assert np.array_equal(value, pruned[key])
     with pytest.raises(CodecError):
@@ -233,14 +236,13 @@ def test_downlink_is_nonzero_values_plus_positions_and_never_dense():
     method = _method()
     strategy = method.server(build_run_model(method.settings))
     pruned = _pruned_model(method, 0.9, strategy=strategy)
-    content = strategy.encode_down(3, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 3}))
+    content = strategy.encode_down(3, 7, pruned)
     data = bytes(content[PAYLOAD_RECORD]["bytes"].data)
     shapes = [a.shape for a in pruned.values()]
     parts = decode_sparse_parts(data, shapes)
     nnz = sum(st.positions.k for st in parts)
     assert nnz == sum(int(np.count_nonzero(a)) for a in pruned.values())
     assert len(data) < 0.2 * 118_282 * 4   # 10 % values + coded positions
-    assert unpack_frame  # the frame module is importable (positions live in its sections)
 
 
 def test_global_mask_mismatch_is_a_codec_error():
@@ -251,45 +253,21 @@ def test_global_mask_mismatch_is_a_codec_error():
 
 
 # -- whole rounds in process -------------------------------------------------------------
-def _reply(content, node_id, num_examples):
-    content[METRICS_RECORD] = MetricRecord({"num-examples": num_examples, "train-loss": 1.0})
-    meta = Metadata(run_id=1, message_id="", src_node_id=node_id, dst_node_id=0,
-                    reply_to_message_id="", group_id="", created_at=0.0, ttl=60.0,
-                    message_type="train")
-    return Message(content=content, metadata=meta)
-
-
-def _round(method, strategy, arrays, t, nodes=(1, 2, 3, 4)):
-    replies = []
-    for i, node in enumerate(nodes):
-        content = strategy.encode_down(t, node, arrays, ConfigRecord({"server-round": t}))
-        client = method.client()
-        model = client.receive(content, RecordDict(), build_run_model(method.settings))
-        client.train(model, _data(seed=i), RecordDict(), seed=i)
-        reply = client.send(model, RecordDict())
-        decoded = strategy.decode_up(t, node, reply)
-        message = _reply(RecordDict({"arrays": decoded}), node, 64)
-        replies.append(message)
-    record, _ = strategy.aggregate_decoded(t, replies)
-    strategy.sent_masks, strategy.local_masks, strategy._up_nnz = {}, {}, {}
-    return record, strategy.round_metrics(t)
-
-
 @pytest.mark.parametrize("variant", ["global", "local"])
-def test_rounds_reach_the_target_sparsity_monotonically(variant):
-    method = _method(**{"fedsparsify.variant": variant, "fedsparsify.total-rounds": 4})
-    model = build_run_model(method.settings)
-    strategy = method.server(model)
-    arrays = to_arrayrecord(model_arrays(model))
+def test_rounds_reach_the_target_sparsity_monotonically(variant, tmp_path):
+    fed = Federation({"method": "fedsparsify", "fedsparsify.variant": variant,
+                      "num-server-rounds": 4, "num-partitions": 20, "seed": 3}, clients=4,
+                     results_dir=tmp_path)
+    schedule = get_method("fedsparsify")(RunSettings(num_server_rounds=4), {}).schedule
     previous = None
     for t in range(1, 5):
-        arrays, metrics = _round(method, strategy, arrays, t)
-        plain = from_arrayrecord(arrays)
+        metrics = fed.run_round()
+        plain = {k: fed.arrays[k].numpy() for k in fed.arrays.keys()}
         mask = np.concatenate([(a != 0).ravel() for a in plain.values()])
         if previous is not None:
             assert not np.any(mask & ~previous)   # a pruned weight never comes back
         previous = mask
-        assert metrics["target_sparsity"] == pytest.approx(method.schedule.sparsity(t))
+        assert metrics["target_sparsity"] == pytest.approx(schedule.sparsity(t))
         nnz, kept = int(mask.sum()), metrics["mask_kept"]
         assert nnz <= kept and metrics["sparsity"] == pytest.approx(1 - kept / 118_282)
         if variant == "global":
@@ -314,12 +292,12 @@ def test_zero_initialised_biases_train_until_pruned():
     model = build_run_model(RunSettings(model_init="glorot"))
     assert any(not p.any() for p in model.parameters())   # glorot: zero biases
     strategy, client = method.server(model), method.client()
-    content = strategy.encode_down(1, 7, to_arrayrecord(model_arrays(model)),
-                                   ConfigRecord({"server-round": 1}))
+    content = strategy.encode_down(1, 7, model_arrays(model))
+    client.server_round = 1
     local = client.receive(content, RecordDict(), build_run_model(method.settings))
     client.train(local, _data(), RecordDict(), seed=1)
     assert all(p.any() for p in local.parameters())
-    decoded = from_arrayrecord(strategy.decode_up(1, 7, client.send(local, RecordDict())))
+    decoded = (strategy.decode_up(1, 7, client.send(local, RecordDict())))
     for key, value in model_arrays(local).items():   # the whole trained model came back
         assert np.array_equal(decoded[key], value)
 
@@ -328,11 +306,12 @@ def test_local_uplink_carries_values_and_the_local_mask():
     method = _method(**{"fedsparsify.variant": "local"})
     strategy, client = method.server(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, 0.5, strategy=strategy)
-    content = strategy.encode_down(5, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 5}))
+    content = strategy.encode_down(5, 7, pruned)
+    client.server_round = 5
     model = client.receive(content, RecordDict(), build_run_model(method.settings))
     reply = client.send(model, RecordDict())
     assert reply[PAYLOAD_RECORD]["bytes"].stype.startswith("fedsqueeze/sparse@")
-    decoded = from_arrayrecord(strategy.decode_up(5, 7, reply))
+    decoded = (strategy.decode_up(5, 7, reply))
     kept = strategy.kept(strategy.local_masks[7])
     assert kept == pytest.approx((1 - method.schedule.sparsity(5)) * 118_282, abs=2)
     assert sum(int(np.count_nonzero(a)) for a in decoded.values()) <= kept
@@ -346,7 +325,8 @@ def test_fp16_values_keep_the_mask_from_positions_not_from_values():
     first = next(iter(pruned))
     pruned[first].flat[np.flatnonzero(pruned[first])[0]] = 1e-9   # 0 in fp16
     strategy.mask = [a != 0 for a in pruned.values()]
-    content = strategy.encode_down(3, 7, to_arrayrecord(pruned), ConfigRecord({"server-round": 3}))
+    content = strategy.encode_down(3, 7, pruned)
+    client.server_round = 3
     model = client.receive(content, RecordDict(), build_run_model(method.settings))
     assert all(np.array_equal(g, m) for g, m in zip(client.global_masks, strategy.mask))
     strategy.decode_up(3, 7, client.send(model, RecordDict()))   # same digest: decodes

@@ -1,36 +1,36 @@
 """ResFed: predictors, quantizers, payload bounds, and client/server reconstructions that stay
-bit-identical over many rounds (one process, a simulated client restart, partial
-participation, failures, malformed payloads). No Flower run: the strategy's per-node verbs and
-the client side are driven directly, exactly as the ServerApp and ClientApp call them."""
+bit-identical over many rounds (a simulated client restart, partial participation, failures,
+malformed payloads), through the in-process federation (the real ClientApp and round loop)."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
-import torch
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
-from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-from torch import nn
+from flwr.app import MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 
-from fedsqueeze.codecs import CodecError
+from fedsqueeze.codecs import CodecError, ResidualHeader, get_codec, median_quantize
 from fedsqueeze.codecs.bounds import entropy_bits, log2_binom
-from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
-from fedsqueeze.strategies.registry import get_method
-from fedsqueeze.strategies.resfed import History, flatten, load_history, unflatten
-from fedsqueeze.strategies.resfed_coding import (
-    CODEC,
-    Header,
-    median_quantize,
+from fedsqueeze.deploy.inprocess import Federation
+from fedsqueeze.strategies.methods.resfed import (
+    EVALUATED_RECONSTRUCTIONS,
+    History,
+    load_history,
     predict,
     reconstruct,
-    top_k,
 )
-from fedsqueeze.strategies.sampling import ClientDirectory
+from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
+from fedsqueeze.strategies.registry import get_method
+from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
-from fedsqueeze.strategies.tensors import load_arrays, model_arrays, to_arrayrecord
+from fedsqueeze.strategies.tensors import (
+    flatten,
+    from_arrayrecord,
+    top_k_count,
+    top_k_indices,
+)
 
+CODEC = get_codec("residual")
 F = np.float32
 
 
@@ -79,8 +79,8 @@ def test_prediction_does_not_alias_the_history():
 # --------------------------------------------------------------------------- compression
 def test_top_k_is_global_and_keeps_at_least_one():
     r = np.array([0.1, -5.0, 0.2, 3.0, -0.3], F)
-    assert top_k(r, 0.6).tolist() == [1, 3]
-    assert top_k(r, 0.99).tolist() == [1]
+    assert top_k_indices(r, top_k_count(r.size, 0.6)).tolist() == [1, 3]
+    assert top_k_indices(r, top_k_count(r.size, 0.99)).tolist() == [1]
 
 
 def test_median_quantizer_drops_below_median_and_is_ternary_at_qe1():
@@ -107,8 +107,9 @@ def test_residual_payload_is_within_15_percent_of_the_bound(s, qe):
     n = 118_282  # fc2
     rng = np.random.default_rng(0)
     r = rng.standard_normal(n).astype(F) * F(0.01)
-    header = Header(True, False, "median", 3, bytes(8), [bytes(8), bytes(8)])
-    payload = CODEC.encode_residual(r, header, sparsity=s, qe=qe, bits=4)
+    header = ResidualHeader(True, False, "median", 3, bytes(8), [bytes(8), bytes(8)])
+    idx = top_k_indices(r, top_k_count(n, s))
+    payload = CODEC.encode_residual(n, idx, r[idx], header, qe=qe, bits=4)
     d = CODEC.decode(payload, [(n,)])
     k = d.k
     core = (log2_binom(n, k) + entropy_bits(d.symbols)) / 8
@@ -119,65 +120,20 @@ def test_residual_payload_is_within_15_percent_of_the_bound(s, qe):
 
 
 # --------------------------------------------------------------------------- protocol
-def tiny_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(12, 10), nn.BatchNorm1d(10), nn.ReLU(), nn.Linear(10, 3))
+# Whole rounds through the shared in-process federation (the real ClientApp and round loop):
+# fc2 on small FashionMNIST partitions, central evaluation only at the end.
+def federation(tmp_path, config: dict, clients: int = 4, rounds: int = 20, **run) -> Federation:
+    return Federation({"method": "resfed", "num-server-rounds": rounds, "num-partitions": 60,
+                       "eval-every": rounds, "min-nodes": 1, "seed": 0, **run, **config},
+                      clients=clients, results_dir=tmp_path)
 
 
-class Federation:
-    """A ResFed server strategy and client states, driven like the ServerApp/ClientApp do."""
-
-    def __init__(self, config: dict, clients: int = 4, fraction: float = 1.0, seed: int = 0):
-        settings = RunSettings(fraction_train=fraction, min_nodes=1, seed=seed)
-        self.method = get_method("resfed")(settings, config)
-        self.strategy = self.method.server(tiny_model())
-        self.strategy.directory = ClientDirectory({1000 + p: p for p in range(clients)})
-        self.states = {p: RecordDict() for p in range(clients)}
-        self.global_vec = flatten(list(model_arrays(tiny_model()).values()))
-        self.shapes = self.strategy.shapes
-        self.participation = {p: 0 for p in range(clients)}
-        self.fraction = fraction
-        self.seed = seed
-
-    def arrays(self):
-        return to_arrayrecord(OrderedDict(zip(self.strategy.keys,
-                                              unflatten(self.global_vec, self.shapes))))
-
-    def round(self, rnd: int, fail: frozenset = frozenset(), drop_reply: frozenset = frozenset()):
-        st = self.strategy
-        st.begin_round()
-        nodes = st.directory.sample(rnd, self.fraction, 1, self.seed)
-        rng = np.random.default_rng([rnd, 7])
-        updates = []
-        for node in nodes:
-            p = st.directory.partition_of(node)
-            content = st.encode_down(rnd, node, self.arrays(), ConfigRecord({"server-round": rnd}))
-            if p in fail:
-                continue  # the ClientApp raised: Flower discards its state changes
-            side = self.method.client()  # a fresh client side per message, like the ClientApp
-            model = tiny_model()
-            side.receive(content, self.states[p], model)
-            trained = [a + F(0.05) * rng.standard_normal(a.shape).astype(F)
-                       for a in model_arrays(model).values()]
-            load_arrays(model, trained)
-            reply = side.send(model, self.states[p])
-            reply[METRICS_RECORD] = MetricRecord({"num-examples": 10})
-            if p in drop_reply:
-                continue  # the client committed, the reply never arrived
-            l_hat = flatten([a.numpy() for a in st.decode_up(rnd, node, reply).values()])
-            updates.append(l_hat)
-            self.participation[p] += 1
-        st.end_round()
-        if updates:
-            self.global_vec = np.mean(np.stack(updates), axis=0, dtype=F).astype(F)
-        return st.round_metrics(rnd), [st.directory.partition_of(n) for n in nodes]
-
-    def assert_in_sync(self):
-        for p, (mirror, _) in self.strategy.mirrors.items():
-            mine = load_history(self.states[p])
-            assert mine.version == mirror.version
-            for a, b in zip(mine.g + mine.l, mirror.g + mirror.l, strict=True):
-                assert a.dtype == b.dtype == F and a.tobytes() == b.tobytes()
+def assert_in_sync(fed: Federation) -> None:
+    for p, (mirror, _) in fed.strategy.nodes.mirrors.items():
+        mine = load_history(fed.state_of(p))
+        assert mine.version == mirror.version
+        for a, b in zip(mine.g + mine.l, mirror.g + mirror.l, strict=True):
+            assert a.dtype == b.dtype == F and a.tobytes() == b.tobytes()
 
 
 CONFIGS = [
@@ -194,74 +150,88 @@ CONFIGS = [
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["linear-median", "half-uniform", "zero-fp16",
                                                  "linear-qe3-warm2"])
-def test_reconstructions_are_bit_identical_over_20_rounds(config):
-    fed = Federation(config)
+def test_reconstructions_are_bit_identical_over_20_rounds(config, tmp_path):
+    fed = federation(tmp_path, config)
     for rnd in range(1, 21):
-        row, _ = fed.round(rnd)
+        row = fed.run_round()
         assert row["reconstruction_gap"] == 0 and row["resfed_version_mismatch"] == 0
-        fed.assert_in_sync()
+        assert row["failed_replies"] == 0
+        assert_in_sync(fed)
         warm = int(config.get("resfed.warmup", 1))
         assert row["resfed_down_full"] == (4 if rnd <= warm else 0)
         assert row["resfed_up_full"] == (4 if rnd <= warm else 0)
-    assert all(len(load_history(s).g) == 3 for s in fed.states.values())
+    assert all(len(load_history(fed.state_of(p)).g) == 3 for p in range(4))
 
 
-def test_a_restarted_client_process_continues_from_context_state_alone():
-    fed = Federation(CONFIGS[0])
-    for rnd in range(1, 11):
-        fed.round(rnd)
-    # a new process: the state comes back only from its serialized form
-    fed.states = {p: recorddict_from_proto(recorddict_to_proto(s)) for p, s in fed.states.items()}
-    for rnd in range(11, 21):
-        row, _ = fed.round(rnd)
+def test_a_restarted_client_process_continues_from_context_state_alone(tmp_path):
+    fed = federation(tmp_path, CONFIGS[0])
+    fed.run(10)
+    fed.restart_clients()  # a new process: the state comes back only from its serialized form
+    for _ in range(11, 21):
+        row = fed.run_round()
         assert row["reconstruction_gap"] == 0 and row["resfed_down_full"] == 0
-        fed.assert_in_sync()
+        assert_in_sync(fed)
 
 
-def test_partial_participation_stays_in_sync_without_full_transfers():
-    fed = Federation(CONFIGS[0], clients=6, fraction=0.5)
-    skipped = set()
-    for rnd in range(1, 21):
-        row, chosen = fed.round(rnd)
+def test_partial_participation_stays_in_sync_without_full_transfers(tmp_path):
+    fed = federation(tmp_path, CONFIGS[0], clients=6, **{"fraction-train": 0.5})
+    skipped, participation = set(), {p: 0 for p in range(6)}
+    for _ in range(1, 21):
+        row = fed.run_round()
+        chosen = row["clients"]
         assert len(chosen) == 3 and row["reconstruction_gap"] == 0
         skipped |= set(range(6)) - set(chosen)
-        fed.assert_in_sync()
+        for p in chosen:
+            participation[p] += 1
+        assert_in_sync(fed)
         assert row["resfed_resyncs"] == 0
     assert skipped == set(range(6))
-    assert all(load_history(s).count == fed.participation[p] for p, s in fed.states.items())
+    assert all(load_history(fed.state_of(p)).count == participation[p] for p in range(6))
 
 
-def test_max_gap_forces_a_full_transfer_after_a_long_absence():
-    fed = Federation({**CONFIGS[0], "resfed.max-gap": 1}, clients=6, fraction=0.5)
+def test_max_gap_forces_a_full_transfer_after_a_long_absence(tmp_path):
+    fed = federation(tmp_path, {**CONFIGS[0], "resfed.max-gap": 1}, clients=6, rounds=15,
+                     **{"fraction-train": 0.5})
     fulls = 0
-    for rnd in range(1, 16):
-        row, _ = fed.round(rnd)
-        fed.assert_in_sync()
-        fulls += row["resfed_down_full"] - row["resfed_resyncs"] * 0
+    for _ in range(1, 16):
+        row = fed.run_round()
+        assert_in_sync(fed)
+        fulls += row["resfed_down_full"]
     assert fulls > 6  # first contacts plus gap resets
 
 
 @pytest.mark.parametrize("kind", ["fail", "drop_reply"])
-def test_a_failed_round_resets_that_client_with_a_full_transfer(kind):
-    fed = Federation(CONFIGS[0])
-    for rnd in range(1, 5):
-        fed.round(rnd)
-    fed.round(5, **{kind: frozenset({2})})
-    assert 2 not in fed.strategy.mirrors
-    row, _ = fed.round(6)
+def test_a_failed_round_resets_that_client_with_a_full_transfer(kind, tmp_path):
+    fed = federation(tmp_path, CONFIGS[0], rounds=9)
+    fed.run(4)
+    node = fed.grid.node_of(2)
+    if kind == "fail":  # the ClientApp raised: Flower discards its state changes
+        fed.grid.fail = {2}
+    else:  # the client committed, the reply never arrived
+        fed.grid.tamper = lambda reply: None if reply.metadata.src_node_id == node else reply
+    row = fed.run_round()
+    assert row["failed_replies"] == 1 and 2 not in fed.strategy.nodes.mirrors
+    fed.grid.fail, fed.grid.tamper = set(), None
+    row = fed.run_round()
     assert row["resfed_resyncs"] == 1 and row["resfed_down_full"] == 1
     assert row["reconstruction_gap"] == 0
-    fed.assert_in_sync()
-    for rnd in range(7, 10):
-        row, _ = fed.round(rnd)
+    assert_in_sync(fed)
+    for _ in range(7, 10):
+        row = fed.run_round()
         assert row["resfed_down_full"] == 0
-        fed.assert_in_sync()
+        assert_in_sync(fed)
 
 
-def _down_content(fed, rnd, partition):
-    fed.strategy.begin_round()
-    return fed.strategy.encode_down(rnd, 1000 + partition, fed.arrays(),
-                                    ConfigRecord({"server-round": rnd}))
+def _down_content(fed: Federation, rnd: int, partition: int) -> RecordDict:
+    arrays = from_arrayrecord(fed.arrays)
+    fed.strategy.begin(rnd, arrays)
+    return fed.strategy.encode_down(rnd, fed.grid.node_of(partition), arrays)
+
+
+def _client(fed: Federation):
+    side = fed.strategy.method.client()
+    side.server_round = fed.round + 1
+    return side, build_run_model(fed.strategy.settings)
 
 
 @pytest.mark.parametrize("mangle", [
@@ -271,68 +241,63 @@ def _down_content(fed, rnd, partition):
     lambda b: b[:5] + bytes([b[5] ^ 0xFF]) + b[6:],
     lambda b: b[:-3] + bytes(x ^ 0x5A for x in b[-3:]),
 ], ids=["truncated", "trailing", "header-only", "tensor-count", "tail-bits"])
-def test_malformed_residual_payload_is_rejected_and_state_untouched(mangle):
-    fed = Federation(CONFIGS[0])
-    for rnd in range(1, 4):
-        fed.round(rnd)
+def test_malformed_residual_payload_is_rejected_and_state_untouched(mangle, tmp_path):
+    fed = federation(tmp_path, CONFIGS[0], rounds=4)
+    fed.run(3)
     content = _down_content(fed, 4, 1)
     payload = unpack(content, CODEC.stype)
     assert CODEC.decode(payload, [(fed.strategy.n,)]).header.residual
-    before = recorddict_to_proto(fed.states[1]).SerializeToString()
-    bad = RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, mangle(payload)),
-                      "config": ConfigRecord({"server-round": 4})})
+    before = recorddict_to_proto(fed.state_of(1)).SerializeToString()
+    bad = RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, mangle(payload))})
+    side, model = _client(fed)
     try:
-        fed.method.client().receive(bad, fed.states[1], tiny_model())
+        side.receive(bad, fed.state_of(1), model)
     except CodecError:
         pass
     else:  # a flip that still decodes must at least not have touched the state
         pass
-    assert recorddict_to_proto(fed.states[1]).SerializeToString() == before
+    assert recorddict_to_proto(fed.state_of(1)).SerializeToString() == before
     with pytest.raises(CodecError):
-        fed.method.client().receive(RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload[:-1])}),
-                                    fed.states[1], tiny_model())
+        side.receive(RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload[:-1])}),
+                     fed.state_of(1), model)
 
 
-def test_a_payload_for_another_history_version_is_rejected():
-    fed = Federation(CONFIGS[0])
-    for rnd in range(1, 4):
-        fed.round(rnd)
+def test_a_payload_for_another_history_version_is_rejected(tmp_path):
+    fed = federation(tmp_path, CONFIGS[0], rounds=4)
+    fed.run(3)
     content = _down_content(fed, 4, 1)
+    side, model = _client(fed)
     with pytest.raises(CodecError, match="history version"):
-        fed.method.client().receive(content, fed.states[2], tiny_model())
+        side.receive(content, fed.state_of(2), model)
     with pytest.raises(CodecError, match="history version"):
-        fed.method.client().receive(content, RecordDict(), tiny_model())  # state lost
+        side.receive(content, RecordDict(), model)  # state lost
 
 
-def test_an_upload_against_a_stale_mirror_is_rejected_and_not_committed():
-    fed = Federation(CONFIGS[0])
-    for rnd in range(1, 4):
-        fed.round(rnd)
+def test_an_upload_against_a_stale_mirror_is_rejected_and_not_committed(tmp_path):
+    fed = federation(tmp_path, CONFIGS[0], rounds=4)
+    fed.run(3)
     st = fed.strategy
     content = _down_content(fed, 4, 0)
-    side = fed.method.client()
-    model = side.receive(content, fed.states[0], tiny_model())
-    reply = side.send(model, fed.states[0])
+    side, model = _client(fed)
+    model = side.receive(content, fed.state_of(0), model)
+    reply = side.send(model, fed.state_of(0))
     reply[METRICS_RECORD] = MetricRecord({"num-examples": 1})
-    stale = History()
-    st.pending[0].history = stale
+    st.nodes.pending[0].history = History()
     with pytest.raises(CodecError, match="history version"):
-        st.decode_up(4, 1000, reply)
-    assert st.stats["mismatch"] == 1 and st.mirrors[0][0].count == 3
+        st.decode_up(4, fed.grid.node_of(0), reply)
+    assert st.stats["mismatch"] == 1 and st.nodes.mirrors[0][0].count == 3
 
 
-def test_the_reconstructions_clients_train_from_are_offered_for_evaluation():
-    from fedsqueeze.strategies.resfed import EVALUATED_RECONSTRUCTIONS
-
-    fed = Federation(CONFIGS[0], clients=5)
-    for rnd in (1, 2, 3):
-        _, partitions = fed.round(rnd)
+def test_the_reconstructions_clients_train_from_are_offered_for_evaluation(tmp_path):
+    fed = federation(tmp_path, CONFIGS[0], clients=5, rounds=3)
+    row = fed.run(3)[-1]
     models = fed.strategy.models_to_evaluate(3)["reconstructed"]
-    assert len(models) == EVALUATED_RECONSTRUCTIONS < len(partitions)
-    for model, p in zip(models, partitions):
+    assert len(models) == EVALUATED_RECONSTRUCTIONS < len(row["clients"])
+    for model, p in zip(models, row["clients"]):
         assert list(model) == fed.strategy.keys
-        received = load_history(fed.states[p]).g[-1]  # the G^ client p trained from in round 3
+        received = load_history(fed.state_of(p)).g[-1]  # the G^ client p trained from
         assert flatten(list(model.values())).tobytes() == received.tobytes()
+    assert 0 <= row["accuracy_reconstructed_min"] <= row["accuracy_reconstructed"] <= 1
 
 
 def test_config_is_validated():
@@ -373,13 +338,13 @@ def test_two_round_simulation_runs_residuals_with_zero_gap(tmp_path):
         assert 0.0 <= r["accuracy_reconstructed_min"] <= r["accuracy_reconstructed"] <= 1.0
 
 
-def test_without_sparsification_or_quantization_resfed_is_fedavg_up_to_rounding():
-    fed = Federation({"resfed.sparsity-up": 0.0, "resfed.sparsity-down": 0.0,
-                      "resfed.quantizer": "fp32", "resfed.predictor": "linear"})
-    for rnd in range(1, 8):
-        fed.round(rnd)
-        st = fed.strategy
-        for p, (mirror, _) in st.mirrors.items():
-            # G^ = P + (G - P) in float32: within a few ulps of the exact global model
-            assert np.allclose(mirror.g[-1], load_history(fed.states[p]).g[-1], rtol=0, atol=0)
-    assert fed.strategy.round_metrics(7)["resfed_down_rel_error"] < 1e-6
+def test_without_sparsification_or_quantization_resfed_is_fedavg_up_to_rounding(tmp_path):
+    fed = federation(tmp_path, {"resfed.sparsity-up": 0.0, "resfed.sparsity-down": 0.0,
+                                "resfed.quantizer": "fp32", "resfed.predictor": "linear"},
+                     rounds=7)
+    for _ in range(1, 8):
+        row = fed.run_round()
+        for p, (mirror, _) in fed.strategy.nodes.mirrors.items():
+            # G^ = P + (G - P) in float32: the client holds exactly the server's G^
+            assert np.array_equal(mirror.g[-1], load_history(fed.state_of(p)).g[-1])
+    assert row["resfed_down_rel_error"] < 1e-6

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
@@ -60,14 +59,16 @@ from fedsqueeze.codecs import (
     encode_sparse,
     get_codec,
 )
-
-from .base import ClientSide, Method, SqueezeStrategy
-from .payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
-from .registry import register
-from .settings import ConfigError, check, check_all, check_choice
-from .tensors import (
+from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
+from fedsqueeze.strategies.registry import register
+from fedsqueeze.strategies.settings import ConfigError, MethodConfig, check
+from fedsqueeze.strategies.state import ServerState
+from fedsqueeze.strategies.tensors import (
+    Arrays,
     expected_shapes,
     from_arrayrecord,
+    keyed,
     load_arrays,
     model_arrays,
     to_arrayrecord,
@@ -85,7 +86,7 @@ MASKED = get_codec("masked")
 
 
 @dataclasses.dataclass(frozen=True)
-class FedSparsifyConfig:
+class FedSparsifyConfig(MethodConfig):
     variant: str = "global"          # global (server prunes) or local (clients prune + vote)
     initial_sparsity: float = 0.0    # s_0
     final_sparsity: float = 0.9      # s_f
@@ -97,20 +98,19 @@ class FedSparsifyConfig:
     values: str = "fp32"             # value format on the wire (fp32 or fp16)
 
     def __post_init__(self) -> None:
-        p = "fedsparsify"
-        check_choice(f"{p}.variant", self.variant, VARIANTS)
-        check_choice(f"{p}.average", self.average, AVERAGES)
-        check_choice(f"{p}.values", self.values, VALUES)
-        check_all(self, {
+        self.check_choice("variant", VARIANTS)
+        self.check_choice("average", AVERAGES)
+        self.check_choice("values", VALUES)
+        self.check({
             "initial_sparsity": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
             "final_sparsity": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
             "start_round": (lambda v: v >= 0, "must be >= 0"),
             "total_rounds": (lambda v: v >= 0, "must be >= 0 (0 = num-server-rounds)"),
             "frequency": (lambda v: v >= 1, "must be >= 1"),
             "exponent": (lambda v: v > 0, "must be > 0"),
-        }, prefix=p)
-        check(self.final_sparsity >= self.initial_sparsity, f"{p}.final-sparsity",
-              self.final_sparsity, f"must be >= fedsparsify.initial-sparsity "
+        })
+        check(self.final_sparsity >= self.initial_sparsity, self.key("final_sparsity"),
+              self.final_sparsity, f"must be >= {self.key('initial_sparsity')} "
               f"({self.initial_sparsity})")
 
 
@@ -246,7 +246,7 @@ class FedSparsifyStrategy(SqueezeStrategy):
     others): all True until the first pruning, then only ever shrinking. It is what the
     downlink's positions carry, so zero-initialised biases stay trainable until pruned."""
 
-    def __init__(self, method: FedSparsifyMethod, model: nn.Module) -> None:
+    def __init__(self, method: FedSparsify, model: nn.Module) -> None:
         super().__init__(method, model)
         self.cfg: FedSparsifyConfig = method.config
         self.schedule = method.schedule
@@ -264,19 +264,16 @@ class FedSparsifyStrategy(SqueezeStrategy):
         return int(sum(int(m.sum()) for m in masks if m is not None))
 
     # -- wire --------------------------------------------------------------------------------
-    def encode_down(self, server_round: int, node_id: int, arrays: ArrayRecord,
-                    config: ConfigRecord) -> RecordDict:
+    def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
         if self._down_cache is None or self._down_cache[0] != server_round:
-            plain = list(from_arrayrecord(arrays).values())
+            plain = list(arrays.values())
             # values at the global mask's positions (non-prunable tensors: their non-zeros)
             payload = encode_sparse(plain, self.mask, values=self.cfg.values)
             self._down_cache = (server_round, payload)
         self.sent_masks[node_id] = self.mask
-        content = RecordDict({PAYLOAD_RECORD: pack(SPARSE.stype, self._down_cache[1])})
-        content["config"] = config
-        return content
+        return RecordDict({PAYLOAD_RECORD: pack(SPARSE.stype, self._down_cache[1])})
 
-    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> ArrayRecord:
+    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
         sent = self.sent_masks.get(node_id)
         if sent is None:
             raise CodecError(f"no global mask was sent to node {node_id} this round")
@@ -297,7 +294,7 @@ class FedSparsifyStrategy(SqueezeStrategy):
                 masks.append(m)
             self.local_masks[node_id] = masks
             self._up_nnz[node_id] = self.kept(masks)
-        return to_arrayrecord(OrderedDict(zip(self.keys, arrays)))
+        return keyed(self.keys, arrays)
 
     # -- aggregation -------------------------------------------------------------------------
     def aggregate_decoded(self, server_round: int, replies: list[Message]
@@ -348,11 +345,28 @@ class FedSparsifyStrategy(SqueezeStrategy):
             **({"vote_threshold": vote_threshold(len(replies))}
                if self.cfg.variant == "local" and prune else {}),
         }
-        return to_arrayrecord(OrderedDict(zip(self.keys, merged))), metrics
+        return to_arrayrecord(keyed(self.keys, merged)), metrics
 
-    def end_round(self) -> None:
+    def end_round(self, server_round: int) -> None:
         # this round's masks never leak into the next one (a failed round included)
         self.sent_masks, self.local_masks, self._up_nnz = {}, {}, {}
+
+    def export_state(self) -> ServerState:
+        """The global mask (one bool array per prunable tensor)."""
+        return ServerState({str(i): m for i, m in enumerate(self.mask) if m is not None},
+                           {"tensors": len(self.mask)})
+
+    def import_state(self, state: ServerState) -> None:
+        if int(state.meta["tensors"]) != len(self.mask):
+            raise ValueError(f"fedsparsify state has {state.meta['tensors']} tensors, the model "
+                             f"{len(self.mask)}")
+        for i, p in enumerate(self.prunable):
+            if p:
+                mask = np.asarray(state.arrays[str(i)], dtype=bool)
+                if mask.shape != self.shapes[i]:
+                    raise ValueError(f"fedsparsify state: mask {i} has shape {mask.shape}, the "
+                                     f"model {self.shapes[i]}")
+                self.mask[i] = mask
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         metrics, self._metrics = self._metrics, {}
@@ -364,16 +378,14 @@ class FedSparsifyStrategy(SqueezeStrategy):
 
 
 class FedSparsifyClient(ClientSide):
-    def __init__(self, method: FedSparsifyMethod) -> None:
+    def __init__(self, method: FedSparsify) -> None:
         super().__init__(method)
         self.cfg: FedSparsifyConfig = method.config
         self.schedule = method.schedule
         self.global_masks: list[np.ndarray | None] = []
-        self.server_round = 0
         self._torch_masks: dict[str, torch.Tensor] = {}
 
     def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
-        self.server_round = int(content["config"]["server-round"])
         parts = decode_sparse_parts(unpack(content, SPARSE.stype), expected_shapes(model))
         load_arrays(model, [st.to_dense() for st in parts])
         # the global mask = the downlink's positions (never `value != 0`)
@@ -391,7 +403,8 @@ class FedSparsifyClient(ClientSide):
         return out
 
     @torch.no_grad()
-    def apply_masks(self, model: nn.Module) -> None:
+    def after_step(self, model: nn.Module) -> None:
+        """The global mask re-applied after every optimizer step."""
         params = dict(model.named_parameters())
         for key, m in self._torch_masks.items():
             params[key].mul_(m)
@@ -402,8 +415,7 @@ class FedSparsifyClient(ClientSide):
         # masked gradients: momentum buffers and weight decay never move a pruned entry
         handles = [params[key].register_hook(lambda g, m=m: g * m)
                    for key, m in self._torch_masks.items()]
-        self.apply_masks(model)
-        self.after_step = self.apply_masks
+        self.after_step(model)
         try:
             return super().train(model, data, state, seed)
         finally:
@@ -428,15 +440,11 @@ class FedSparsifyClient(ClientSide):
 
 
 @register("fedsparsify")
-class FedSparsifyMethod(Method):
+class FedSparsify(Method):
     Config = FedSparsifyConfig
+    Strategy = FedSparsifyStrategy
+    Client = FedSparsifyClient
 
     def __init__(self, settings, run_config) -> None:
         super().__init__(settings, run_config)
         self.schedule = Schedule.of(self.config, settings.num_server_rounds)
-
-    def server(self, model: nn.Module) -> SqueezeStrategy:
-        return FedSparsifyStrategy(self, model)
-
-    def client(self) -> ClientSide:
-        return FedSparsifyClient(self)

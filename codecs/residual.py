@@ -1,12 +1,13 @@
-"""ResFed's pure-numpy parts: the prediction rule, top-k, the quantizers and the payload.
+"""``residual`` stage: a model, or a sparse quantized residual of it against a predictor
+(ResFed's payload), with the version of the shared history it was encoded against.
 
-Everything here works on ONE flat float32 vector per model (the travelling tensors in
-canonical order, concatenated) and runs in numpy float32 on the CPU in a fixed operation order,
-so an encoder and a decoder on different machines (a CUDA client, a CPU server) compute the same
-bits: every numpy ufunc step is one correctly rounded IEEE operation (no fused multiply-adds).
+It works on ONE flat float32 vector per model (the travelling tensors in canonical order,
+concatenated); the caller chooses which entries travel (e.g. a global top-k) and the value
+kind; the median quantizer (the ResFed reference's rule) may drop more survivors. Everything
+runs in numpy float32 in a fixed operation order, so an encoder and a decoder on different
+machines compute the same bits.
 
-Payload (one framed payload per message; method-private stage `resfed`, out-of-tree
-id 129, framing.py layout):
+Payload (one framed payload per message; codec id 9, framing.py layout):
 
     tensor table   one entry ((N,), dtype code): fp32 (0) = full model, mask (5) = residual
     params         u8 flags (bit 0 residual, bit 1 reset history), u8 value kind
@@ -21,27 +22,21 @@ id 129, framing.py layout):
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedsqueeze.codecs import CodecError
-from fedsqueeze.codecs.dense import decode_raw, encode_raw
-from fedsqueeze.codecs.entropy import encode_symbols, max_symbols_bytes, read_symbols
-from fedsqueeze.codecs.framing import (
-    DTYPE_CODES,
-    Reader,
-    max_header_bytes,
-    pack,
-    unpack,
-    write_uvarint,
-)
-from fedsqueeze.codecs.positions import encode_positions, max_positions_bytes, read_positions
-from fedsqueeze.codecs.quant import encode_quant, read_quant
-from fedsqueeze.codecs.registry import Codec
+from .bounds import entropy_bits, log2_binom
+from .dense import decode_raw, encode_raw
+from .entropy import encode_symbols, max_symbols_bytes, read_symbols
+from .framing import DTYPE_CODES, CodecError, Reader, max_header_bytes, pack, unpack, write_uvarint
+from .positions import encode_positions, max_positions_bytes, read_positions
+from .quant import encode_quant, read_quant
+from .registry import Codec, register_codec
 
-PREDICTORS = ("zero", "half_drift", "linear")
+__all__ = ["QUANTIZERS", "ResidualCodec", "ResidualHeader", "DecodedResidual",
+           "median_quantize"]
+
 QUANTIZERS = ("median", "uniform", "fp32", "fp16")
 KIND = {"fp32": 0, "fp16": 1, "uniform": 2, "median": 3}
 KIND_NAMES = {v: k for k, v in KIND.items()}
@@ -49,61 +44,7 @@ DIGEST_BYTES = 8
 F32 = np.float32
 
 
-# --------------------------------------------------------------------------- prediction
-def predict(s_hist: list[np.ndarray], o_hist: list[np.ndarray], rule: str
-            ) -> tuple[np.ndarray | None, str]:
-    """Prediction of the next element of trajectory S from S's and the other trajectory O's
-    histories (oldest first; O[-1] is the newest element of O). Returns (prediction, rule used)
-    or (None, "none") when S is empty (a full transfer is needed).
-
-    * zero:        S[-1]
-    * half_drift:  S[-1] + 0.5 (O[-1] - O[-2])
-    * linear:      O[-1] + 2 (S[-1] - O[-2]) - (S[-2] - O[-3])
-    A rule whose history is too short falls back: linear -> half_drift -> zero.
-    """
-    if rule not in PREDICTORS:
-        raise ValueError(f"unknown predictor {rule!r}")
-    if not s_hist:
-        return None, "none"
-    if rule == "linear" and len(s_hist) >= 2 and len(o_hist) >= 3:
-        a = np.subtract(s_hist[-1], o_hist[-2], dtype=F32)
-        b = np.subtract(s_hist[-2], o_hist[-3], dtype=F32)
-        c = np.multiply(a, F32(2.0), dtype=F32)
-        d = np.subtract(c, b, dtype=F32)
-        return np.add(o_hist[-1], d, dtype=F32), "linear"
-    if rule in ("linear", "half_drift") and len(o_hist) >= 2:
-        d = np.subtract(o_hist[-1], o_hist[-2], dtype=F32)
-        h = np.multiply(d, F32(0.5), dtype=F32)
-        return np.add(s_hist[-1], h, dtype=F32), "half_drift"
-    return np.array(s_hist[-1], dtype=F32, copy=True), "zero"
-
-
-def reconstruct(prediction: np.ndarray, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """prediction + residual at `indices` (the only arithmetic on the decode side)."""
-    out = np.array(prediction, dtype=F32, copy=True)
-    out[indices] = np.add(out[indices], values.astype(F32, copy=False), dtype=F32)
-    return out
-
-
-def digest(*vectors: np.ndarray) -> bytes:
-    """Short digest (8 bytes) of float32 vectors' exact bits."""
-    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    for v in vectors:
-        h.update(np.ascontiguousarray(v, dtype="<f4").tobytes())
-    return h.digest()
-
-
-# --------------------------------------------------------------------------- compression
-def top_k(residual: np.ndarray, sparsity: float) -> np.ndarray:
-    """Sorted flat indices of the k = max(floor(N (1 - s)), 1) largest |r| over the whole model."""
-    n = residual.size
-    k = min(max(int(np.floor(n * (1.0 - sparsity))), 1), n)
-    if k >= n:
-        return np.arange(n, dtype=np.int64)
-    idx = np.argpartition(np.abs(residual), n - k)[n - k:]
-    return np.sort(idx).astype(np.int64)
-
-
+# --------------------------------------------------------------------------- quantizers
 def _lower_median(sorted_values: np.ndarray) -> np.float32:
     return F32(sorted_values[(sorted_values.size - 1) // 2])
 
@@ -169,7 +110,7 @@ def median_quantize(kept: np.ndarray, qe: int) -> tuple[np.ndarray, np.ndarray, 
 
 # --------------------------------------------------------------------------- payload
 @dataclass
-class Header:
+class ResidualHeader:
     residual: bool
     reset: bool
     kind: str
@@ -187,47 +128,47 @@ class Header:
         return bytes(out)
 
     @classmethod
-    def parse(cls, params) -> Header:
-        r = Reader(params, "resfed params")
+    def parse(cls, params) -> ResidualHeader:
+        r = Reader(params, "residual params")
         flags = r.u8("flags")
         if flags > 3:
-            raise CodecError(f"resfed params: flags {flags} invalid")
+            raise CodecError(f"residual params: flags {flags} invalid")
         kind = r.u8("value kind")
         if kind not in KIND_NAMES:
-            raise CodecError(f"resfed params: value kind {kind} invalid")
+            raise CodecError(f"residual params: value kind {kind} invalid")
         count = r.uvarint("base count")
         base = bytes(r.take(DIGEST_BYTES, "base digest"))
         n = r.uvarint("digest count", max_value=4)
         digests = [bytes(r.take(DIGEST_BYTES, f"digest {i}")) for i in range(n)]
-        r.expect_end("resfed params")
+        r.expect_end("residual params")
         if not flags & 1 and kind != KIND["fp32"]:
-            raise CodecError("resfed params: a full model travels as fp32")
+            raise CodecError("residual params: a full model travels as fp32")
         return cls(bool(flags & 1), bool(flags & 2), KIND_NAMES[kind], count, base, digests)
 
 
-class ResFedCodec(Codec):
-    """ResFed messages: a full model or a sparse, quantized residual (see module docstring).
+@register_codec
+class ResidualCodec(Codec):
+    """A full model or a sparse, quantized residual (see the module docstring).
 
-    A method-private stage: not in the global codec registry (whose table the codec tests
-    pin), so `decode_any` does not know it; the method decodes its own payloads."""
+    Not a list-of-tensors stage: `encode_full` / `encode_residual` / `decode` work on one
+    flat vector of N entries (decode with expected_shapes = [(N,)])."""
 
-    name = "resfed"
-    version = 2  # 2: block-adaptive Rice positions
-    codec_id = 129  # out-of-tree range (framing.CODEC_IDS: 128-255)
-    read_versions = (version,)
+    name = "residual"
+    version = 1
     lossy = True
 
-    def encode_full(self, vector: np.ndarray, header: Header) -> bytes:
+    def encode_full(self, vector: np.ndarray, header: ResidualHeader) -> bytes:
         n = vector.size
         return pack(self.codec_id, self.version, [((n,), DTYPE_CODES["fp32"])],
-                    [encode_raw(vector, "fp32", what="resfed full model")], header.params())
+                    [encode_raw(vector, "fp32", what="residual full model")], header.params())
 
-    def encode_residual(self, residual: np.ndarray, header: Header, *, sparsity: float, qe: int,
-                        bits: int) -> bytes:
-        """Global top-k + quantization (header.kind) of `residual`."""
-        n = residual.size
-        idx = top_k(residual, sparsity)
-        kept = residual[idx]
+    def encode_residual(self, n: int, idx: np.ndarray, kept: np.ndarray, header: ResidualHeader,
+                        *, qe: int = 1, bits: int = 4) -> bytes:
+        """The residual's entries `kept` at sorted flat indices `idx` of N, quantized as
+        `header.kind` (median: recursive median codebook `qe` deep, which drops the survivors
+        below the median magnitude; uniform: `bits` per value; fp32/fp16 raw)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        kept = np.asarray(kept, dtype=F32)
         if header.kind == "median":
             keep, sym, book = median_quantize(kept, qe)
             idx = idx[keep]
@@ -237,7 +178,7 @@ class ResFedCodec(Codec):
         elif header.kind == "uniform":
             body = encode_quant(kept, bits)
         else:
-            body = encode_raw(kept, header.kind, what="resfed residual values")
+            body = encode_raw(kept, header.kind, what="residual residual values")
         return pack(self.codec_id, self.version, [((n,), DTYPE_CODES["mask"])],
                     [encode_positions(idx, n), body], header.params())
 
@@ -245,77 +186,78 @@ class ResFedCodec(Codec):
         """The same payload with `digests` in its header (sections untouched)."""
         f = unpack(payload, codec_id=self.codec_id, codec_versions=self.read_versions,
                    expected_shapes=[(n,)])
-        header = Header.parse(f.params)
+        header = ResidualHeader.parse(f.params)
         header.digests = list(digests)
         return pack(self.codec_id, self.version, [((n,), f.tensors[0].dtype)], f.sections,
                     header.params())
 
-    def decode(self, payload, expected_shapes, **_) -> Decoded:
+    def decode(self, payload, expected_shapes, **_) -> DecodedResidual:
         """Validate and decode a payload for a model of N entries (expected_shapes = [(N,)])."""
         shapes = [tuple(int(d) for d in s) for s in expected_shapes]
         if len(shapes) != 1 or len(shapes[0]) != 1:
-            raise CodecError("resfed: expected_shapes must be [(N,)]")
+            raise CodecError("residual: expected_shapes must be [(N,)]")
         n = shapes[0][0]
         cap = (max_header_bytes(shapes, params_max=64, sections_per_tensor=2) + 4 * n
                + max_positions_bytes(n) + max_symbols_bytes(n) + 1024)
         f = unpack(payload, codec_id=self.codec_id, codec_versions=self.read_versions,
                    expected_shapes=shapes, max_payload=cap,
                    allowed_dtypes=[DTYPE_CODES["fp32"], DTYPE_CODES["mask"]])
-        header = Header.parse(f.params)
+        header = ResidualHeader.parse(f.params)
         code = f.tensors[0].dtype
         if header.residual != (code == DTYPE_CODES["mask"]):
-            raise CodecError("resfed: tensor dtype code does not match the residual flag")
+            raise CodecError("residual: tensor dtype code does not match the residual flag")
         size = len(payload)
         if not header.residual:
             if len(f.sections) != 1:
-                raise CodecError(f"resfed: full model needs 1 section, got {len(f.sections)}")
-            vector = decode_raw(f.sections[0], "fp32", n, what="resfed full model")
-            return Decoded(header, n, size, f.header_bytes, vector=vector)
+                raise CodecError(f"residual: full model needs 1 section, got {len(f.sections)}")
+            vector = decode_raw(f.sections[0], "fp32", n, what="residual full model")
+            return DecodedResidual(header, n, size, f.header_bytes, vector=vector)
         if len(f.sections) != 2:
-            raise CodecError(f"resfed: residual needs 2 sections, got {len(f.sections)}")
-        pos = read_positions(Reader(f.sections[0], "resfed positions"), n, "resfed positions")
+            raise CodecError(f"residual: residual needs 2 sections, got {len(f.sections)}")
+        pos = read_positions(Reader(f.sections[0], "residual positions"), n, "residual positions")
         k = pos.k
-        r = Reader(f.sections[1], "resfed values")
+        r = Reader(f.sections[1], "residual values")
         symbols = None
         if header.kind == "median":
             levels = r.u8("levels per sign")
             if levels < 1 or levels > 128 or levels & (levels - 1):
-                raise CodecError(f"resfed values: levels per sign {levels} invalid")
+                raise CodecError(f"residual values: levels per sign {levels} invalid")
             book = np.frombuffer(bytes(r.take(8 * levels, "codebook")), dtype="<f4").astype(F32)
             if not np.all(np.isfinite(book)):
-                raise CodecError("resfed values: non-finite codebook")
-            symbols = read_symbols(r, k, "resfed symbols", alphabet=max(2, 2 * levels))
+                raise CodecError("residual values: non-finite codebook")
+            symbols = read_symbols(r, k, "residual symbols", alphabet=max(2, 2 * levels))
             values = book[symbols.astype(np.int64)]
             codebook = 1 + 8 * levels
         elif header.kind == "uniform":
             start = r.pos
-            values = read_quant(r, k, "resfed values")
-            r.expect_end("resfed values")
+            values = read_quant(r, k, "residual values")
+            r.expect_end("residual values")
             codebook = 10  # bits, flags, lo, scale
             symbols = _uniform_symbols(bytes(f.sections[1])[start:], k)
         else:
             values = decode_raw(r.take(r.remaining, "values"), header.kind, k,
-                                what="resfed residual values")
+                                what="residual residual values")
             codebook = 0
-        return Decoded(header, n, size, f.header_bytes, indices=pos.indices.astype(np.int64),
-                       values=values.astype(F32, copy=False), symbols=symbols,
-                       codebook_bytes=codebook)
+        return DecodedResidual(header, n, size, f.header_bytes,
+                               indices=pos.indices.astype(np.int64),
+                               values=values.astype(F32, copy=False), symbols=symbols,
+                               codebook_bytes=codebook)
 
 
 def _uniform_symbols(body: bytes, k: int) -> np.ndarray:
-    r = Reader(body, "resfed values")
+    r = Reader(body, "residual values")
     bits = r.u8("bits")
     r.u8("flags")
     r.f32("lo")
     r.f32("scale")
-    return read_symbols(r, k, "resfed symbols", alphabet=1 << bits)
+    return read_symbols(r, k, "residual symbols", alphabet=1 << bits)
 
 
 @dataclass
-class Decoded:
+class DecodedResidual:
     """A decoded payload: a full model (`vector`) or a residual (`indices`, `values`)."""
 
-    header: Header
+    header: ResidualHeader
     n: int
     size: int                      # payload bytes
     header_bytes: int              # frame header incl. params (version, digests)
@@ -332,8 +274,6 @@ class Decoded:
     def bound(self) -> float:
         """(log2 C(N,k) + k H(q)) / 8 + codebook + header, in bytes (the acceptance yardstick);
         raw values count 32 (16) bits each; a full model is its 4N bytes + header."""
-        from fedsqueeze.codecs.bounds import entropy_bits, log2_binom
-
         if self.indices is None:
             return 4.0 * self.n + self.header_bytes
         bits = log2_binom(self.n, self.k)
@@ -343,5 +283,3 @@ class Decoded:
             bits += (32 if self.header.kind == "fp32" else 16) * self.k
         return bits / 8 + self.codebook_bytes + self.header_bytes
 
-
-CODEC = ResFedCodec()

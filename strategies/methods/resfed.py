@@ -2,65 +2,74 @@
 
 Both ends keep the same history of *reconstructed* models per client - the global models the
 client reconstructed (G^) and the local models the server reconstructed (L^) - and apply ONE
-prediction rule (resfed_coding.predict, numpy float32, fixed operation order), so only the
-residual (actual - predicted), sparsified (global top-k) and quantized, travels:
+prediction rule (`predict`, numpy float32, fixed operation order), so only the residual
+(actual - predicted), sparsified (global top-k) and quantized, travels as one `residual`
+codec payload (codecs/residual.py):
 
 * down (unicast, per client): full model while the client has fewer than `warmup` synced
   rounds, else r = C(G - predict(G^hist, L^hist)); the client trains from G^ = P + r^;
 * up: full model while warming up, else r = C(L - predict(L^hist, G^hist + [G^])).
 
-State. The client's histories live in `context.state` (ArrayRecord "resfed.history", flat
-float32 vectors, and ConfigRecord "resfed.version"); the server mirrors them per *partition id*
-(node ids change when a SuperNode restarts). Histories are keyed by the client's own
-participation (rounds it skipped are not in them), depth 3 (what `linear` reads). A history
-version is (synced rounds since the last reset, 8-byte digest of the last G^ and L^); every
-payload names the version it was encoded against. The client commits G^ and L^ only in `send`
-(Flower discards state changes when the handler raises); the server commits only after it
-decoded the reply and the client's digests of G^ and L^ match its own (else the reply is
-rejected and `reconstruction_gap` counts it). A client whose round failed in any way (error
-reply, undecodable reply, no reply) is reset: its next participation is a full transfer
-(counted in `resfed_resyncs`). Every travelling state-dict entry is coded (BatchNorm running
-statistics included, as in the reference; `num_batches_tracked` does not travel).
+State. The client's histories live in `context.state` (record "resfed.history": flat float32
+vectors and their version); the server mirrors them per *partition id* (node ids change when a
+SuperNode restarts) in a `NodeMirrors` (strategies/state.py), exported for resume. Histories
+are keyed by the client's own participation (rounds it skipped are not in them), depth 3 (what
+`linear` reads). A history version is (synced rounds since the last reset, 8-byte digest of the
+last G^ and L^); every payload names the version it was encoded against. The client commits G^
+and L^ only in `send` (Flower discards state changes when the handler raises); the server
+commits only after it decoded the reply and the client's digests of G^ and L^ match its own
+(else the reply is rejected and `reconstruction_gap` counts it). A client whose round failed in
+any way (error reply, undecodable reply, no reply) is reset: its next participation is a full
+transfer (counted in `resfed_resyncs`). Every travelling state-dict entry is coded (BatchNorm
+running statistics included, as in the reference; `num_batches_tracked` does not travel).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import RecordDict
 from torch import nn
 
-from fedsqueeze.codecs import CodecError
-
-from .base import ClientSide, Method, SqueezeStrategy
-from .payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
-from .registry import register
-from .resfed_coding import (
-    CODEC,
-    PREDICTORS,
-    QUANTIZERS,
-    Decoded,
-    Header,
+from fedsqueeze.codecs import QUANTIZERS, CodecError, DecodedResidual, ResidualHeader, get_codec
+from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
+from fedsqueeze.strategies.registry import register
+from fedsqueeze.strategies.settings import MethodConfig
+from fedsqueeze.strategies.state import (
+    NodeMirrors,
+    ServerState,
     digest,
-    predict,
-    reconstruct,
+    load_array_list,
+    save_array_list,
 )
-from .settings import check_all, check_choice
-from .tensors import expected_shapes, load_arrays, model_arrays, to_arrayrecord
+from fedsqueeze.strategies.tensors import (
+    Arrays,
+    expected_shapes,
+    flatten,
+    keyed,
+    load_arrays,
+    model_arrays,
+    numel,
+    top_k_count,
+    top_k_indices,
+    unflatten,
+)
 
+CODEC = get_codec("residual")
+PREDICTORS = ("zero", "half_drift", "linear")
+F32 = np.float32
 HISTORY_DEPTH = 3  # linear reads S[-2] and O[-3]
 HISTORY_RECORD = "resfed.history"
-VERSION_RECORD = "resfed.version"
 EMPTY_TAG = bytes(8)
 # how many clients' G^ per round are evaluated centrally (each costs one test-set pass)
 EVALUATED_RECONSTRUCTIONS = 3
 
 
 @dataclasses.dataclass(frozen=True)
-class ResFedConfig:
+class ResFedConfig(MethodConfig):
     predictor: str = "half_drift"  # zero, half_drift, linear
     sparsity_up: float = 0.95      # fraction of residual entries dropped (global top-k)
     sparsity_down: float = 0.95
@@ -71,16 +80,54 @@ class ResFedConfig:
     max_gap: int = 0               # reset a client absent for more rounds than this; 0 = never
 
     def __post_init__(self) -> None:
-        check_choice("resfed.predictor", self.predictor, PREDICTORS)
-        check_choice("resfed.quantizer", self.quantizer, QUANTIZERS)
-        check_all(self, {
+        self.check_choice("predictor", PREDICTORS)
+        self.check_choice("quantizer", QUANTIZERS)
+        self.check({
             "sparsity_up": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
             "sparsity_down": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
             "qe": (lambda v: 1 <= v <= 8, "must be in 1..8"),
             "bits": (lambda v: 1 <= v <= 8, "must be in 1..8"),
             "warmup": (lambda v: v >= 1, "must be >= 1"),
             "max_gap": (lambda v: v >= 0, "must be >= 0"),
-        }, prefix="resfed")
+        })
+
+
+# --------------------------------------------------------------------------- prediction
+def predict(s_hist: list[np.ndarray], o_hist: list[np.ndarray], rule: str
+            ) -> tuple[np.ndarray | None, str]:
+    """Prediction of the next element of trajectory S from S's and the other trajectory O's
+    histories (oldest first; O[-1] is the newest element of O). Returns (prediction, rule used)
+    or (None, "none") when S is empty (a full transfer is needed).
+
+    * zero:        S[-1]
+    * half_drift:  S[-1] + 0.5 (O[-1] - O[-2])
+    * linear:      O[-1] + 2 (S[-1] - O[-2]) - (S[-2] - O[-3])
+    A rule whose history is too short falls back: linear -> half_drift -> zero. Every step is
+    one correctly rounded float32 numpy operation in a fixed order (no fused multiply-adds),
+    so a CUDA client and a CPU server predict the same bits.
+    """
+    if rule not in PREDICTORS:
+        raise ValueError(f"unknown predictor {rule!r}")
+    if not s_hist:
+        return None, "none"
+    if rule == "linear" and len(s_hist) >= 2 and len(o_hist) >= 3:
+        a = np.subtract(s_hist[-1], o_hist[-2], dtype=F32)
+        b = np.subtract(s_hist[-2], o_hist[-3], dtype=F32)
+        c = np.multiply(a, F32(2.0), dtype=F32)
+        d = np.subtract(c, b, dtype=F32)
+        return np.add(o_hist[-1], d, dtype=F32), "linear"
+    if rule in ("linear", "half_drift") and len(o_hist) >= 2:
+        d = np.subtract(o_hist[-1], o_hist[-2], dtype=F32)
+        h = np.multiply(d, F32(0.5), dtype=F32)
+        return np.add(s_hist[-1], h, dtype=F32), "half_drift"
+    return np.array(s_hist[-1], dtype=F32, copy=True), "zero"
+
+
+def reconstruct(prediction: np.ndarray, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """prediction + residual at `indices` (the only arithmetic on the decode side)."""
+    out = np.array(prediction, dtype=F32, copy=True)
+    out[indices] = np.add(out[indices], values.astype(F32, copy=False), dtype=F32)
+    return out
 
 
 # --------------------------------------------------------------------------- histories
@@ -100,35 +147,32 @@ class History:
                        self.count + 1, digest(g_hat, l_hat))
 
 
+    def arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """(arrays, meta) of this history, for context.state and exported server state."""
+        arrays = {f"g{i}": v for i, v in enumerate(self.g)}
+        arrays.update({f"l{i}": v for i, v in enumerate(self.l)})
+        return arrays, {"g": len(self.g), "l": len(self.l), "count": self.count,
+                        "tag": self.tag.hex()}
+
+    @classmethod
+    def of(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> History:
+        return cls(tuple(arrays[f"g{i}"] for i in range(int(meta["g"]))),
+                   tuple(arrays[f"l{i}"] for i in range(int(meta["l"]))),
+                   int(meta["count"]), bytes.fromhex(str(meta["tag"])))
+
+
 def load_history(state: RecordDict) -> History:
-    meta = state.config_records.get(VERSION_RECORD)
-    record = state.array_records.get(HISTORY_RECORD)
-    if meta is None or record is None:
+    saved = load_array_list(state, HISTORY_RECORD)
+    if saved is None:
         return History()
-    g = tuple(record[f"g{i}"].numpy() for i in range(int(meta["g"])))
-    l_ = tuple(record[f"l{i}"].numpy() for i in range(int(meta["l"])))
-    return History(g, l_, int(meta["count"]), bytes.fromhex(str(meta["tag"])))
+    values, meta = saved
+    names = [f"g{i}" for i in range(int(meta["g"]))] + [f"l{i}" for i in range(int(meta["l"]))]
+    return History.of(dict(zip(names, values)), meta)
 
 
 def save_history(state: RecordDict, history: History) -> None:
-    arrays = {f"g{i}": Array(v) for i, v in enumerate(history.g)}
-    arrays.update({f"l{i}": Array(v) for i, v in enumerate(history.l)})
-    state[HISTORY_RECORD] = ArrayRecord(arrays)
-    state[VERSION_RECORD] = ConfigRecord({"count": history.count, "tag": history.tag.hex(),
-                                          "g": len(history.g), "l": len(history.l)})
-
-
-def flatten(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(a, dtype=np.float32).reshape(-1) for a in arrays])
-
-
-def unflatten(vector: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    out, start = [], 0
-    for shape in shapes:
-        size = int(np.prod(shape, dtype=np.int64))
-        out.append(vector[start:start + size].reshape(shape).copy())
-        start += size
-    return out
+    arrays, meta = history.arrays()
+    save_array_list(state, HISTORY_RECORD, list(arrays.values()), **meta)
 
 
 class Coder:
@@ -138,7 +182,7 @@ class Coder:
         self.config = config
         self.n = n
 
-    def decode(self, content: RecordDict) -> Decoded:
+    def decode(self, content: RecordDict) -> DecodedResidual:
         return CODEC.decode(unpack(content, CODEC.stype), [(self.n,)])
 
     def encode(self, target: np.ndarray, s_hist: tuple, o_hist: tuple, base: History, *,
@@ -149,17 +193,20 @@ class Coder:
         prediction = None
         if base.count >= c.warmup:
             prediction, _ = predict(list(s_hist), list(o_hist), c.predictor)
-        header = Header(residual=prediction is not None, reset=reset,
-                        kind=c.quantizer if prediction is not None else "fp32",
-                        base_count=base.count, base_digest=base.tag, digests=digests or [])
+        header = ResidualHeader(residual=prediction is not None, reset=reset,
+                                kind=c.quantizer if prediction is not None else "fp32",
+                                base_count=base.count, base_digest=base.tag,
+                                digests=digests or [])
         if prediction is None:
             return CODEC.encode_full(target, header), np.array(target, dtype=np.float32)
         residual = np.subtract(target, prediction, dtype=np.float32)
-        payload = CODEC.encode_residual(residual, header, sparsity=sparsity, qe=c.qe, bits=c.bits)
+        idx = top_k_indices(residual, top_k_count(self.n, sparsity))  # global top-k
+        payload = CODEC.encode_residual(self.n, idx, residual[idx], header, qe=c.qe,
+                                        bits=c.bits)
         decoded = CODEC.decode(payload, [(self.n,)])  # the receiver's arithmetic, exactly
         return payload, reconstruct(prediction, decoded.indices, decoded.values)
 
-    def reconstruction(self, decoded: Decoded, s_hist: tuple, o_hist: tuple) -> np.ndarray:
+    def reconstruction(self, decoded: DecodedResidual, s_hist: tuple, o_hist: tuple) -> np.ndarray:
         if not decoded.header.residual:
             return decoded.vector
         prediction, _ = predict(list(s_hist), list(o_hist), self.config.predictor)
@@ -173,62 +220,56 @@ class Coder:
 class Pending:
     history: History        # the mirror the down message was encoded against
     g_hat: np.ndarray       # the client's reconstruction of the global model
-    down: Decoded
+    down: DecodedResidual
     rel_error: float
 
 
 class ResFedStrategy(SqueezeStrategy):
-    def __init__(self, method: ResFedMethod, model: nn.Module) -> None:
+    def __init__(self, method: ResFed, model: nn.Module) -> None:
         super().__init__(method, model)
-        self.config: ResFedConfig = method.config
-        self.n = int(sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes))
+        self.n = numel(self.shapes)
         self.coder = Coder(self.config, self.n)
-        self.mirrors: dict[int, tuple[History, int]] = {}  # partition -> (history, last round)
-        self.seen: set[int] = set()
-        self.pending: dict[int, Pending] = {}
+        # partition -> (history, last round it synced); staged: partition -> Pending
+        self.nodes: NodeMirrors[tuple[History, int], Pending] = NodeMirrors()
         self.stats: dict[str, Any] = self._new_stats()
+        self._resyncs_before = 0
 
     def _new_stats(self) -> dict[str, Any]:
-        return {"down": [], "up": [], "gap": 0, "mismatch": 0, "resyncs": 0, "rel_error": [],
-                "g_hat": []}
+        return {"down": [], "up": [], "gap": 0, "mismatch": 0, "rel_error": [], "g_hat": []}
 
-    def begin_round(self) -> None:
+    def begin_round(self, server_round: int, arrays: Arrays) -> None:
         self.stats = self._new_stats()
-        self.pending.clear()
+        self._resyncs_before = self.nodes.resyncs
+        self.nodes.pending.clear()
 
-    def end_round(self) -> None:
+    def end_round(self, server_round: int) -> None:
         """Clients sent a down message but no reply committed: full transfer next time."""
-        for partition in list(self.pending):
-            self.mirrors.pop(partition, None)
-        self.pending.clear()
+        self.nodes.end_round()
 
-    def encode_down(self, server_round: int, node_id: int, arrays: ArrayRecord,
-                    config: ConfigRecord) -> RecordDict:
+    def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
         partition = self.directory.partition_of(node_id)
-        mirror = self.mirrors.get(partition)
+        mirror = self.nodes.get(partition)
         gap = mirror is not None and self.config.max_gap and \
             server_round - mirror[1] - 1 > self.config.max_gap
         reset = mirror is None or bool(gap)
-        if reset and partition in self.seen:
-            self.stats["resyncs"] += 1
+        if reset:
+            self.nodes.reset(partition)
         history = History() if reset else mirror[0]
-        g = flatten([arrays[key].numpy() for key in self.keys])
+        g = flatten(list(arrays.values()))
         payload, g_hat = self.coder.encode(g, history.g, history.l, history, reset=reset,
                                            sparsity=self.config.sparsity_down)
         down = CODEC.decode(payload, [(self.n,)])
         norm = float(np.linalg.norm(g))
         rel = float(np.linalg.norm(g_hat - g)) / norm if norm else 0.0
-        self.pending[partition] = Pending(history, g_hat, down, rel)
+        self.nodes.stage(partition, Pending(history, g_hat, down, rel))
         self.stats["down"].append(down)
         if len(self.stats["g_hat"]) < EVALUATED_RECONSTRUCTIONS:
             self.stats["g_hat"].append(g_hat)
-        content = RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload)})
-        content["config"] = config
-        return content
+        return RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload)})
 
-    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> ArrayRecord:
+    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
         partition = self.directory.partition_of(node_id)
-        pending = self.pending.get(partition)
+        pending = self.nodes.staged(partition)
         if pending is None:
             raise CodecError(f"resfed: no down message pending for partition {partition}")
         if METRICS_RECORD not in content.metric_records:
@@ -250,17 +291,26 @@ class ResFedStrategy(SqueezeStrategy):
             raise CodecError("resfed: the client's reconstruction differs from the server's "
                              "(digest mismatch)")
         # commit: only now does the mirror advance
-        self.mirrors[partition] = (history.committed(pending.g_hat, l_hat), server_round)
-        self.seen.add(partition)
-        del self.pending[partition]
+        self.nodes.commit(partition, (history.committed(pending.g_hat, l_hat), server_round))
         self.stats["up"].append(up)
         self.stats["rel_error"].append(pending.rel_error)
-        return to_arrayrecord(OrderedDict(zip(self.keys, unflatten(l_hat, self.shapes))))
+        return keyed(self.keys, unflatten(l_hat, self.shapes))
 
     def models_to_evaluate(self, server_round: int) -> dict[str, list[dict[str, np.ndarray]]]:
         """The lossy global models G^ that this round's first clients train from."""
-        return {"reconstructed": [OrderedDict(zip(self.keys, unflatten(g, self.shapes)))
+        return {"reconstructed": [keyed(self.keys, unflatten(g, self.shapes))
                                   for g in self.stats["g_hat"]]}
+
+    def export_state(self) -> ServerState:
+        def arrays_of(mirror: tuple[History, int]) -> tuple[dict, dict]:
+            arrays, meta = mirror[0].arrays()
+            return arrays, {**meta, "last": mirror[1]}
+
+        return self.nodes.export(arrays_of)
+
+    def import_state(self, state: ServerState) -> None:
+        self.nodes.restore(state, lambda arrays, meta: (History.of(arrays, meta),
+                                                        int(meta["last"])))
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         s = self.stats
@@ -268,7 +318,7 @@ class ResFedStrategy(SqueezeStrategy):
         row: dict[str, Any] = {
             "reconstruction_gap": s["gap"],
             "resfed_version_mismatch": s["mismatch"],
-            "resfed_resyncs": s["resyncs"],
+            "resfed_resyncs": self.nodes.resyncs - self._resyncs_before,
             "resfed_down_rel_error": (float(np.mean(s["rel_error"])) if s["rel_error"] else None),
         }
         for d in ("down", "up"):
@@ -286,15 +336,14 @@ class ResFedStrategy(SqueezeStrategy):
 
 # --------------------------------------------------------------------------- client
 class ResFedClient(ClientSide):
-    def __init__(self, method: ResFedMethod) -> None:
+    def __init__(self, method: ResFed) -> None:
         super().__init__(method)
         self.config: ResFedConfig = method.config
         self._pending: tuple[History, np.ndarray] | None = None
 
     def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
         shapes = expected_shapes(model)
-        n = int(sum(int(np.prod(s, dtype=np.int64)) for s in shapes))
-        coder = Coder(self.config, n)
+        coder = Coder(self.config, numel(shapes))
         down = coder.decode(content)
         history = History() if down.header.reset else load_history(state)
         if (down.header.base_count, down.header.base_digest) != history.version:
@@ -325,11 +374,7 @@ class ResFedClient(ClientSide):
 
 
 @register("resfed")
-class ResFedMethod(Method):
+class ResFed(Method):
     Config = ResFedConfig
-
-    def server(self, model: nn.Module) -> SqueezeStrategy:
-        return ResFedStrategy(self, model)
-
-    def client(self) -> ClientSide:
-        return ResFedClient(self)
+    Strategy = ResFedStrategy
+    Client = ResFedClient

@@ -1,0 +1,110 @@
+"""Top-k sparsified updates with error feedback (Stich et al. 2018, "Sparsified SGD with
+memory"; Lin et al. 2018, Deep Gradient Compression; the `topk` channels of FLSim/FedML).
+
+Down: the global model, dense (fp32). Up: the client's update u = local - received global plus
+its error memory e, a = u + e, sparsified to its k = max(floor(N (1 - sparsity)), 1) largest
+magnitudes over the whole model (global top-k), sent as one `sparse` payload (coded positions
++ values in `topk-ef.values`); the client keeps e <- a - sent in `context.state`, so nothing it
+computed is lost, only delayed: sent_t + e_t = u_t + e_(t-1) entry by entry (in float32: the
+kept entries are sent as they are, or the value coding's rounding error stays in e). The
+server decodes the update and adds it to the global model it sent, then Flower's FedAvg
+averages the clients' models (i.e. global + the weighted mean of the sent updates). With
+`error-feedback = false` the remainder is dropped (plain top-k). Every travelling tensor is in
+the update, BatchNorm running statistics included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from flwr.app import RecordDict
+from torch import nn
+
+from fedsqueeze.codecs import decode_sparse_parts, encode_sparse_parts, get_codec
+from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, unpack
+from fedsqueeze.strategies.registry import register
+from fedsqueeze.strategies.settings import MethodConfig
+from fedsqueeze.strategies.state import load_array_list, save_array_list
+from fedsqueeze.strategies.tensors import (
+    Arrays,
+    flatten,
+    keyed,
+    model_arrays,
+    numel,
+    top_k_count,
+    top_k_indices,
+    unflatten,
+)
+
+SPARSE = get_codec("sparse")
+ERROR_RECORD = "topk-ef.error"
+VALUES = ("fp32", "fp16", "bf16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TopKConfig(MethodConfig):
+    sparsity: float = 0.99        # fraction of the update's entries not sent each round
+    error_feedback: bool = True   # keep the unsent remainder and add it next round
+    values: str = "fp32"          # value format of the sent entries
+
+    def __post_init__(self) -> None:
+        self.check({"sparsity": (lambda v: 0 <= v < 1, "must be in [0, 1)")})
+        self.check_choice("values", VALUES)
+
+
+def sparsify(update: np.ndarray, sparsity: float, values: str
+             ) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """(payload, sent indices, sent values as the receiver decodes them) of a flat update."""
+    n = update.size
+    idx = top_k_indices(update, top_k_count(n, sparsity))
+    payload = encode_sparse_parts([(n,)], [idx], [update[idx]], values=values)
+    sent = decode_sparse_parts(payload, [(n,)])[0]  # the receiver's values, rounding included
+    return payload, sent.indices.astype(np.int64), sent.values
+
+
+class TopKStrategy(SqueezeStrategy):
+    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
+        n = numel(self.shapes)
+        part = decode_sparse_parts(unpack(content, SPARSE.stype), [(n,)])[0]
+        model = flatten(list(self.round_arrays.values()))
+        model[part.indices] = np.add(model[part.indices], part.values, dtype=np.float32)
+        return keyed(self.keys, unflatten(model, self.shapes))
+
+
+class TopKClient(ClientSide):
+    def __init__(self, method: TopKEF) -> None:
+        super().__init__(method)
+        self._received = np.zeros(0, dtype=np.float32)
+
+    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
+        model = super().receive(content, state, model)
+        self._received = flatten(list(model_arrays(model).values()))
+        return model
+
+    def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
+        config: TopKConfig = self.method.config
+        update = np.subtract(flatten(list(model_arrays(model).values())), self._received,
+                             dtype=np.float32)
+        saved = load_array_list(state, ERROR_RECORD) if config.error_feedback else None
+        if saved is not None and saved[0][0].shape == update.shape:
+            update = np.add(update, saved[0][0], dtype=np.float32)
+        payload, idx, values = sparsify(update, config.sparsity, config.values)
+        if config.error_feedback:
+            remainder = update.copy()
+            remainder[idx] = np.subtract(remainder[idx], values, dtype=np.float32)
+            save_array_list(state, ERROR_RECORD, [remainder])
+        return RecordDict({PAYLOAD_RECORD: pack(SPARSE.stype, payload)})
+
+    def metrics(self, model: nn.Module, state: RecordDict) -> dict[str, float]:
+        saved = load_array_list(state, ERROR_RECORD)
+        norm = float(np.linalg.norm(saved[0][0])) if saved is not None else 0.0
+        return {"error-norm": norm}
+
+
+@register("topk-ef")
+class TopKEF(Method):
+    Config = TopKConfig
+    Strategy = TopKStrategy
+    Client = TopKClient
