@@ -146,8 +146,9 @@ class RoundRunner:
         new_arrays = train_metrics = None
         name = TRAIN
         sent: list[int] = []
+        declared = strategy.exchanges(server_round)
         try:
-            for name in (*strategy.exchanges(server_round), TRAIN):
+            for name in (*declared, TRAIN):
                 phases.append(phase_of(name, server_round))
                 sent = list(node_ids)
                 replies, missing = self._exchange(name, server_round, node_ids)
@@ -211,7 +212,7 @@ class RoundRunner:
             "train_loss": None if train_metrics is None else train_metrics.get("train-loss"),
             "per_client": per_client_row(directory, traffic, all_replies),
             **({"exchanges": {p.split(":")[0]: self.grid.totals([p]) for p in phases}}
-               if len(phases) > 1 else {}),
+               if declared else {}),
             **strategy.round_metrics(server_round),
             **extra_accuracy,
             **local,

@@ -28,3 +28,27 @@ def _private_partition_cache(tmp_path_factory):
         os.environ.pop("FEDSQUEEZE_CACHE_DIR", None)
     else:
         os.environ["FEDSQUEEZE_CACHE_DIR"] = saved
+
+
+@pytest.fixture
+def check_two_exchanges_and_local_evaluation():
+    """normclip's two exchanges and the local evaluation, as every engine must run them (the
+    simulation and deployment tests share these checks)."""
+    from fedsqueeze.server.results import read_run
+
+    def check(result) -> None:
+        assert result.succeeded, result.status
+        _, rounds, _ = read_run(result.results_dir)
+        assert len(rounds) == 2
+        for row in rounds:
+            assert row["failed_replies"] == 0 and list(row["exchanges"]) == ["norms", "train"]
+            assert row["exchanges"]["norms"]["payload_up"] == 0      # norms travel as metrics
+            assert row["exchanges"]["train"]["payload_down"] == 0    # the bound only
+            assert row["payload_up"] == row["exchanges"]["train"]["payload_up"]
+            assert row["payload_up"] > 3 * 4 * 118_282
+            assert row["clip_bound"] > 0 and row["clipped"] >= 1      # the median clips some
+            assert 0 <= row["accuracy_local_min"] <= row["accuracy_local"] <= 1
+            assert row["local_evaluations"] == 3 and row["eval_payload_down"] > 3 * 4 * 118_282
+        return rounds
+
+    return check

@@ -113,3 +113,11 @@ def test_report_prints_the_run_and_draws_three_plots(faulty, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
     text = out.getvalue()
     assert "faulty" in text and "fedavg" in text and "completed" in text
+
+
+def test_two_exchanges_per_round_and_local_evaluation_in_simulation(
+        tmp_path, check_two_exchanges_and_local_evaluation):
+    result = run_sim(tmp_path, "normclip", 3, **{
+        "method": "normclip", "num-server-rounds": 2, "min-nodes": 3,
+        "local-test-fraction": 0.2, "local-eval-every": 1})
+    check_two_exchanges_and_local_evaluation(result)
