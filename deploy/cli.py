@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "round-robin to SuperNodes through CUDA_VISIBLE_DEVICES")
     dep.add_argument("--tls", action="store_true", help="TLS with a throwaway CA")
     dep.add_argument("--stock-latency", action="store_true",
-                     help="keep Flower's default polling (to measure what the knobs save)")
+                     help="keep Flower's own waits and polls (to measure what ours save)")
+    dep.add_argument("--executor", choices=("warm", "stock"), default="warm",
+                     help="warm (default): one worker forks a ClientApp per message from "
+                     "warm imports; stock: Flower starts a new interpreter per message")
     _run_options(dep)
 
     rep = sub.add_parser("report", help="table and plots of one or more result directories")
@@ -149,11 +152,12 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     extra = {"server-poll-interval": 3.0} if args.stock_latency else {}
     run_dir, overrides = launch_config(args, settings, "deployment", extra)
     console.print(f"deployment: SuperLink + {args.clients} SuperNodes over gRPC on 127.0.0.1"
-                  f"{' (TLS)' if args.tls else ''}"
+                  f"{' (TLS)' if args.tls else ''}, {args.executor} ClientApp executor"
                   f"{', GPUs ' + ','.join(gpus) if gpus else ''}, method {settings.method}, "
                   f"{settings.num_server_rounds} rounds -> {run_dir}")
     options = DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls,
-                            tuned_latency=not args.stock_latency, echo=not args.quiet)
+                            tuned_latency=not args.stock_latency, executor=args.executor,
+                            echo=not args.quiet)
     result = deploy(app_dir, overrides, run_dir, options)
     if result.wire:
         explain_wire(result, console)

@@ -10,7 +10,9 @@ stopped on success, failure and Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,32 +28,85 @@ from .wire_results import add_wire_bytes
 TUNED_SUPEREXEC_POLL = "0.05"
 
 
+EXECUTORS = ("warm", "stock")
+
+
 @dataclass(frozen=True)
 class DeployOptions:
     clients: int
     gpus: tuple[str, ...] = ()
     tls: bool = False
-    tuned_latency: bool = True
+    tuned_latency: bool = True   # False: Flower's own waits everywhere (--stock-latency)
+    executor: str = "warm"       # warm: one forking worker; stock: a process per message
     echo: bool = True
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
+
+    def describe(self) -> dict[str, str]:
+        """What config.json records about how the deployment ran."""
+        return {"executor": self.executor,
+                "latency": "tuned" if self.tuned_latency else "stock"}
+
+
+@dataclass
+class SuperNode:
+    started: Started
+    runtime_address: str   # its ClientApp (runtime) API
+    gpus: str | None
 
 
 def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
-                     options: DeployOptions, relay_port: int, security: list[str]) -> Started:
+                     options: DeployOptions, relay_port: int, security: list[str]) -> SuperNode:
     node_env = dict(env)
-    if options.gpus:
-        node_env["CUDA_VISIBLE_DEVICES"] = options.gpus[index % len(options.gpus)]
-    command = [flower_command("flower-supernode"), *security, "--grpc-rere",
-               "--superlink", f"127.0.0.1:{relay_port}", "--host", "127.0.0.1",
-               "--port", str(free_port()),
-               "--node-config", f"partition-id={index} num-partitions={options.clients}"]
-    return group.start(f"supernode-{index}", command, node_env)
+    gpus = options.gpus[index % len(options.gpus)] if options.gpus else None
+    if gpus is not None:
+        node_env["CUDA_VISIBLE_DEVICES"] = gpus
+    runtime_port = free_port()
+    flower_args = [*security, "--grpc-rere", "--superlink", f"127.0.0.1:{relay_port}",
+                   "--host", "127.0.0.1", "--port", str(runtime_port),
+                   "--node-config", f"partition-id={index} num-partitions={options.clients}"]
+    if options.executor == "warm":
+        flower_args += ["--isolation", "process"]  # our worker serves its ClientApp API
+    if options.tuned_latency:
+        command = [sys.executable, "-m", "fedsqueeze.deploy.supernode_main", "--", *flower_args]
+    else:
+        command = [flower_command("flower-supernode"), *flower_args]
+    started = group.start(f"supernode-{index}", command, node_env)
+    return SuperNode(started, f"127.0.0.1:{runtime_port}", gpus)
 
 
-def _registered(node: Started) -> bool:
-    if node.process.poll() is not None:
-        raise RuntimeError(f"{node.name} exited with code {node.process.poll()}:\n"
-                           + node.log_tail())
-    return "SuperNode ID" in node.log_path.read_text(errors="replace")
+def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[SuperNode],
+                       options: DeployOptions) -> Started:
+    """One worker for every SuperNode of this host (they share its imported pages)."""
+    command = [sys.executable, "-m", "fedsqueeze.deploy.warm_worker", "--insecure"]
+    if not options.tuned_latency:
+        command.append("--stock-latency")
+    for node in nodes:
+        serve = f"{node.runtime_address},parent={node.started.process.pid}"
+        command += ["--serve", serve + (f",gpus={node.gpus}" if node.gpus is not None else "")]
+    return group.start("warm-worker", command, env)
+
+
+def _registered(node: SuperNode) -> bool:
+    started = node.started
+    if started.process.poll() is not None:
+        raise RuntimeError(f"{started.name} exited with code {started.process.poll()}:\n"
+                           + started.log_tail())
+    return "SuperNode ID" in started.log_path.read_text(errors="replace")
+
+
+def record_deployment(results_dir: Path, options: DeployOptions) -> None:
+    """config.json says which executor and which waits ran."""
+    path = results_dir / "config.json"
+    if path.is_file():
+        config = json.loads(path.read_text())
+        config["deployment"] = {**options.describe(), "supernodes": options.clients,
+                                "tls": options.tls, "gpus": list(options.gpus)}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
 
 
 def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
@@ -79,6 +134,8 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
                                   resolution=0.0)
                 meters.append(meter)
                 nodes.append(_start_supernode(group, env, index, options, meter.start(), security))
+            if options.executor == "warm":
+                _start_warm_worker(group, env, nodes, options)
             wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
                        what="every SuperNode to register with the SuperLink")
             run_id, status = run_app(group, env, link, app_dir, run_config, logs, options.echo)
@@ -88,6 +145,7 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
             meter.stop()
         if not leftover:  # a process that would not stop may still use its Flower home
             shutil.rmtree(work, ignore_errors=True)
+    record_deployment(results_dir, options)
     wire = add_wire_bytes(results_dir, meters, status) \
         if (results_dir / "rounds.jsonl").exists() else {}
     return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)

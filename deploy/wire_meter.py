@@ -57,6 +57,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 
+from .grpc_calls import ConnectionCalls
+
 __all__ = ["WireMeter", "EventTimeline", "bytes_between", "split_by_windows", "HTTP2_PREFACE"]
 
 log = logging.getLogger(__name__)
@@ -151,10 +153,10 @@ def split_by_windows(
 class _Pipe:
     """One direction of a connection pair: bytes read from src wait in buf for dst."""
 
-    __slots__ = ("src", "dst", "direction", "buf", "eof", "shut")
+    __slots__ = ("src", "dst", "direction", "buf", "eof", "shut", "index")
 
-    def __init__(self, src: socket.socket, dst: socket.socket, direction: str):
-        self.src, self.dst, self.direction = src, dst, direction
+    def __init__(self, src: socket.socket, dst: socket.socket, direction: str, index: int):
+        self.src, self.dst, self.direction, self.index = src, dst, direction, index
         self.buf = bytearray()
         self.eof = False    # src sent FIN
         self.shut = False   # FIN propagated to dst (shutdown SHUT_WR)
@@ -166,8 +168,8 @@ class _Pair:
     def __init__(self, client: socket.socket, target: socket.socket, index: int):
         self.client, self.target, self.index = client, target, index
         self.connected = False
-        self.up = _Pipe(client, target, UP)
-        self.down = _Pipe(target, client, DOWN)
+        self.up = _Pipe(client, target, UP, index)
+        self.down = _Pipe(target, client, DOWN, index)
         self.closed = False
         self.interest: dict[socket.socket, int] = {client: 0, target: 0}
 
@@ -194,6 +196,9 @@ class WireMeter:
         self._refused = 0
         self._first: list[bytearray] = []
         self._timeline = EventTimeline(resolution)
+        # per connection: its gRPC calls; (time, direction, bytes, connection, stream)
+        self._calls: list[ConnectionCalls] = []
+        self._call_events: list[tuple[float, str, int, int, int]] = []
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -237,6 +242,13 @@ class WireMeter:
             raise ValueError(f"only the first {KEEP_FIRST} bytes of each connection are kept")
         with self._lock:
             return [bytes(b[:n]) for b in self._first]
+
+    def kind_events(self) -> list[tuple[float, str, int, str]]:
+        """(time, direction, bytes, kind) per parsed frame: kind `poll`, `message`,
+        `connection` or `unparsed` (grpc_calls.py). Read after the run, when calls ended."""
+        with self._lock:
+            events = list(self._call_events)
+        return [(t, d, n, self._calls[c].kind(stream)) for t, d, n, c, stream in events]
 
     def events(self) -> list[Event]:
         """(time.time(), "up"|"down", nbytes) in time order, merged per ``resolution``."""
@@ -356,6 +368,7 @@ class WireMeter:
                 self._connections += 1
                 self._active += 1
                 self._first.append(bytearray())
+                self._calls.append(ConnectionCalls())
             client.setblocking(False)
             target = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             target.setblocking(False)
@@ -426,7 +439,7 @@ class WireMeter:
                 except (BlockingIOError, InterruptedError):
                     sent = 0
                 if sent:
-                    self._count(pipe, sent)
+                    self._count(pipe, data[:sent])
                 if sent < len(data):
                     pipe.buf += memoryview(data)[sent:]
             if len(data) < CHUNK:
@@ -439,8 +452,9 @@ class WireMeter:
                 sent = pipe.dst.send(buf)
             except (BlockingIOError, InterruptedError):
                 return
+            chunk = bytes(buf[:sent])
             del buf[:sent]
-            self._count(pipe, sent)
+            self._count(pipe, chunk)
         if pipe.eof and not pipe.shut:
             pipe.shut = True
             try:
@@ -448,14 +462,17 @@ class WireMeter:
             except OSError:
                 pass
 
-    def _count(self, pipe: _Pipe, sent: int) -> None:
-        now = time.time()
+    def _count(self, pipe: _Pipe, chunk: bytes) -> None:
+        now, sent = time.time(), len(chunk)
+        frames = self._calls[pipe.index].feed(pipe.direction, chunk)
         with self._lock:
             if pipe.direction == UP:
                 self._up += sent
             else:
                 self._down += sent
             self._timeline.add(now, pipe.direction, sent)
+            self._call_events += [(now, pipe.direction, n, pipe.index, stream)
+                                  for stream, n in frames]
 
     def _update_interest(self, pair: _Pair) -> None:
         if not pair.connected:

@@ -3,9 +3,16 @@
 The ServerApp writes `rounds.jsonl` with `wire_*` = null (it cannot see TCP). Each row carries
 its wall-clock window (`started_unix`, `ended_unix`); the relay in front of SuperNode i
 (partition i) timestamps every chunk it forwards. Bytes inside a round's window are that
-round's wire bytes; bytes of the discovery exchange are `wire_setup_*`; everything else
-(SuperNodes polling and sending heartbeats while the server is between rounds, start-up,
-shutdown) is `wire_idle_*`. The relays' totals are `wire_all_*`.
+round's; bytes of the discovery exchange are `wire_setup_*`; everything else (SuperNodes
+polling and sending heartbeats while the server is between rounds, start-up, shutdown) is
+`wire_idle_*`. The relays' totals are `wire_all_*`.
+
+Inside a round, polls are not traffic: `wire_up`/`wire_down` (the figure every table uses)
+count the gRPC calls that carry messages (and the connection's own frames), `wire_poll_*` the
+idle polls and heartbeats (deploy/grpc_calls.py follows the cleartext HTTP/2 streams). Over
+TLS the relay cannot see calls: there `wire_poll_*` is estimated from the node's idle rate
+(bytes per second outside rounds) times the round's duration, and rows say
+`wire_poll_estimated: true`.
 
 Checks written into summary.json:
 - `message_vs_flower`: our message-layer totals (all phases) against `flwr ls`'s
@@ -22,6 +29,7 @@ from typing import Any
 
 from fedsqueeze.server.results import read_run, rewrite_run
 
+from .grpc_calls import POLL, UNPARSED
 from .wire_meter import HTTP2_PREFACE, WireMeter, split_by_windows
 
 DIRECTIONS = ("up", "down")
@@ -45,6 +53,37 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
+def _polls_by_window(meter: WireMeter, windows: list[tuple[float, float]], idle_rate: float
+                     ) -> tuple[list[dict[str, int]], bool]:
+    """Poll bytes per window and direction, and whether they are estimated (TLS)."""
+    polls = [{d: 0 for d in DIRECTIONS} for _ in windows]
+    unparsed = [{d: 0 for d in DIRECTIONS} for _ in windows]
+    for t, d, n, kind in meter.kind_events():
+        for i, (t0, t1) in enumerate(windows):
+            if t0 <= t < t1:
+                if kind == POLL:
+                    polls[i][d] += n
+                elif kind == UNPARSED:
+                    unparsed[i][d] += n
+                break
+    estimated = any(u[d] for u in unparsed for d in DIRECTIONS)
+    if estimated:  # over TLS: what the node sends and gets while idle, for the window's length
+        share = {"up": 0.5, "down": 0.5}
+        for poll, gone, (t0, t1) in zip(polls, unparsed, windows):
+            for d in DIRECTIONS:
+                poll[d] += min(gone[d], int(idle_rate * share[d] * (t1 - t0)))
+    return polls, estimated
+
+
+def _idle_rate(meter: WireMeter, windows: list[tuple[float, float]], idle_bytes: int) -> float:
+    """Bytes per second (both directions) of a node outside rounds and set-up."""
+    events = meter.events()
+    if not events:
+        return 0.0
+    span = events[-1][0] - events[0][0] - sum(t1 - t0 for t0, t1 in windows)
+    return idle_bytes / span if span > 0 else 0.0
+
+
 def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict
                    ) -> dict[str, Any]:
     """Fill `wire_*` per round, per client and in total; returns the summary's wire section."""
@@ -55,19 +94,27 @@ def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict
     idle = {d: 0 for d in DIRECTIONS}
     every = {d: 0 for d in DIRECTIONS}
     for row in rounds:
-        row["wire_up"] = row["wire_down"] = 0
+        row["wire_up"] = row["wire_down"] = row["wire_poll_up"] = row["wire_poll_down"] = 0
+        row["wire_poll_estimated"] = False
     for partition_id, meter in enumerate(meters):
         per_round, rest = split_by_windows(meter.events(), windows)
         in_setup = meter.bytes_between(*discovery) if discovery else {d: 0 for d in DIRECTIONS}
+        node_idle = {d: rest[d] - in_setup[d] for d in DIRECTIONS}
         for d in DIRECTIONS:
             setup[d] += in_setup[d]
-            idle[d] += rest[d] - in_setup[d]
+            idle[d] += node_idle[d]
             every[d] += getattr(meter, f"{d}_bytes")
-        for row, wire in zip(rounds, per_round):
+        spans = windows + ([tuple(discovery)] if discovery else [])
+        polls, estimated = _polls_by_window(
+            meter, windows, _idle_rate(meter, spans, sum(node_idle.values())))
+        for row, wire, poll in zip(rounds, per_round, polls):
             client = row["per_client"].setdefault(str(partition_id), {})
+            row["wire_poll_estimated"] |= estimated
             for d in DIRECTIONS:
-                row[f"wire_{d}"] += wire[d]
-                client[f"wire_{d}"] = wire[d]
+                row[f"wire_{d}"] += wire[d] - poll[d]
+                row[f"wire_poll_{d}"] += poll[d]
+                client[f"wire_{d}"] = wire[d] - poll[d]
+                client[f"wire_poll_{d}"] = poll[d]
 
     below = [
         {"round": row["round"], "partition_id": int(pid), "direction": d,
@@ -80,6 +127,8 @@ def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict
     traffic = flower_status.get("network-traffic", {})
     section: dict[str, Any] = {
         **{f"wire_{d}": sum(r[f"wire_{d}"] for r in rounds) for d in DIRECTIONS},
+        **{f"wire_poll_{d}": sum(r[f"wire_poll_{d}"] for r in rounds) for d in DIRECTIONS},
+        "wire_poll_estimated": any(r["wire_poll_estimated"] for r in rounds),
         **{f"wire_setup_{d}": setup[d] for d in DIRECTIONS},
         **{f"wire_idle_{d}": idle[d] for d in DIRECTIONS},
         **{f"wire_all_{d}": every[d] for d in DIRECTIONS},

@@ -2,7 +2,8 @@
 
 `start-round = 0` makes round 1 prune already (s_1 = 0.7875 with T = 2), so round 2 carries a
 sparse downlink (values + coded positions) and a masked uplink (values only), and ends at
-s_f = 0.9.
+s_f = 0.9. This is the suite's deployment on Flower's stock executor (a fresh ClientApp
+interpreter per message, Flower's own waits); the others run on the warm worker.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ def deployed(tmp_path_factory):
                   "partitioner": "iid", "round-timeout": 180.0, "num-server-rounds": 2,
                   "method": "fedsparsify", "fedsparsify.variant": "global",
                   "fedsparsify.final-sparsity": 0.9, "fedsparsify.start-round": 0}
-    return deploy(APP, run_config, tmp_path / "fsp", DeployOptions(clients=2, echo=False))
+    return deploy(APP, run_config, tmp_path / "fsp",
+                  DeployOptions(clients=2, executor="stock", tuned_latency=False, echo=False))
 
 
 def test_fedsparsify_deployment_completes_without_leftover_processes(deployed):
+    config, _, _ = read_run(deployed.results_dir)
+    assert config["deployment"] == {**config["deployment"], "executor": "stock",
+                                    "latency": "stock"}
     assert deployed.succeeded, deployed.status
     assert deployed.leftover_pids == [] and processes_of_launch(deployed.launch_id) == []
 

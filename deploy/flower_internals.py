@@ -1,0 +1,159 @@
+"""Every Flower internal fedsqueeze touches, in one place, checked before use.
+
+Flower 1.39 hard-codes the waits that dominate a small deployment's round (measured; see
+ENVIRONMENT.md "Latency"), and its SuperExec starts a fresh `flwr-clientapp` interpreter per
+message. The launcher's processes (SuperNodes and the warm worker) change exactly these:
+
+* `flwr.supernode.start_client_internal`: `time.sleep(3)` after an empty PullMessages (idle
+  poll) and `time.sleep(0.5)` while waiting for the ClientApp's reply; literal numbers, so the
+  module's `time` is replaced by a proxy whose `sleep` maps those two values and passes every
+  other call through (the source is checked to still contain both literals);
+* `flwr.supercore.inflatable.inflatable_utils.pull_objects` and
+  `pull_and_inflate_object_from_tree`: the default `initial_backoff` (1 s, doubling) and
+  `backoff_cap` (10 s) of object pulls, bound at import, so the functions' defaults change;
+* `flwr.supercore.superexec.run_superexec.get_executor`: the executor SuperExec launches
+  tasks with (the warm worker's fork executor instead of a subprocess per task);
+* `flwr.supernode.runtime.run_clientapp.run_clientapp`: Flower's own ClientApp entry, which a
+  forked child runs (token protocol, FAB, context.state and error replies stay Flower's).
+
+Each check names what it looked for; `FlowerInternalsError` says which internal is missing
+or changed. With `fallback=True` a missing internal leaves Flower's stock behaviour with one
+warning line instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import sys
+import time as _time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import flwr
+
+SUPPORTED_FLOWER = "1.39."
+
+SUPERNODE_LOOP = "flwr.supernode.start_client_internal"
+INFLATABLE = "flwr.supercore.inflatable.inflatable_utils"
+PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
+SUPEREXEC = "flwr.supercore.superexec.run_superexec"
+CLIENTAPP_ENTRY = "flwr.supernode.runtime.run_clientapp"
+STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
+
+
+class FlowerInternalsError(RuntimeError):
+    """A Flower internal that fedsqueeze relies on is missing or changed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Waits:
+    """The waits the launcher's processes use instead of Flower's (seconds)."""
+
+    idle_poll: float = 0.05      # SuperNode: after an empty PullMessages (Flower: 3)
+    reply_wait: float = 0.01     # SuperNode: while the ClientApp computes (Flower: 0.5)
+    pull_backoff: float = 0.01   # object pulls: first retry delay (Flower: 1, doubling)
+    pull_backoff_cap: float = 0.2  # object pulls: largest retry delay (Flower: 10)
+
+
+def _module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise FlowerInternalsError(f"Flower {flwr.__version__} has no module {name}") from err
+
+
+def _attribute(module: ModuleType, name: str) -> Any:
+    if not hasattr(module, name):
+        raise FlowerInternalsError(f"Flower {flwr.__version__}: {module.__name__} has no "
+                                   f"attribute {name!r}")
+    return getattr(module, name)
+
+
+def check_version() -> None:
+    if not flwr.__version__.startswith(SUPPORTED_FLOWER):
+        raise FlowerInternalsError(f"Flower {flwr.__version__} is installed; the waits and "
+                                   f"the warm executor are written for {SUPPORTED_FLOWER}x")
+
+
+class _ScaledSleep:
+    """A stand-in for a module's `time`: `sleep(stock)` becomes `sleep(ours)`."""
+
+    def __init__(self, mapping: dict[float, float]) -> None:
+        self._mapping = mapping
+
+    def sleep(self, seconds: float) -> None:
+        _time.sleep(self._mapping.get(seconds, seconds))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+def patch_supernode_waits(waits: Waits) -> None:
+    module = _module(SUPERNODE_LOOP)
+    source = inspect.getsource(module)
+    for literal in (f"time.sleep({STOCK_IDLE_POLL})", f"time.sleep({STOCK_REPLY_WAIT})"):
+        if literal not in source:
+            raise FlowerInternalsError(f"Flower {flwr.__version__}: {SUPERNODE_LOOP} no "
+                                       f"longer calls {literal}")
+    if _attribute(module, "time") is not _time and not isinstance(module.time, _ScaledSleep):
+        raise FlowerInternalsError(f"{SUPERNODE_LOOP}.time is not the time module")
+    module.time = _ScaledSleep({STOCK_IDLE_POLL: waits.idle_poll,
+                                STOCK_REPLY_WAIT: waits.reply_wait})
+
+
+def patch_pull_backoff(waits: Waits) -> None:
+    module = _module(INFLATABLE)
+    for name in PULL_FUNCTIONS:
+        function = _attribute(module, name)
+        defaults = function.__kwdefaults__ or {}
+        for arg in ("initial_backoff", "backoff_cap"):
+            if arg not in defaults:
+                raise FlowerInternalsError(f"Flower {flwr.__version__}: {INFLATABLE}.{name} "
+                                           f"has no keyword-only default {arg!r}")
+        function.__kwdefaults__ = {**defaults, "initial_backoff": waits.pull_backoff,
+                                   "backoff_cap": waits.pull_backoff_cap}
+
+
+def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False) -> bool:
+    """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
+    internal keeps Flower's stock waits and prints one warning line."""
+    try:
+        check_version()
+        if supernode:
+            patch_supernode_waits(waits)
+        patch_pull_backoff(waits)
+    except FlowerInternalsError as err:
+        if not fallback:
+            raise
+        print(f"fedsqueeze: WARNING: keeping Flower's stock waits: {err}", file=sys.stderr)
+        return False
+    return True
+
+
+def install_executor(make_executor: Callable[..., Any]) -> Callable[..., None]:
+    """Make SuperExec launch tasks with `make_executor()`; returns Flower's `run_superexec`."""
+    check_version()
+    module = _module(SUPEREXEC)
+    _attribute(module, "get_executor")
+    run_superexec = _attribute(module, "run_superexec")
+    if "executor_type" not in inspect.signature(run_superexec).parameters:
+        raise FlowerInternalsError(f"Flower {flwr.__version__}: run_superexec takes no "
+                                   "executor_type")
+    module.get_executor = lambda *args, **kwargs: make_executor()
+    return run_superexec
+
+
+def clientapp_entry() -> Callable[..., None]:
+    """Flower's own `run_clientapp(runtime_api_address, token, insecure, certificates,
+    parent_pid, runtime_dependency_install)`."""
+    check_version()
+    entry = _attribute(_module(CLIENTAPP_ENTRY), "run_clientapp")
+    wanted = {"runtime_api_address", "token", "insecure", "certificates", "parent_pid"}
+    missing = wanted - set(inspect.signature(entry).parameters)
+    if missing:
+        raise FlowerInternalsError(f"Flower {flwr.__version__}: run_clientapp lacks "
+                                   f"parameters {sorted(missing)}")
+    return entry

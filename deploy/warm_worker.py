@@ -1,0 +1,227 @@
+"""The warm ClientApp worker: serves the ClientApp API of SuperNodes started with
+`--isolation process`, without starting a Python interpreter per message.
+
+    python -m fedsqueeze.deploy.warm_worker --insecure \\
+        --serve 127.0.0.1:9094 [--serve 127.0.0.1:9095,parent=4711,gpus=1 ...]
+
+Process tree: this process (the parent) imports Flower, numpy, torch and the fedsqueeze
+ClientApp once, never touching CUDA, then forks one SuperExec per `--serve`d SuperNode
+(Flower's own `run_superexec` loop; `parent=PID` makes it exit with that SuperNode, `gpus=`
+sets its `CUDA_VISIBLE_DEVICES`). For every task a SuperExec acquires, it forks a child
+that runs Flower's own `run_clientapp` (the token protocol, the FAB, `context.state` and error
+replies stay Flower's) and reaps it when it ends. Forked processes share the parent's
+imported pages copy-on-write, so N SuperNodes cost one set of imports. Every forked process
+gets SIGTERM when its parent dies (also when the launcher is SIGKILLed: the parent itself is
+started with the same death signal). SIGUSR1 makes the parent write a status line
+(`cuda_initialized`, its children) to its log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+
+from .flower_internals import Waits, apply_waits, clientapp_entry, install_executor
+from .processes import die_with_parent
+
+CLIENT_APP_TASK = "flwr-clientapp"
+
+
+@dataclass(frozen=True)
+class Served:
+    address: str
+    parent_pid: int | None = None
+    gpus: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Served:
+        address, *options = text.split(",")
+        fields: dict[str, str] = {}
+        for option in options:
+            key, sep, value = option.partition("=")
+            if not sep or key not in ("parent", "gpus"):
+                raise argparse.ArgumentTypeError(f"--serve {text!r}: options are parent=PID "
+                                                 "and gpus=LIST")
+            fields[key] = value
+        if ":" not in address:
+            raise argparse.ArgumentTypeError(f"--serve {text!r}: expected HOST:PORT")
+        parent = int(fields["parent"]) if "parent" in fields else None
+        return cls(address, parent, fields.get("gpus"))
+
+
+def _exit_code(err: SystemExit) -> int:
+    return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+
+
+def _run_child(work) -> None:
+    """In a freshly forked child: run `work()` and leave without returning to the caller."""
+    code = 1
+    try:
+        die_with_parent()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1):
+            signal.signal(signum, signal.SIG_DFL)
+        work()
+        code = 0
+    except SystemExit as err:
+        code = _exit_code(err)
+    except BaseException:  # noqa: BLE001 - report anything, then leave
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class ForkExecutor:
+    """A Flower SuperExec executor (its `Executor` protocol) that forks per task."""
+
+    def __init__(self) -> None:
+        from flwr.supercore.superexec.executor.types import LaunchResult
+        from flwr.supercore.tls import validate_and_resolve_root_certificates
+
+        self._results = LaunchResult
+        self._certificates = validate_and_resolve_root_certificates
+        self._entry = clientapp_entry()
+        self.children: set[int] = set()
+        self.served = 0
+
+    def get_eligible_capacity(self, supported_task_types, *, insecure=False,
+                              root_certificates_path=None):
+        return {t for t in supported_task_types if str(t) == CLIENT_APP_TASK}, set()
+
+    def wait_for_capacity(self, task_type=None, *, fab_hash=None, insecure=False,
+                          root_certificates_path=None) -> None:
+        """Forking needs no capacity gate."""
+
+    def launch(self, spec):
+        if str(spec.task_type) != CLIENT_APP_TASK:
+            return self._results.failed(f"the warm worker runs ClientApps only, not "
+                                        f"{spec.task_type}")
+        certificates = self._certificates(spec.root_certificates_path, spec.insecure)
+
+        def work() -> None:
+            self._entry(runtime_api_address=spec.runtime_api_address, token=spec.token,
+                        insecure=spec.insecure, certificates=certificates,
+                        parent_pid=spec.parent_pid,
+                        runtime_dependency_install=spec.runtime_dependency_install)
+
+        pid = os.fork()
+        if pid == 0:
+            _run_child(work)
+        self.children.add(pid)
+        self.served += 1
+        return self._results.accepted()
+
+    def reconcile(self) -> None:
+        """Reap ClientApp children that ended."""
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.discard(pid)
+
+    def close(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        self.reconcile()
+
+
+def _superexec(served: Served, insecure: bool, root_certificates: str | None) -> None:
+    if served.gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = served.gpus
+    run_superexec = install_executor(ForkExecutor)
+    run_superexec(runtime_api_address=served.address, insecure=insecure,
+                  root_certificates_path=root_certificates, parent_pid=served.parent_pid,
+                  runtime_dependency_install=False)
+
+
+def _warm_imports() -> None:
+    """What every ClientApp task would import: done once, before any fork."""
+    import numpy  # noqa: F401
+    import torch  # noqa: F401
+
+    import fedsqueeze.client.app  # noqa: F401
+    from fedsqueeze.strategies.registry import method_names
+
+    method_names()  # imports every method module
+
+
+def _status(children: dict[int, Served]) -> str:
+    import torch
+
+    return json.dumps({"warm_worker": os.getpid(),
+                       "cuda_initialized": bool(torch.cuda.is_initialized()),
+                       "superexecs": {str(pid): s.address for pid, s in children.items()}})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fedsqueeze.deploy.warm_worker",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", action="append", type=Served.parse, required=True,
+                        metavar="HOST:PORT[,parent=PID][,gpus=LIST]",
+                        help="a SuperNode's ClientApp (runtime) API address; repeatable")
+    security = parser.add_mutually_exclusive_group(required=True)
+    security.add_argument("--insecure", action="store_true",
+                          help="the runtime API is plain HTTP (Flower's default on a host)")
+    security.add_argument("--root-certificates", metavar="CA.PEM",
+                          help="CA of a runtime API served with TLS")
+    parser.add_argument("--stock-latency", action="store_true",
+                        help="keep Flower's own object-pull back-off")
+    parser.add_argument("--fallback", action="store_true",
+                        help="if Flower's internals changed, warn and keep its stock waits")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.stock_latency:
+        apply_waits(Waits(), supernode=False, fallback=args.fallback)
+    _warm_imports()
+    children: dict[int, Served] = {}
+    stopping = False
+
+    def stop(signum, frame) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGUSR1, lambda s, f: print(_status(children), flush=True))
+    for served in args.serve:
+        pid = os.fork()
+        if pid == 0:
+            _run_child(lambda s=served: _superexec(s, args.insecure, args.root_certificates))
+        children[pid] = served
+    print(f"warm worker {os.getpid()} serving " + ", ".join(s.address for s in args.serve),
+          flush=True)
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        served = children.pop(pid, None)
+        if served is not None and not stopping:
+            print(f"SuperExec for {served.address} ended (status {status})", flush=True)
+    print(_status(children), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

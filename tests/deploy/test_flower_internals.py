@@ -1,0 +1,50 @@
+"""The one module that touches Flower's internals reports anything missing, never ignores it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+from fedsqueeze.deploy import flower_internals as fi
+
+
+def test_the_installed_flower_has_every_internal_we_use():
+    code = ("import time; from fedsqueeze.deploy.flower_internals import *; "
+            "assert apply_waits(Waits(idle_poll=0.01, reply_wait=0.01), supernode=True); "
+            "import flwr.supernode.start_client_internal as m; "
+            "import flwr.supercore.inflatable.inflatable_utils as u; "
+            "t = time.monotonic(); m.time.sleep(3); m.time.sleep(0.5); "
+            "assert time.monotonic() - t < 0.5, 'the stock waits are still there'; "
+            "assert u.pull_objects.__kwdefaults__['initial_backoff'] == Waits().pull_backoff; "
+            "assert callable(clientapp_entry()); print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_missing_attribute_is_reported_by_name(monkeypatch):
+    empty = types.ModuleType(fi.SUPERNODE_LOOP)
+    monkeypatch.setattr(fi, "_module", lambda name: empty)
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'pull_objects'"):
+        fi.patch_pull_backoff(fi.Waits())
+    with pytest.raises(fi.FlowerInternalsError, match="run_clientapp"):
+        fi.clientapp_entry()
+
+
+def test_a_changed_wait_literal_is_reported(monkeypatch):
+    monkeypatch.setattr(fi.inspect, "getsource", lambda module: "time.sleep(5)")
+    with pytest.raises(fi.FlowerInternalsError, match=r"no longer calls time.sleep\(3\)"):
+        fi.patch_supernode_waits(fi.Waits())
+
+
+def test_another_flower_version_is_refused_or_falls_back_with_one_warning(monkeypatch,
+                                                                          capsys):
+    monkeypatch.setattr(fi.flwr, "__version__", "1.40.0")
+    with pytest.raises(fi.FlowerInternalsError, match="1.40.0"):
+        fi.apply_waits(fi.Waits(), supernode=False)
+    assert fi.apply_waits(fi.Waits(), supernode=False, fallback=True) is False
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "keeping Flower's stock waits" in lines[0]

@@ -1,0 +1,82 @@
+"""The warm ClientApp worker: ClientApps forked from warm imports, CUDA untouched in the
+parent, state kept, polls told apart from traffic, nothing left behind however the launcher
+ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedsqueeze.deploy.config_check import find_app_dir
+from fedsqueeze.deploy.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.processes import processes_of_launch
+from fedsqueeze.server.results import read_run
+
+pytestmark = pytest.mark.deployment
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    out = tmp_path_factory.mktemp("warm")
+    run_config = {"results-dir": str(out), "run-name": "warm", "engine": "deployment",
+                  "partitioner": "iid", "num-server-rounds": 3, "round-timeout": 180.0}
+    return deploy(find_app_dir(), run_config, out / "warm", DeployOptions(clients=2, echo=False))
+
+
+def test_config_records_the_executor_and_the_waits(warm):
+    assert warm.succeeded, warm.status
+    config, rounds, _ = read_run(warm.results_dir)
+    assert config["deployment"]["executor"] == "warm"
+    assert config["deployment"]["latency"] == "tuned"
+    assert [r["per_client"]["1"]["rounds_trained"] for r in rounds] == [1, 2, 3]  # state kept
+
+
+def test_the_worker_parent_never_initialised_cuda_and_served_every_task(warm):
+    log = (warm.logs_dir / "warm-worker.log").read_text()
+    status = json.loads([line for line in log.splitlines() if line.startswith("{")][-1])
+    assert status["cuda_initialized"] is False
+    # 2 nodes x (identity query + 3 train messages) ran in forked children of the worker
+    assert log.count("client device: cpu") == 8
+    supernode_logs = "".join((warm.logs_dir / f"supernode-{i}.log").read_text() for i in (0, 1))
+    assert "flwr-clientapp" not in supernode_logs  # no interpreter started per message
+    assert warm.leftover_pids == [] and processes_of_launch(warm.launch_id) == []
+
+
+def test_poll_bytes_are_reported_apart_and_message_calls_stay_above_the_message_layer(warm):
+    _, rounds, summary = read_run(warm.results_dir)
+    for row in rounds:
+        assert row["wire_poll_estimated"] is False
+        assert row["wire_poll_up"] > 0 and row["wire_poll_down"] > 0   # polls in every round
+        for d in ("up", "down"):
+            assert row[f"message_{d}"] <= row[f"wire_{d}"]
+    check = summary["message_vs_flower"]
+    assert abs(check["up_ratio"] - 1) < 0.03 and abs(check["down_ratio"] - 1) < 0.03
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_launcher_stopped_by_a_signal_leaves_no_process_forked_ones_included(tmp_path, signum):
+    cli = [sys.executable, "-m", "fedsqueeze.deploy.cli", "deploy", "--clients", "2",
+           "--quiet", "--results-dir", str(tmp_path), "--run-name", "killed",
+           "--run-config", "num-server-rounds=50 partitioner='iid'"]
+    proc = subprocess.Popen(cli, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    rounds = tmp_path / "killed" / "rounds.jsonl"
+    deadline = time.monotonic() + 240
+    while not (rounds.exists() and rounds.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    import psutil
+
+    launch = {child.environ().get("FEDSQUEEZE_LAUNCH_ID")
+              for child in psutil.Process(proc.pid).children(recursive=True)} - {None}
+    assert len(launch) == 1
+    proc.send_signal(signum)
+    proc.communicate(timeout=120)
+    deadline = time.monotonic() + 60
+    while processes_of_launch(next(iter(launch))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_of_launch(next(iter(launch))) == []
