@@ -2,6 +2,7 @@
 
     python bench/round_overhead.py RUN_DIR [RUN_DIR ...]        # runs that exist
     python bench/round_overhead.py --compare [--clients 10] [--rounds 5] [--results-dir DIR]
+                                   [--reuse]
 
 Each round's `seconds` (ServerApp, from the first message to the evaluated model) minus the
 largest `fit_seconds` a client of that round reported (its local SGD alone) is what the
@@ -60,7 +61,15 @@ def print_table(paths: list[Path]) -> dict[Path, tuple[float, float, float] | No
     return found
 
 
-def compare(clients: int, rounds: int, results_dir: Path) -> int:
+def _finished(run_dir: Path, rounds: int) -> bool:
+    try:
+        _, rows, summary = read_run(run_dir)
+    except FileNotFoundError:
+        return False
+    return summary.get("status") == "completed" and len(rows) == rounds
+
+
+def compare(clients: int, rounds: int, results_dir: Path, reuse: bool = False) -> int:
     runs = {"stock": DeployOptions(clients=clients, executor="stock", tuned_latency=False,
                                    echo=False),
             "warm": DeployOptions(clients=clients, echo=False)}
@@ -72,6 +81,11 @@ def compare(clients: int, rounds: int, results_dir: Path) -> int:
                       "num-server-rounds": rounds, "client-threads": 1,
                       "round-timeout": 600.0,
                       **({"server-poll-interval": 3.0} if not options.tuned_latency else {})}
+        paths_of_run = results_dir / run_name
+        if reuse and _finished(paths_of_run, rounds):
+            print(f"reusing {name}: {paths_of_run}", flush=True)
+            paths.append(paths_of_run)
+            continue
         print(f"running {name}: {clients} SuperNodes, {rounds} rounds ...", flush=True)
         result = deploy(find_app_dir(), run_config, results_dir / run_name, options)
         if not result.succeeded:
@@ -92,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--results-dir", type=Path)
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --compare: keep a finished run of the same name")
     args = parser.parse_args(argv)
     if args.compare:
         out = args.results_dir or Path(tempfile.mkdtemp(prefix="round-overhead-"))
-        return compare(args.clients, args.rounds, out.resolve())
+        return compare(args.clients, args.rounds, out.resolve(), args.reuse)
     if not args.runs:
         parser.error("give RUN_DIRs or --compare")
     print_table(args.runs)

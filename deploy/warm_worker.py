@@ -26,7 +26,13 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from .flower_internals import Waits, apply_waits, clientapp_entry, install_executor
+from .flower_internals import (
+    IdleBackoff,
+    Waits,
+    apply_waits,
+    clientapp_entry,
+    install_executor,
+)
 from .processes import die_with_parent
 
 CLIENT_APP_TASK = "flwr-clientapp"
@@ -78,9 +84,14 @@ def _run_child(work) -> None:
 
 
 class ForkExecutor:
-    """A Flower SuperExec executor (its `Executor` protocol) that forks per task."""
+    """A Flower SuperExec executor (its `Executor` protocol) that forks per task.
 
-    def __init__(self) -> None:
+    SuperExec asks for capacity before every task poll; while no task came, the answer waits
+    (an idle back-off from `Waits.idle_poll` up to `poll_cap`), so idle SuperExecs poll their
+    SuperNode a few times a second instead of twenty."""
+
+    def __init__(self, backoff: IdleBackoff | None = None) -> None:
+        self._backoff = backoff
         from flwr.supercore.superexec.executor.types import LaunchResult
         from flwr.supercore.tls import validate_and_resolve_root_certificates
 
@@ -92,6 +103,8 @@ class ForkExecutor:
 
     def get_eligible_capacity(self, supported_task_types, *, insecure=False,
                               root_certificates_path=None):
+        if self._backoff is not None:
+            self._backoff.sleep()
         return {t for t in supported_task_types if str(t) == CLIENT_APP_TASK}, set()
 
     def wait_for_capacity(self, task_type=None, *, fab_hash=None, insecure=False,
@@ -115,6 +128,8 @@ class ForkExecutor:
             _run_child(work)
         self.children.add(pid)
         self.served += 1
+        if self._backoff is not None:
+            self._backoff.reset()
         return self._results.accepted()
 
     def reconcile(self) -> None:
@@ -136,10 +151,12 @@ class ForkExecutor:
         self.reconcile()
 
 
-def _superexec(served: Served, insecure: bool, root_certificates: str | None) -> None:
+def _superexec(served: Served, insecure: bool, root_certificates: str | None,
+               waits: Waits | None) -> None:
     if served.gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = served.gpus
-    run_superexec = install_executor(ForkExecutor)
+    backoff = IdleBackoff(waits.idle_poll, waits.poll_cap) if waits else None
+    run_superexec = install_executor(lambda: ForkExecutor(backoff))
     run_superexec(runtime_api_address=served.address, insecure=insecure,
                   root_certificates_path=root_certificates, parent_pid=served.parent_pid,
                   runtime_dependency_install=False)
@@ -176,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--root-certificates", metavar="CA.PEM",
                           help="CA of a runtime API served with TLS")
     parser.add_argument("--stock-latency", action="store_true",
-                        help="keep Flower's own object-pull back-off")
+                        help="keep Flower's own object-pull back-off and task polling")
+    parser.add_argument("--poll-cap", type=float, default=Waits().poll_cap,
+                        help="idle task polls back off to this many seconds")
     parser.add_argument("--fallback", action="store_true",
                         help="if Flower's internals changed, warn and keep its stock waits")
     return parser
@@ -184,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.stock_latency:
-        apply_waits(Waits(), supernode=False, fallback=args.fallback)
+    waits = None if args.stock_latency else Waits(poll_cap=args.poll_cap)
+    if waits is not None and not apply_waits(waits, supernode=False, fallback=args.fallback):
+        waits = None
     _warm_imports()
     children: dict[int, Served] = {}
     stopping = False
@@ -205,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     for served in args.serve:
         pid = os.fork()
         if pid == 0:
-            _run_child(lambda s=served: _superexec(s, args.insecure, args.root_certificates))
+            _run_child(lambda s=served: _superexec(s, args.insecure, args.root_certificates,
+                                                   waits))
         children[pid] = served
     print(f"warm worker {os.getpid()} serving " + ", ".join(s.address for s in args.serve),
           flush=True)

@@ -140,6 +140,13 @@ def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict
             "up_ratio": _ratio(message["up"], traffic.get("inbound-bytes") or 0),
             "down_ratio": _ratio(message["down"], traffic.get("outbound-bytes") or 0),
         },
+        # the rounds' message-carrying wire bytes against Flower's count of the rounds'
+        # messages (its total less the discovery exchange, which our message layer measured)
+        "wire_vs_flower": {
+            f"{d}_ratio": _ratio(sum(r[f"wire_{d}"] for r in rounds),
+                                 max(0, (traffic.get(key) or 0)
+                                     - config.get("discovery", {}).get(f"message_{d}", 0)))
+            for d, key in (("up", "inbound-bytes"), ("down", "outbound-bytes"))},
         "wire_below_message": below,
         "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)},
     }

@@ -147,15 +147,20 @@ class RoundRunner:
         name = TRAIN
         sent: list[int] = []
         declared = strategy.exchanges(server_round)
+        timing: dict[str, float] = {}  # where the round's seconds went
         try:
             for name in (*declared, TRAIN):
                 phases.append(phase_of(name, server_round))
                 sent = list(node_ids)
+                exchange_started = time.monotonic()
                 replies, missing = self._exchange(name, server_round, node_ids)
+                timing[f"exchange_{name}"] = time.monotonic() - exchange_started
                 silent += missing
                 all_replies += replies
                 if name == TRAIN:
+                    aggregate_started = time.monotonic()
                     new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+                    timing["aggregate"] = time.monotonic() - aggregate_started
                 else:
                     node_ids = strategy.aggregate_exchange(name, server_round, replies)
                     if len(node_ids) < s.min_nodes:
@@ -179,7 +184,9 @@ class RoundRunner:
         loss = accuracy = None
         extra_accuracy: dict[str, float | None] = {}
         if server_round % s.eval_every == 0 or server_round == s.num_server_rounds:
+            evaluate_started = time.monotonic()
             loss, accuracy = self.evaluate_fn(plain)
+            timing["evaluate"] = time.monotonic() - evaluate_started
             extra_accuracy = evaluate_extra(strategy, server_round, self.evaluate_fn)
         local = self._evaluate_locally(server_round, arrays) \
             if s.evaluates_locally(server_round) else {}
@@ -202,6 +209,7 @@ class RoundRunner:
             "nonzeros": nonzeros,
             "params": params,
             "seconds": time.monotonic() - round_started,
+            "timing": timing,
             "started_unix": started_unix,  # wall-clock window: the launcher attributes
             "ended_unix": time.time(),     # wire bytes to rounds with it
             "clients": sorted(directory.partition_of(n) for n in sampled),

@@ -368,9 +368,10 @@ class ResFedClient(ClientSide):
         payload, l_hat = coder.encode(local, history.l, g_now, history, reset=False,
                                       sparsity=self.config.sparsity_up)
         payload = CODEC.restamp(payload, local.size, digests=[digest(g_hat), digest(l_hat)])
-        save_history(state, history.committed(g_hat, l_hat))
+        reply = RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload)})
+        save_history(state, history.committed(g_hat, l_hat))  # committed with its reply
         self._pending = None
-        return RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload)})
+        return reply
 
 
 @register("resfed")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import pkgutil
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from fedsqueeze.deploy.inprocess import Federation, copy_recorddict
 from fedsqueeze.strategies import methods
-from fedsqueeze.strategies.base import Method, SqueezeStrategy
+from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
 from fedsqueeze.strategies.registry import get_method, method_names, register
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, MethodConfig, RunSettings
@@ -208,3 +209,26 @@ def test_exported_state_resumes_every_method_to_the_same_round(name, tmp_path):
         assert got[key] == expected[key], key
     for key in fed.arrays.keys():
         assert np.array_equal(resumed.arrays[key].numpy(), fed.arrays[key].numpy()), key
+
+
+def _documented(pattern: str, text: str) -> list[tuple[str, int]]:
+    return [(name, len([p for p in params.split(",") if p.strip()]))
+            for name, params in re.findall(pattern, text, flags=re.M)]
+
+
+def test_the_package_docstring_signatures_match_the_code():
+    import inspect
+
+    import fedsqueeze.strategies as package
+
+    doc = package.__doc__
+    server, client = doc.split("Client side (`ClientSide`)")
+    hooks = _documented(r"^\s{4}(\w+)\(([^)]*)\)", server)
+    hooks += _documented(r"^\s{4}\w+\([^)]*\) / (\w+)\(([^)]*)\)", server)
+    calls = _documented(r"`(\w+)\(([^)]*)\)`", client)
+    assert len(hooks) >= 13 and len(calls) >= 6
+    for cls, documented in ((SqueezeStrategy, hooks), (ClientSide, calls)):
+        for name, count in documented:
+            params = [p for p in inspect.signature(getattr(cls, name)).parameters
+                      if p != "self"]
+            assert len(params) == count, f"{cls.__name__}.{name}{tuple(params)} vs docstring"
