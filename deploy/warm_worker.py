@@ -19,12 +19,17 @@ started with the same death signal). SIGUSR1 makes the parent write a status lin
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
+import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 from .flower_internals import (
     IdleBackoff,
@@ -60,6 +65,32 @@ class Served:
         return cls(address, parent, fields.get("gpus"))
 
 
+class Slots:
+    """At most `count` ClientApps of this host run at once (the rest wait for a slot).
+
+    A slot is an exclusive `flock` on one of `count` files, held by the ClientApp child until
+    it exits: the kernel releases it however the child ends (SIGKILL included). Without it, 50
+    SuperNodes' first tasks run 50 children at once, each computing its partition: memory
+    and CPU thrash on a small box."""
+
+    def __init__(self, directory: Path, count: int) -> None:
+        self.paths = [directory / f"slot-{i}" for i in range(count)]
+        for path in self.paths:
+            path.touch()
+
+    def acquire(self) -> int:
+        """Block until a slot is free; returns the file descriptor that holds it."""
+        while True:
+            for path in self.paths:
+                fd = os.open(path, os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    os.close(fd)
+            time.sleep(0.02)
+
+
 def _exit_code(err: SystemExit) -> int:
     return err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
 
@@ -90,8 +121,9 @@ class ForkExecutor:
     (an idle back-off from `Waits.idle_poll` up to `poll_cap`), so idle SuperExecs poll their
     SuperNode a few times a second instead of twenty."""
 
-    def __init__(self, backoff: IdleBackoff | None = None) -> None:
+    def __init__(self, backoff: IdleBackoff | None = None, slots: Slots | None = None) -> None:
         self._backoff = backoff
+        self._slots = slots
         from flwr.supercore.superexec.executor.types import LaunchResult
         from flwr.supercore.tls import validate_and_resolve_root_certificates
 
@@ -118,6 +150,8 @@ class ForkExecutor:
         certificates = self._certificates(spec.root_certificates_path, spec.insecure)
 
         def work() -> None:
+            if self._slots is not None:
+                self._slots.acquire()  # held until this child exits
             self._entry(runtime_api_address=spec.runtime_api_address, token=spec.token,
                         insecure=spec.insecure, certificates=certificates,
                         parent_pid=spec.parent_pid,
@@ -152,22 +186,27 @@ class ForkExecutor:
 
 
 def _superexec(served: Served, insecure: bool, root_certificates: str | None,
-               waits: Waits | None) -> None:
+               waits: Waits | None, slots: Slots | None) -> None:
     if served.gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = served.gpus
     backoff = IdleBackoff(waits.idle_poll, waits.poll_cap) if waits else None
-    run_superexec = install_executor(lambda: ForkExecutor(backoff))
+    run_superexec = install_executor(lambda: ForkExecutor(backoff, slots))
     run_superexec(runtime_api_address=served.address, insecure=insecure,
                   root_certificates_path=root_certificates, parent_pid=served.parent_pid,
                   runtime_dependency_install=False)
 
 
 def _warm_imports() -> None:
-    """What every ClientApp task would import: done once, before any fork."""
+    """What ClientApp tasks import: done once, before any fork, so every forked child shares
+    these pages instead of importing (and holding) its own copy. The partitioning code
+    (flwr-datasets, HF datasets) is included: the first task of every SuperNode computes
+    its partition (the cache has it from then on), and with 50 SuperNodes that is 50
+    children at once."""
     import numpy  # noqa: F401
     import torch  # noqa: F401
 
     import fedsqueeze.client.app  # noqa: F401
+    import fedsqueeze.data.partition  # noqa: F401  (flwr-datasets, HF datasets)
     from fedsqueeze.strategies.registry import method_names
 
     method_names()  # imports every method module
@@ -196,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep Flower's own object-pull back-off and task polling")
     parser.add_argument("--poll-cap", type=float, default=Waits().poll_cap,
                         help="idle task polls back off to this many seconds")
+    parser.add_argument("--max-running", type=int, default=2 * (os.cpu_count() or 1),
+                        help="ClientApps of this host running at once (default: 2 per core; "
+                        "0 = no limit)")
     parser.add_argument("--fallback", action="store_true",
                         help="if Flower's internals changed, warn and keep its stock waits")
     return parser
@@ -207,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     if waits is not None and not apply_waits(waits, supernode=False, fallback=args.fallback):
         waits = None
     _warm_imports()
+    slot_dir = Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))
+    slots = Slots(slot_dir, args.max_running) if args.max_running > 0 else None
     children: dict[int, Served] = {}
     stopping = False
 
@@ -226,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = os.fork()
         if pid == 0:
             _run_child(lambda s=served: _superexec(s, args.insecure, args.root_certificates,
-                                                   waits))
+                                                   waits, slots))
         children[pid] = served
     print(f"warm worker {os.getpid()} serving " + ", ".join(s.address for s in args.serve),
           flush=True)
@@ -240,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         served = children.pop(pid, None)
         if served is not None and not stopping:
             print(f"SuperExec for {served.address} ended (status {status})", flush=True)
+    shutil.rmtree(slot_dir, ignore_errors=True)
     print(_status(children), flush=True)
     return 0
 

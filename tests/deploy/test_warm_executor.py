@@ -80,3 +80,19 @@ def test_a_launcher_stopped_by_a_signal_leaves_no_process_forked_ones_included(t
     while processes_of_launch(next(iter(launch))) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_of_launch(next(iter(launch))) == []
+
+
+def test_a_slot_is_held_until_its_holder_lets_go(tmp_path):
+    import fcntl
+    import os
+
+    from fedsqueeze.deploy.warm_worker import Slots
+
+    slots = Slots(tmp_path, 1)
+    held = slots.acquire()
+    other = os.open(slots.paths[0], os.O_RDWR)
+    with pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(held)  # what a child's exit does, however it ends
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.close(other)
