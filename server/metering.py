@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flwr.app import Message
+from flwr.app import Error, Message
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -49,6 +49,23 @@ class Traffic:
         self.messages += other.messages
 
 
+def attributed(reply: Message, sent: Message | None) -> Message:
+    """The reply as coming from the node its message went to.
+
+    When a node dies, the SuperLink answers for it with an error reply whose source is the
+    SuperLink itself; a reply to one node's message that names another source is not that
+    node's answer either. Both become an error reply of the node the message was sent to, so
+    the failure is counted once, for the right client."""
+    if sent is None or reply.metadata.src_node_id == sent.metadata.dst_node_id:
+        return reply
+    if reply.has_error():
+        error = reply.error
+    else:
+        error = Error(code=0, reason=f"a reply from node {reply.metadata.src_node_id} answered "
+                                     f"the message sent to node {sent.metadata.dst_node_id}")
+    return Message(error, reply_to=sent)
+
+
 class MeteredGrid:
     """A Grid proxy that measures what it sends and receives, grouped by phase."""
 
@@ -73,12 +90,15 @@ class MeteredGrid:
         messages = list(messages)
         for message in messages:
             self._record(DOWN, message.metadata.dst_node_id, message)
-        pending = set(self._grid.push_messages(messages))
+        ids = list(self._grid.push_messages(messages))
+        sent = {i: m for i, m in zip(ids, messages) if i}
+        pending = set(sent)
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while pending:
             for reply in self._grid.pull_messages(pending):
                 pending.discard(reply.metadata.reply_to_message_id)
+                reply = attributed(reply, sent.get(reply.metadata.reply_to_message_id))
                 self._record(UP, reply.metadata.src_node_id, reply)
                 replies.append(reply)
             if not pending or (deadline is not None and time.monotonic() >= deadline):

@@ -80,3 +80,4 @@ def test_with_skip_the_round_is_written_and_the_model_kept(tmp_path):
     assert row["skipped"] and row["failed_replies"] == 1
     assert "train" not in row["exchanges"]
     assert all(np.array_equal(fed.arrays[k].numpy(), v) for k, v in before.items())
+
