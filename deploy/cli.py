@@ -149,6 +149,10 @@ def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
 def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     app_dir, _, settings = prepare(args)
     gpus = tuple(g.strip() for g in args.gpus.split(",") if g.strip())
+    bad = [g for g in gpus if not g.isdigit()]
+    if bad:
+        raise ConfigError(f"--gpus {args.gpus!r}: GPU ids are non-negative integers "
+                          f"(CUDA_VISIBLE_DEVICES), got {', '.join(bad)}")
     extra = {"server-poll-interval": 3.0} if args.stock_latency else {}
     run_dir, overrides = launch_config(args, settings, "deployment", extra)
     console.print(f"deployment: SuperLink + {args.clients} SuperNodes over gRPC on 127.0.0.1"

@@ -8,7 +8,9 @@ keeps every round it finished; `summary.json` is written at the end, also for a 
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,17 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def _finite_or_null(value: Any) -> Any:
+    """NaN and infinities become None: JSON has no token for them (a bare NaN is invalid)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 class ResultsWriter:
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -50,8 +63,9 @@ class ResultsWriter:
         missing = [k for k in ROUND_KEYS if k not in row]
         if missing:
             raise ValueError(f"round row lacks keys {missing}")
+        row = _finite_or_null(row)
         self.rows.append(row)
-        self._rounds.write(json.dumps(row, sort_keys=True) + "\n")
+        self._rounds.write(json.dumps(row, sort_keys=True, allow_nan=False) + "\n")
         self._rounds.flush()
 
     def finish(self, status: str, seconds: float, error: str | None = None) -> dict[str, Any]:
@@ -85,6 +99,22 @@ def rewrite_run(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str, 
     _write_json(run_dir / "summary.json", summary)
 
 
+def _rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of rounds.jsonl; a truncated last line (what a killed run leaves) is skipped
+    with a warning, a broken line before it is an error naming the line."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number} is not a JSON object: {err}") from None
+            warnings.warn(f"{path}: skipping its truncated last line {number} (the run was "
+                          "probably killed while writing it)", stacklevel=2)
+    return rows
+
+
 def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """(config, rounds, summary) of a results directory; clear errors if it is not one."""
     run_dir = Path(run_dir)
@@ -93,8 +123,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
                                 "(no config.json)")
     config = json.loads((run_dir / "config.json").read_text())
     rounds_path = run_dir / "rounds.jsonl"
-    rounds = [json.loads(line) for line in rounds_path.read_text().splitlines() if line.strip()] \
-        if rounds_path.exists() else []
+    rounds = _rows(rounds_path) if rounds_path.exists() else []
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return config, rounds, summary

@@ -184,7 +184,7 @@ class RunSettings:
             "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
             "weight_decay": (lambda v: v >= 0, "must be >= 0"),
             "client_threads": (lambda v: v >= 1, "must be >= 1"),
-            "seed": (lambda v: v >= 0, "must be >= 0"),
+            "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
             "eval_every": (lambda v: v >= 1, "must be >= 1"),
             "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
             "local_test_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)"),
@@ -198,7 +198,8 @@ class RunSettings:
         check_choice("client-device", self.client_device, ("auto", "cpu", "cuda"))
         check_choice("model-init", self.model_init, ("default", "glorot"))
         check_choice("engine", self.engine, ("", "simulation", "deployment"))
-        check("/" not in self.run_name, "run-name", self.run_name, "must not contain '/'")
+        check("/" not in self.run_name and self.run_name not in (".", ".."), "run-name",
+              self.run_name, "must be a plain directory name (no '/', not '.' or '..')")
         parse_int_set("fail-partitions", self.fail_partitions)
 
     @classmethod

@@ -29,6 +29,8 @@ def run_cli(capsys, *argv):
     ("\"fedavg.dtype\"='int4'", "'fedavg.dtype' = 'int4' is invalid: must be one of fp32"),
     ("model='resnet50'", "unknown model 'resnet50'"),
     ("model='vgg16-gn'", "model 'vgg16-gn' cannot take input shape (1, 28, 28)"),
+    ("seed=99999999999999999999", "'seed' = 99999999999999999999 is invalid: must be in [0, 2^63)"),
+    ("run-name='..'", "'run-name' = '..' is invalid: must be a plain directory name"),
 ])
 def test_bad_run_config_is_one_error_line_with_exit_code_2(capsys, override, expected):
     code, err = run_cli(capsys, "simulate", "--clients", "2", "--run-config", override)
@@ -66,3 +68,27 @@ def test_node_without_partition_id_is_told_how_to_start(flower_task):
 def test_report_of_a_directory_that_is_not_a_run(capsys, tmp_path):
     code, err = run_cli(capsys, "report", str(tmp_path))
     assert code == 2 and "is not a fedsqueeze results directory" in err[0]
+
+
+def test_gpu_ids_that_are_not_integers_are_rejected_before_anything_starts(capsys):
+    code, err = run_cli(capsys, "deploy", "--clients", "2", "--gpus", "zz")
+    assert code == 2 and len(err) == 1 and "--gpus 'zz': GPU ids are non-negative" in err[0]
+
+
+def test_nan_is_written_as_null_and_a_truncated_last_line_is_skipped(tmp_path):
+    import json
+
+    from fedsqueeze.server.results import ROUND_KEYS, ResultsWriter, read_run
+
+    writer = ResultsWriter(tmp_path, {"run_config": {"method": "fedavg"}})
+    row = {key: 0 for key in ROUND_KEYS}
+    writer.write_round({**row, "round": 1, "loss": float("nan"),
+                        "per_client": {"0": {"train_loss": float("inf")}}})
+    writer.write_round({**row, "round": 2})
+    line = (tmp_path / "rounds.jsonl").read_text().splitlines()[0]
+    assert json.loads(line)["loss"] is None and "NaN" not in line and "Infinity" not in line
+    with open(tmp_path / "rounds.jsonl", "a") as f:
+        f.write('{"round": 3, "accu')  # what a run killed mid-write leaves
+    with pytest.warns(UserWarning, match="truncated last line 3"):
+        _, rounds, _ = read_run(tmp_path)
+    assert [r["round"] for r in rounds] == [1, 2]
