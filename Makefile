@@ -27,7 +27,7 @@ data:
 # FashionMNIST, Dirichlet(0.5) split, 5 rounds; prints the results table with wire bytes and
 # writes results/fedavg-demo/.
 demo: setup data
-	$(VENV)/bin/fedsqueeze deploy --clients 4 --quiet --run-name fedavg-demo \
+	$(VENV)/bin/fedsqueeze deploy --clients 4 --quiet --run-name fedavg-demo --overwrite \
 	  --run-config "num-server-rounds=5 partitioner='dirichlet' dirichlet-alpha=0.5"
 
 test: setup data

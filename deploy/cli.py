@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,8 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="parent of the run's directory")
     parser.add_argument("--run-name", help="directory name of this run (default: generated)")
     parser.add_argument("--quiet", action="store_true", help="do not echo Flower's logs")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing run of the same --run-name")
     _common(parser)
 
 
@@ -109,6 +112,11 @@ def prepare(args: argparse.Namespace) -> tuple[Path, dict, RunSettings]:
         raise ConfigError(f"--clients = {args.clients} is fewer than run-config min-nodes = "
                           f"{settings.min_nodes}")
     build_run_model(settings)
+    for key in sorted(parse_overrides(args.run_config)):
+        owner = key.split(".", 1)[0] if "." in key else None
+        if owner is not None and owner != settings.method:
+            print(f"fedsqueeze: warning: run-config '{key}' is a key of method {owner!r}; "
+                  f"method = {settings.method!r} ignores it", file=sys.stderr)
     return app_dir, run_config, settings
 
 
@@ -132,7 +140,13 @@ def launch_config(args: argparse.Namespace, settings: RunSettings, engine: str,
         f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
     overrides = {**parse_overrides(args.run_config), **(extra or {}),
                  "results-dir": str(results_parent), "run-name": run_name, "engine": engine}
-    return results_parent / run_name, overrides
+    run_dir = results_parent / run_name
+    if (run_dir / "config.json").exists():
+        if not args.overwrite:
+            raise ConfigError(f"{run_dir} holds a run already: choose another --run-name, or "
+                              "pass --overwrite to replace it")
+        shutil.rmtree(run_dir)  # a fresh directory: no rows or node logs of the old run mixed in
+    return run_dir, overrides
 
 
 def cmd_simulate(args: argparse.Namespace, console: Console) -> int:

@@ -92,3 +92,25 @@ def test_nan_is_written_as_null_and_a_truncated_last_line_is_skipped(tmp_path):
     with pytest.warns(UserWarning, match="truncated last line 3"):
         _, rounds, _ = read_run(tmp_path)
     assert [r["round"] for r in rounds] == [1, 2]
+
+
+def test_an_existing_run_name_is_refused_unless_overwrite(capsys, tmp_path):
+    run = tmp_path / "taken"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    code, err = run_cli(capsys, "simulate", "--clients", "2", "--results-dir", str(tmp_path),
+                        "--run-name", "taken", "--run-config", "num-server-rounds=1")
+    assert code == 2 and "holds a run already" in err[0] and "--overwrite" in err[0]
+    assert (run / "config.json").read_text() == "{}"  # nothing touched
+
+
+def test_a_key_of_another_method_gets_a_warning(capsys, monkeypatch):
+    import fedsqueeze.deploy.cli as cli
+
+    monkeypatch.setattr(cli, "launch_config", lambda *a, **k: (_ for _ in ()).throw(
+        cli.ConfigError("stop here")))
+    code, err = run_cli(capsys, "simulate", "--clients", "2", "--run-config",
+                        "\"fedsparsify.final-sparsity\"=0.5")
+    assert code == 2
+    assert any("'fedsparsify.final-sparsity' is a key of method 'fedsparsify'; method = "
+               "'fedavg' ignores it" in line for line in err)
