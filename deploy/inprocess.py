@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.common.serde import (
@@ -160,9 +160,6 @@ class Federation:
     def run(self, rounds: int) -> list[dict[str, Any]]:
         return [self.run_round() for _ in range(rounds)]
 
-    def global_arrays(self) -> ArrayRecord:
-        return self.arrays
-
     def state_of(self, partition_id: int) -> RecordDict:
         return self.grid.contexts[self.grid.node_of(partition_id)].state
 
@@ -170,6 +167,3 @@ class Federation:
         """Every client's state survives only in serialized form (new ClientApp processes)."""
         for context in self.grid.contexts.values():
             context.state = copy_recorddict(context.state)
-
-    def close(self) -> dict[str, Any]:
-        return self.runner.writer.finish("completed", 0.0)

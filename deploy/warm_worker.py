@@ -131,7 +131,6 @@ class ForkExecutor:
         self._certificates = validate_and_resolve_root_certificates
         self._entry = clientapp_entry()
         self.children: set[int] = set()
-        self.served = 0
 
     def get_eligible_capacity(self, supported_task_types, *, insecure=False,
                               root_certificates_path=None):
@@ -161,7 +160,6 @@ class ForkExecutor:
         if pid == 0:
             _run_child(work)
         self.children.add(pid)
-        self.served += 1
         if self._backoff is not None:
             self._backoff.reset()
         return self._results.accepted()

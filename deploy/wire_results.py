@@ -67,11 +67,10 @@ def _polls_by_window(meter: WireMeter, windows: list[tuple[float, float]], idle_
                     unparsed[i][d] += n
                 break
     estimated = any(u[d] for u in unparsed for d in DIRECTIONS)
-    if estimated:  # over TLS: what the node sends and gets while idle, for the window's length
-        share = {"up": 0.5, "down": 0.5}
+    if estimated:  # over TLS: the node's idle rate (both directions) for the window's length
         for poll, gone, (t0, t1) in zip(polls, unparsed, windows):
             for d in DIRECTIONS:
-                poll[d] += min(gone[d], int(idle_rate * share[d] * (t1 - t0)))
+                poll[d] += min(gone[d], int(idle_rate / 2 * (t1 - t0)))
     return polls, estimated
 
 

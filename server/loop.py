@@ -25,7 +25,7 @@ from fedsqueeze.strategies.sampling import ClientDirectory
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.tensors import from_arrayrecord
 
-from .metering import DOWN, UP, MeteredGrid, Traffic
+from .metering import DOWN, UP, MeteredGrid
 from .results import ResultsWriter, fmt_bytes
 
 
@@ -193,12 +193,7 @@ class RoundRunner:
         nonzeros, params = self.count_nonzeros(plain)
         directory = strategy.directory
         totals = self.grid.totals(phases)
-        traffic: dict[int, dict] = {}
-        for phase in phases:
-            for node_id, t in self.grid.traffic(phase).items():
-                merged = traffic.setdefault(node_id, {UP: Traffic(), DOWN: Traffic()})
-                for d in (UP, DOWN):
-                    merged[d].add_all(t[d])
+        traffic = self.grid.traffic(*phases)
         row: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,

@@ -38,15 +38,10 @@ class Traffic:
     message: int = 0
     messages: int = 0
 
-    def add(self, payload: int, message: int) -> None:
+    def add(self, payload: int, message: int, messages: int = 1) -> None:
         self.payload += payload
         self.message += message
-        self.messages += 1
-
-    def add_all(self, other: Traffic) -> None:
-        self.payload += other.payload
-        self.message += other.message
-        self.messages += other.messages
+        self.messages += messages
 
 
 def attributed(reply: Message, sent: Message | None) -> Message:
@@ -106,13 +101,15 @@ class MeteredGrid:
             time.sleep(self.poll_interval)
         return replies
 
-    def traffic(self, phase: str) -> dict[int, dict[str, Traffic]]:
-        """{node_id: {"up": Traffic, "down": Traffic}} of one phase."""
+    def traffic(self, *phases: str) -> dict[int, dict[str, Traffic]]:
+        """{node_id: {"up": Traffic, "down": Traffic}} summed over these phases."""
+        wanted = set(phases)
         result: dict[int, dict[str, Traffic]] = defaultdict(
             lambda: {UP: Traffic(), DOWN: Traffic()})
         for (p, direction, node_id), traffic in self._traffic.items():
-            if p == phase:
-                result[node_id][direction] = traffic
+            if p in wanted:
+                result[node_id][direction].add(traffic.payload, traffic.message,
+                                               traffic.messages)
         return dict(result)
 
     def totals(self, phases: Iterable[str] | None = None) -> dict[str, int]:

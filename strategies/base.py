@@ -259,12 +259,6 @@ class SqueezeStrategy(FedAvg):
         return Message(content, dst_node_id=node_id, message_type=message_type,
                        group_id=f"{server_round}:{exchange}")
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Flower's verb, for a single-exchange round: sample, begin, train messages."""
-        self.begin(server_round, from_arrayrecord(arrays))
-        return self.configure_exchange(TRAIN, server_round, self.sample(server_round))
-
     def aggregate_exchange(self, name: str, server_round: int, replies: Iterable[Message]
                            ) -> list[int]:
         """Decode an earlier exchange's replies, hand them to `combine_exchange`; returns the
