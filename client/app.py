@@ -74,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
     model = build_run_model(settings)
 
     if exchange == TRAIN:
-        model = side.receive(msg.content, context.state, model).to(device)
+        model = side.checked(side.receive(msg.content, context.state, model)).to(device)
         fit_started = time.monotonic()
         metrics = side.train(model, data, context.state, seed)
         fit_seconds = time.monotonic() - fit_started
@@ -111,7 +111,8 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     partition_id, _ = partition_identity(context.node_config, settings)
     side = _side(settings, context, msg)
     test = client_test_data(settings, context.node_config, device)
-    model = side.evaluation_model(msg.content, context.state, build_run_model(settings))
+    model = side.checked(side.evaluation_model(msg.content, context.state,
+                                               build_run_model(settings)))
     loss, accuracy = evaluate(model.to(device), test.x, test.y, settings.eval_batch_size)
     reply = RecordDict({
         METRICS_RECORD: MetricRecord({"accuracy": accuracy, "loss": loss,

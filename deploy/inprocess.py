@@ -66,10 +66,11 @@ class InProcessGrid(Grid):
             for p in range(clients)}
         self.silent: set[int] = set()  # node ids that never answer
         self.fail: set[int] = set()    # partition ids whose ClientApp raises
-        # rewrites each reply on its way to the server; returning None loses the reply
-        self.tamper: Callable[[Message], Message | None] | None = None
+        # rewrites each reply on its way to the server: None loses it, a list delivers
+        # several replies (duplicates, forgeries) for the one message
+        self.tamper: Callable[[Message], Message | list[Message] | None] | None = None
         self._ids = itertools.count(1)
-        self._replies: dict[str, Message] = {}
+        self._replies: dict[str, list[Message]] = {}
 
     @staticmethod
     def node_of(partition_id: int) -> int:
@@ -102,14 +103,16 @@ class InProcessGrid(Grid):
             if node_id in self.silent or node_id not in self.contexts:
                 continue
             reply = self._handle(self.contexts[node_id], _over_the_wire(message))
-            if self.tamper is not None:
-                reply = self.tamper(reply)
-            if reply is not None:
-                self._replies[message_id] = _over_the_wire(reply)
+            replies = [reply] if self.tamper is None else self.tamper(reply)
+            if isinstance(replies, Message):
+                replies = [replies]
+            if replies:
+                self._replies[message_id] = [_over_the_wire(r) for r in replies]
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+        return [reply for i in list(message_ids) if i in self._replies
+                for reply in self._replies.pop(i)]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> Iterable[Message]:

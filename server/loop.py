@@ -33,6 +33,37 @@ class RunFailure(RuntimeError):
     """The run cannot go on (too few replies, nodes missing, ...)."""
 
 
+def identify(grid: MeteredGrid, node_ids: list[int], timeout: float
+             ) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
+    """The identity query: {node_id: what it reported}, {node_id: why it did not}."""
+    queries = [Message(RecordDict({"config": ConfigRecord({"query": "identity"})}),
+                       dst_node_id=node_id, message_type=MessageType.QUERY)
+               for node_id in node_ids]
+    reported: dict[int, dict[str, Any]] = {}
+    errors: dict[int, str] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        node_id = reply.metadata.src_node_id
+        if reply.has_error():
+            errors[node_id] = f"could not start its ClientApp: {reply.error.reason}"
+            continue
+        try:
+            info = dict(reply.content.config_records[IDENTITY_RECORD])
+            info["partition-id"] = identity_of(reply.content)
+        except (KeyError, ValueError, TypeError) as err:
+            errors[node_id] = f"sent an undecodable identity: {err}"
+            continue
+        reported[node_id] = info
+    for node_id in node_ids:
+        if node_id not in reported and node_id not in errors:
+            errors[node_id] = f"did not answer the identity query within {timeout:.0f} s"
+    return reported, errors
+
+
+def _examples(info: dict[str, Any]) -> int | None:
+    value = info.get("num_examples")
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def discover_clients(grid: MeteredGrid, settings: RunSettings
                      ) -> tuple[ClientDirectory, dict[int, dict[str, Any]], tuple[float, float]]:
     """One small query exchange: every connected node reports its partition id.
@@ -50,41 +81,63 @@ def discover_clients(grid: MeteredGrid, settings: RunSettings
         log(INFO, "waiting for nodes: %d connected, min-nodes %d", len(node_ids),
             settings.min_nodes)
         time.sleep(0.5)
-    queries = [Message(RecordDict({"config": ConfigRecord({"query": "identity"})}),
-                       dst_node_id=node_id, message_type=MessageType.QUERY)
-               for node_id in node_ids]
-    replies = grid.send_and_receive(queries, timeout=settings.round_timeout)
-    mapping: dict[int, int] = {}
-    details: dict[int, dict[str, Any]] = {}
-    for reply in replies:
-        node_id = reply.metadata.src_node_id
-        if reply.has_error():
-            raise RunFailure(f"node {node_id} could not start its ClientApp: "
-                             f"{reply.error.reason}")
-        mapping[node_id] = identity_of(reply.content)
-        details[mapping[node_id]] = dict(reply.content.config_records[IDENTITY_RECORD])
-    missing = sorted(set(node_ids) - set(mapping))
-    if missing:
-        raise RunFailure(f"nodes {missing} did not answer the identity query within "
-                         f"{settings.round_timeout:.0f} s")
+    reported, errors = identify(grid, node_ids, settings.round_timeout)
+    if errors:
+        raise RunFailure("; ".join(f"node {n} {why}" for n, why in sorted(errors.items())))
+    mapping = {node_id: int(info["partition-id"]) for node_id, info in reported.items()}
+    details = {int(info.pop("partition-id")): info for info in reported.values()}
     for partition_id in sorted(details):
         info = details[partition_id]
         log(INFO, "client partition %d: device %s", partition_id, info.get("device", "?"))
-    return ClientDirectory(mapping), details, (started_unix, time.time())
+    directory = ClientDirectory(mapping, {p: e for p, info in details.items()
+                                          if (e := _examples(info)) is not None})
+    return directory, details, (started_unix, time.time())
+
+
+def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings
+                   ) -> list[int]:
+    """Identify nodes that connected since the last round (a restarted SuperNode has a new
+    node id and the same partition id) and bind their partitions to them; the strategy
+    forgets what it mirrored of a rejoined client (its `context.state` died with the old
+    SuperNode). Returns the partitions that rejoined or joined."""
+    directory = strategy.directory
+    assert directory is not None
+    new = sorted(n for n in grid.get_node_ids() if n not in directory)
+    if not new:
+        return []
+    reported, errors = identify(grid, new, min(settings.round_timeout, 60.0))
+    for node_id, why in sorted(errors.items()):
+        log(WARNING, "new node %d %s; it is left out", node_id, why)
+    joined = []
+    for node_id, info in sorted(reported.items()):
+        partition_id = int(info["partition-id"])
+        current = directory.node_of(partition_id) if partition_id in directory.partition_ids \
+            else None
+        if current is not None and current in set(grid.get_node_ids()):
+            log(WARNING, "new node %d reports partition-id %d, which online node %d holds; "
+                "it is left out", node_id, partition_id, current)
+            continue
+        if directory.add(node_id, partition_id, _examples(info)):
+            strategy.client_state_lost(partition_id)
+            log(INFO, "partition %d rejoined as node %d", partition_id, node_id)
+        else:
+            log(INFO, "partition %d joined as node %d", partition_id, node_id)
+        joined.append(partition_id)
+    return joined
 
 
 def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Message]
                    ) -> dict[str, dict[str, Any]]:
     """Bytes per client and direction, plus what each client reported about itself."""
     rows: dict[str, dict[str, Any]] = {
-        str(directory.partition_of(node_id)): {
+        str(directory.get(node_id)): {
             f"{layer}_{d}": getattr(t[d], layer)
             for layer in ("payload", "message") for d in (UP, DOWN)}
         for node_id, t in sorted(traffic.items())}
     for reply in replies:
         if reply.has_content() and METRICS_RECORD in reply.content.metric_records:
             metrics = reply.content.metric_records[METRICS_RECORD]
-            row = rows.setdefault(str(directory.partition_of(reply.metadata.src_node_id)), {})
+            row = rows.setdefault(str(directory.get(reply.metadata.src_node_id)), {})
             row.update({key.replace("-", "_"): value for key, value in metrics.items()})
     return rows
 
@@ -137,11 +190,14 @@ class RoundRunner:
         s, strategy = self.settings, self.strategy
         round_started = time.monotonic()
         started_unix = time.time()
+        rejoin_phase = phase_of("discovery", server_round)
+        self.grid.phase = rejoin_phase
+        rejoined = rejoin_clients(self.grid, strategy, s)
         node_ids = strategy.sample(server_round)
         sampled = list(node_ids)
         strategy.begin(server_round, from_arrayrecord(arrays))
         silent: list[Failure] = []
-        phases: list[str] = []
+        phases: list[str] = [rejoin_phase]
         all_replies: list[Message] = []
         new_arrays = train_metrics = None
         name = TRAIN
@@ -169,7 +225,8 @@ class RoundRunner:
             strategy.end(server_round)
         failures = list(strategy.failures) + silent
         if new_arrays is None:
-            ok = len(sent) - len([f for f in failures if f.exchange == name])
+            ok = len(sent) - len({f.node_id for f in failures
+                                  if f.exchange == name and f.node_id in sent})
             reason = (f"round {server_round}: {ok} of {len(sent)} replies succeeded in exchange "
                       f"{name!r}, min-nodes = {s.min_nodes}; failures: "
                       + "; ".join(f"node {f.node_id} ({f.exchange}): {f.reason}"
@@ -208,13 +265,14 @@ class RoundRunner:
             "started_unix": started_unix,  # wall-clock window: the launcher attributes
             "ended_unix": time.time(),     # wire bytes to rounds with it
             "clients": sorted(directory.partition_of(n) for n in sampled),
+            "rejoined": rejoined,
             "failed_replies": len(failures),
-            "failures": [{"partition_id": directory.partition_of(f.node_id),
+            "failures": [{"partition_id": directory.get(f.node_id),
                           "exchange": f.exchange, "reason": f.reason} for f in failures],
             "skipped": new_arrays is None,
             "train_loss": None if train_metrics is None else train_metrics.get("train-loss"),
             "per_client": per_client_row(directory, traffic, all_replies),
-            **({"exchanges": {p.split(":")[0]: self.grid.totals([p]) for p in phases}}
+            **({"exchanges": {p.split(":")[0]: self.grid.totals([p]) for p in phases[1:]}}
                if declared else {}),
             **strategy.round_metrics(server_round),
             **extra_accuracy,
@@ -259,8 +317,8 @@ class RoundRunner:
             row["seconds"], eta)
         directory = self.strategy.directory
         for f in failures:
-            log(ERROR, "round %d: partition %d failed (%s): %s", server_round,
-                directory.partition_of(f.node_id), f.exchange, f.reason)
+            log(ERROR, "round %d: partition %s failed (%s): %s", server_round,
+                directory.get(f.node_id), f.exchange, f.reason)
 
     def run(self, arrays: ArrayRecord, first_round: int = 1) -> ArrayRecord:
         """Run rounds `first_round`..`num-server-rounds`; return the final global arrays."""

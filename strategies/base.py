@@ -5,6 +5,7 @@ signatures match these classes)."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from logging import WARNING
 from typing import Any, ClassVar
@@ -77,6 +78,10 @@ class Method:
         return to_run_config(self.config, prefix=self.name)
 
 
+class DownlinkRejected(ValueError):
+    """The server's model is non-finite or absurd: training from it would poison the client."""
+
+
 class ClientSide:
     """The hooks the generic ClientApp calls (see the module docstring). The defaults carry
     the whole model with the method's `model_codec` and train with local SGD."""
@@ -93,6 +98,15 @@ class ClientSide:
         """Decode the server's train message into `model` (in place) and return it."""
         load_arrays(model, self.model_codec.decode(content, travelling_keys(model),
                                                    expected_shapes(model)))
+        return model
+
+    def checked(self, model: nn.Module) -> nn.Module:
+        """`model` if the server's model it holds is sane (finite, |w| <= max-abs-value), else
+        DownlinkRejected. The ClientApp checks what `receive` and `evaluation_model` return;
+        an exchange that decodes a model calls it itself."""
+        problem = absurd_values(model_arrays(model), self.settings.max_abs_value)
+        if problem:
+            raise DownlinkRejected(f"downlink rejected: {problem}")
         return model
 
     def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
@@ -157,6 +171,7 @@ class SqueezeStrategy(FedAvg):
         self.directory: ClientDirectory | None = None
         self.failures: list[Failure] = []
         self.round_arrays: Arrays = model_arrays(model)
+        self._sent: dict[str, set[int]] = {}  # exchange -> node ids its messages went to
 
     # -- hooks a method overrides -----------------------------------------------------------
     def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
@@ -218,6 +233,11 @@ class SqueezeStrategy(FedAvg):
     def import_state(self, state: ServerState) -> None:
         """Restore what `export_state` wrote (into a freshly built strategy)."""
 
+    def client_state_lost(self, partition_id: int) -> None:
+        """This client's `context.state` is gone (its SuperNode restarted under a new node id,
+        or the run was resumed): forget what the server mirrors of it, so that its next
+        message is a full transfer (a resync). Default: the method keeps no client mirror."""
+
     # -- the verbs the round loop calls -----------------------------------------------------
     def sample(self, server_round: int) -> list[int]:
         """Node ids of round t's clients (seeded by (seed, t), partition-id order)."""
@@ -228,6 +248,7 @@ class SqueezeStrategy(FedAvg):
 
     def begin(self, server_round: int, arrays: Arrays) -> None:
         self.failures = []
+        self._sent = {}
         self.round_arrays = arrays
         self.begin_round(server_round, arrays)
 
@@ -240,6 +261,8 @@ class SqueezeStrategy(FedAvg):
     def configure_exchange(self, name: str, server_round: int, node_ids: Iterable[int]
                            ) -> list[Message]:
         """The messages of one exchange, each with the round's config attached."""
+        node_ids = list(node_ids)
+        self._sent[name] = set(node_ids)
         messages = []
         for node_id in node_ids:
             if name == TRAIN:
@@ -265,14 +288,17 @@ class SqueezeStrategy(FedAvg):
         node ids that answered well (partition-id order)."""
         decoded: dict[int, Any] = {}
         nodes: dict[int, int] = {}
-        for reply, partition_id in self._good_replies(name, replies):
+        for reply, partition_id in self._good_replies(name, server_round, replies):
             node_id = reply.metadata.src_node_id
             try:
-                decoded[partition_id] = self.decode_exchange(name, server_round, node_id,
-                                                             reply.content)
+                value = self.decode_exchange(name, server_round, node_id, reply.content)
             except (CodecError, KeyError, ValueError) as err:
                 self._fail(node_id, name, f"undecodable reply: {err}")
                 continue
+            if not all_finite(value):
+                self._fail(node_id, name, "rejected: non-finite values")
+                continue
+            decoded[partition_id] = value
             nodes[partition_id] = node_id
         if len(decoded) >= self.settings.min_nodes:
             self.combine_exchange(name, server_round, dict(sorted(decoded.items())))
@@ -280,21 +306,63 @@ class SqueezeStrategy(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode every good reply, reject absurd models, example counts other than the
+        node's and metric keys other than the round's majority; aggregate the rest."""
         decoded: list[tuple[int, Message]] = []
-        for reply, partition_id in self._good_replies(TRAIN, replies):
+        for reply, partition_id in self._good_replies(TRAIN, server_round, replies):
             node_id = reply.metadata.src_node_id
             try:
-                arrays = to_arrayrecord(self.decode_up(server_round, node_id, reply.content))
+                arrays = self.decode_up(server_round, node_id, reply.content)
                 metrics = reply.content.metric_records[METRICS_RECORD]
             except (CodecError, KeyError, ValueError) as err:
                 self._fail(node_id, TRAIN, f"undecodable reply: {err}")
                 continue
-            content = RecordDict({"arrays": arrays, METRICS_RECORD: metrics})
+            problem = (absurd_values(arrays, self.settings.max_abs_value)
+                       or self._wrong_example_count(partition_id, metrics))
+            if problem:
+                self._fail(node_id, TRAIN, f"rejected: {problem}")
+                self.client_state_lost(partition_id)  # a mirror must not keep what was refused
+                continue
+            content = RecordDict({"arrays": to_arrayrecord(arrays), METRICS_RECORD: metrics})
             decoded.append((partition_id, Message(content=content, metadata=reply.metadata)))
+        decoded = self._same_metric_keys(decoded)
         if len(decoded) < self.settings.min_nodes:
             return None, None
         decoded.sort(key=lambda item: item[0])  # a fixed summation order
         return self.aggregate_decoded(server_round, [message for _, message in decoded])
+
+    def _wrong_example_count(self, partition_id: int, metrics: MetricRecord) -> str | None:
+        """Why a reply's num-examples cannot be its weight (None when it can): it must be the
+        count the node reported at discovery (a client cannot weight itself up)."""
+        value = metrics.get("num-examples")
+        expected = None if self.directory is None else self.directory.examples_of(partition_id)
+        if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 1:
+            return f"num-examples = {value!r} must be a positive count"
+        if expected is not None and value != expected:
+            return (f"num-examples = {value!r} differs from the {expected} examples the node "
+                    "reported at discovery")
+        return None
+
+    def _same_metric_keys(self, decoded: list[tuple[int, Message]]
+                          ) -> list[tuple[int, Message]]:
+        """Keep the replies whose metric keys are the most common key set of the round (ties:
+        the set of the lowest partition id); Flower's aggregation needs one key set."""
+        if not decoded:
+            return decoded
+        keys = {p: frozenset(m.content.metric_records[METRICS_RECORD]) for p, m in decoded}
+        counts = Counter(keys.values())
+        majority = max(counts, key=lambda k: (counts[k], -min(p for p in keys if keys[p] == k)))
+        kept = []
+        for partition_id, message in decoded:
+            if keys[partition_id] == majority:
+                kept.append((partition_id, message))
+                continue
+            extra, missing = sorted(keys[partition_id] - majority), sorted(majority - keys[
+                partition_id])
+            self._fail(message.metadata.src_node_id, TRAIN,
+                       f"rejected: metric keys differ from the round's (extra {extra}, "
+                       f"missing {missing})")
+        return kept
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -303,6 +371,7 @@ class SqueezeStrategy(FedAvg):
         plain = from_arrayrecord(arrays)
         wanted = self.settings.local_eval_clients or len(self.directory)
         node_ids = self.directory.choose(server_round, wanted, self.settings.seed, 1)
+        self._sent[EVALUATE] = set(node_ids)
         return [self._message(self.encode_evaluate(server_round, node_id, plain), EVALUATE,
                               server_round, node_id, MessageType.EVALUATE)
                 for node_id in node_ids]
@@ -311,12 +380,16 @@ class SqueezeStrategy(FedAvg):
                            ) -> MetricRecord | None:
         """`accuracy_local` (mean over clients), `accuracy_local_min`, `loss_local`."""
         accuracies, losses = [], []
-        for reply, _ in self._good_replies(EVALUATE, replies):
+        for reply, _ in self._good_replies(EVALUATE, server_round, replies):
             try:
                 metrics = reply.content.metric_records[METRICS_RECORD]
                 accuracy, loss = float(metrics["accuracy"]), float(metrics["loss"])
             except (KeyError, ValueError, TypeError) as err:
                 self._fail(reply.metadata.src_node_id, EVALUATE, f"bad metrics: {err}")
+                continue
+            if not (0 <= accuracy <= 1 and np.isfinite(loss)):
+                self._fail(reply.metadata.src_node_id, EVALUATE,
+                           f"rejected: accuracy {accuracy!r} or loss {loss!r} out of range")
                 continue
             accuracies.append(accuracy)
             losses.append(loss)
@@ -327,23 +400,77 @@ class SqueezeStrategy(FedAvg):
                              "loss_local": float(np.mean(losses)),
                              "local_evaluations": len(accuracies)})
 
-    def _good_replies(self, exchange: str, replies: Iterable[Message]
+    def _good_replies(self, exchange: str, server_round: int, replies: Iterable[Message]
                       ) -> Iterable[tuple[Message, int]]:
+        """The replies that may count, with their partition ids. Rejected (counted once per
+        node, with the reason): error replies; replies from a node this exchange was not sent
+        to; several replies of one node; replies of another round or exchange; a partition id
+        that is not the node's."""
+        replies = list(replies)
+        expected = self._sent.get(exchange, set())
+        group = f"{server_round}:{exchange}"
+        per_node = Counter(reply.metadata.src_node_id for reply in replies)
+        rejected: set[int] = set()
         for reply in replies:
             node_id = reply.metadata.src_node_id
-            if reply.has_error():
-                self._fail(node_id, exchange, f"client error: {reply.error.reason}")
+            if node_id in rejected:
                 continue
-            try:
-                partition_id = identity_of(reply.content)
-            except (CodecError, KeyError, ValueError) as err:
-                self._fail(node_id, exchange, f"undecodable reply: {err}")
+            problem = None
+            if node_id not in expected:
+                problem = "a reply from a node this exchange was not sent to"
+            elif per_node[node_id] > 1:
+                problem = f"{per_node[node_id]} replies to one message"
+            elif reply.has_error():
+                problem = f"client error: {reply.error.reason}"
+            elif reply.metadata.group_id != group:
+                problem = f"a reply to {reply.metadata.group_id!r}, not to {group!r}"
+            if problem is None:
+                try:
+                    partition_id = identity_of(reply.content)
+                except (CodecError, KeyError, ValueError) as err:
+                    problem = f"undecodable reply: {err}"
+                else:
+                    own = None if self.directory is None else self.directory.get(node_id)
+                    if own is not None and partition_id != own:
+                        problem = (f"reports partition-id {partition_id}, but the node holds "
+                                   f"partition {own}")
+            if problem is not None:
+                rejected.add(node_id)
+                self._fail(node_id, exchange, problem)
                 continue
             yield reply, partition_id
 
     def _fail(self, node_id: int, exchange: str, reason: str) -> None:
         log(WARNING, "node %d (%s): %s", node_id, exchange, reason)
         self.failures.append(Failure(node_id, exchange, reason))
+
+
+def absurd_values(arrays: Arrays, bound: float) -> str | None:
+    """Why a decoded model cannot be aggregated (None when it can): non-finite entries, or
+    |w| above `bound` (0 = no bound); a value like 1e38 is finite but breaks every client
+    that trains from the average."""
+    for key, value in arrays.items():
+        value = np.asarray(value)
+        finite = np.isfinite(value)
+        if not finite.all():
+            return f"{int(value.size - finite.sum())} non-finite values in {key!r}"
+        if bound and value.size and float(np.abs(value).max()) > bound:
+            return (f"max |w| = {float(np.abs(value).max()):.3g} in {key!r} exceeds "
+                    f"max-abs-value = {bound:g}")
+    return None
+
+
+def all_finite(value: Any) -> bool:
+    """Whether every number in a decoded exchange value (numbers, arrays, lists, dicts) is
+    finite."""
+    if isinstance(value, Mapping):
+        return all(all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(all_finite(v) for v in value)
+    if isinstance(value, (np.ndarray, float, int, np.number)) and not isinstance(value, bool):
+        array = np.asarray(value)
+        return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+    return True
 
 
 Method.Strategy = SqueezeStrategy

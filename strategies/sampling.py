@@ -12,9 +12,15 @@ import numpy as np
 
 
 class ClientDirectory:
-    """Bidirectional node-id <-> partition-id map of the connected clients."""
+    """Node-id <-> partition-id map of the clients, with the example count each reported.
 
-    def __init__(self, partition_of_node: dict[int, int]) -> None:
+    A restarted SuperNode comes back under a new node id with the same partition id: `add`
+    rebinds the partition to it; the old node id still names its partition (for the rows of
+    rounds it failed in) but is no longer the partition's node.
+    """
+
+    def __init__(self, partition_of_node: dict[int, int],
+                 examples: dict[int, int] | None = None) -> None:
         partitions = list(partition_of_node.values())
         duplicates = sorted({p for p in partitions if partitions.count(p) > 1})
         if duplicates:
@@ -22,15 +28,38 @@ class ClientDirectory:
                              "each SuperNode needs its own partition-id")
         self._partition_of_node = dict(partition_of_node)
         self._node_of_partition = {p: n for n, p in partition_of_node.items()}
+        self._examples = dict(examples or {})
 
     def __len__(self) -> int:
-        return len(self._partition_of_node)
+        return len(self._node_of_partition)
+
+    def __contains__(self, node_id: int) -> bool:
+        """Whether `node_id` is the current node of its partition."""
+        partition = self._partition_of_node.get(node_id)
+        return partition is not None and self._node_of_partition[partition] == node_id
 
     def partition_of(self, node_id: int) -> int:
         return self._partition_of_node[node_id]
 
+    def get(self, node_id: int) -> int | None:
+        """The partition of a node id (also of a former node of it), None if unknown."""
+        return self._partition_of_node.get(node_id)
+
     def node_of(self, partition_id: int) -> int:
         return self._node_of_partition[partition_id]
+
+    def examples_of(self, partition_id: int) -> int | None:
+        """The training examples the partition's node reported at discovery."""
+        return self._examples.get(partition_id)
+
+    def add(self, node_id: int, partition_id: int, examples: int | None = None) -> bool:
+        """Bind a partition to a (new) node; True when it replaces another node (a rejoin)."""
+        previous = self._node_of_partition.get(partition_id)
+        self._partition_of_node[node_id] = partition_id
+        self._node_of_partition[partition_id] = node_id
+        if examples is not None:
+            self._examples[partition_id] = examples
+        return previous is not None and previous != node_id
 
     @property
     def partition_ids(self) -> list[int]:

@@ -165,6 +165,9 @@ class RunSettings:
     results_dir: str = ""
     engine: str = ""
     fail_partitions: str = ""
+    max_abs_value: float = 1e4
+    checkpoint_every: int = 0
+    resume: bool = False
 
     def __post_init__(self) -> None:
         check_all(self, {
@@ -190,6 +193,8 @@ class RunSettings:
             "local_test_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)"),
             "local_eval_every": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
             "local_eval_clients": (lambda v: v >= 0, "must be >= 0 (0 = every client)"),
+            "max_abs_value": (lambda v: v >= 0, "must be >= 0 (0 = no bound)"),
+            "checkpoint_every": (lambda v: v >= 0, "must be >= 0 (0 = no checkpoints)"),
         })
         check(self.local_eval_every == 0 or self.local_test_fraction > 0, "local-eval-every",
               self.local_eval_every, "needs local-test-fraction > 0 (each client's local "

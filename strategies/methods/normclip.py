@@ -89,7 +89,7 @@ class NormClipStrategy(SqueezeStrategy):
 class NormClipClient(ClientSide):
     def exchange(self, name: str, content: RecordDict, state: RecordDict, model: nn.Module,
                  data: ClientData, seed: int) -> RecordDict:
-        model = ClientSide.receive(self, content, state, model)
+        model = self.checked(ClientSide.receive(self, content, state, model))
         received = flatten(list(model_arrays(model).values()))
         loss = ClientSide.train(self, model, data, state, seed)["train-loss"]
         local = flatten(list(model_arrays(model.cpu()).values()))
