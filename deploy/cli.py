@@ -27,6 +27,7 @@ from fedsqueeze.data import (
     plot_histogram,
 )
 from fedsqueeze.models import ModelError
+from fedsqueeze.server.checkpoint import latest_checkpoint
 from fedsqueeze.server.report import report
 from fedsqueeze.server.results import fmt_bytes
 from fedsqueeze.strategies.run_model import build_run_model
@@ -34,12 +35,13 @@ from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
 from .config_check import checked_run_config, find_app_dir, parse_overrides
 from .deployment import DeployOptions, deploy
+from .faults import FaultError, parse_kills
 from .flower import stop_local_superlink
 from .launch import LaunchResult
 from .processes import sigterm_as_interrupt
 from .simulate import simulate
 
-USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError, FaultError)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +57,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="do not echo Flower's logs")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing run of the same --run-name")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                        help="continue this run directory from its last checkpoint (run-config "
+                        "checkpoint-every), with its run config (--run-config may change keys)")
     _common(parser)
 
 
@@ -79,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--tls", action="store_true", help="TLS with a throwaway CA")
     dep.add_argument("--stock-latency", action="store_true",
                      help="keep Flower's own waits and polls (to measure what ours save)")
+    dep.add_argument("--kill", action="append", metavar="ROUND:PARTITION[,PARTITION...]",
+                     help="fault injection: SIGKILL these SuperNodes in that round, once they "
+                     "hold its message (repeatable)")
+    dep.add_argument("--restart-after", type=float, metavar="SECONDS",
+                     help="start every killed SuperNode again after this many seconds "
+                     "(default: they stay dead)")
     dep.add_argument("--executor", choices=("warm", "stock"), default="warm",
                      help="warm (default): one worker forks a ClientApp per message from "
                      "warm imports; stock: Flower starts a new interpreter per message")
@@ -101,10 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resumed_config(run_dir: Path) -> dict:
+    """The run config a run directory was started with, to continue it (`--resume`)."""
+    if not (run_dir / "config.json").is_file():
+        raise ConfigError(f"--resume {run_dir}: not a fedsqueeze run directory (no config.json)")
+    if latest_checkpoint(run_dir) is None:
+        raise ConfigError(f"--resume {run_dir}: it has no checkpoint (it ran with run-config "
+                          "checkpoint-every = 0, or stopped before the first checkpoint round)")
+    stored = json.loads((run_dir / "config.json").read_text())["run_config"]
+    launcher_keys = ("results-dir", "run-name", "engine", "resume")
+    return {**{k: v for k, v in stored.items() if k not in launcher_keys}, "resume": True}
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    resumed = resumed_config(args.resume.resolve()) if getattr(args, "resume", None) else {}
+    return {**resumed, **parse_overrides(args.run_config)}
+
+
 def prepare(args: argparse.Namespace) -> tuple[Path, dict, RunSettings]:
     """Check keys and values, dataset, model and partition before any process starts."""
     app_dir = find_app_dir(args.app)
-    run_config = checked_run_config(app_dir, parse_overrides(args.run_config))
+    run_config = checked_run_config(app_dir, _overrides(args))
     settings = RunSettings.from_run_config(run_config)
     if args.clients < 1:
         raise ConfigError(f"--clients = {args.clients} is invalid: must be >= 1")
@@ -134,14 +162,18 @@ def launch_config(args: argparse.Namespace, settings: RunSettings, engine: str,
                   extra: dict | None = None) -> tuple[Path, dict]:
     """The run's directory and the overrides the launcher submits."""
     client_partitions(settings, args.clients)  # bad partition settings fail here, not later
-    results_parent = Path(args.results_dir).resolve()
-    run_name = args.run_name or settings.run_name or (
-        f"{settings.method}-{engine}-{settings.dataset}-{settings.model}-"
-        f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
-    overrides = {**parse_overrides(args.run_config), **(extra or {}),
+    if args.resume:
+        run_dir = args.resume.resolve()
+        results_parent, run_name = run_dir.parent, run_dir.name
+    else:
+        results_parent = Path(args.results_dir).resolve()
+        run_name = args.run_name or settings.run_name or (
+            f"{settings.method}-{engine}-{settings.dataset}-{settings.model}-"
+            f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+        run_dir = results_parent / run_name
+    overrides = {**_overrides(args), **(extra or {}),
                  "results-dir": str(results_parent), "run-name": run_name, "engine": engine}
-    run_dir = results_parent / run_name
-    if (run_dir / "config.json").exists():
+    if (run_dir / "config.json").exists() and not args.resume:
         if not args.overwrite:
             raise ConfigError(f"{run_dir} holds a run already: choose another --run-name, or "
                               "pass --overwrite to replace it")
@@ -167,6 +199,10 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     if bad:
         raise ConfigError(f"--gpus {args.gpus!r}: GPU ids are non-negative integers "
                           f"(CUDA_VISIBLE_DEVICES), got {', '.join(bad)}")
+    kills = parse_kills(args.kill, args.clients)
+    if args.restart_after is not None and (args.restart_after < 0 or not kills):
+        raise ConfigError(f"--restart-after {args.restart_after}: needs --kill and a "
+                          "non-negative number of seconds")
     extra = {"server-poll-interval": 3.0} if args.stock_latency else {}
     run_dir, overrides = launch_config(args, settings, "deployment", extra)
     console.print(f"deployment: SuperLink + {args.clients} SuperNodes over gRPC on 127.0.0.1"
@@ -175,7 +211,8 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
                   f"{settings.num_server_rounds} rounds -> {run_dir}")
     options = DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls,
                             tuned_latency=not args.stock_latency, executor=args.executor,
-                            echo=not args.quiet)
+                            echo=not args.quiet, kills=tuple(kills),
+                            restart_after=args.restart_after)
     result = deploy(app_dir, overrides, run_dir, options)
     if result.wire:
         explain_wire(result, console)

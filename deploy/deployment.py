@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .faults import FaultInjector, Kill
 from .flower import flower_command, flower_env, free_port, start_superlink
-from .launch import LaunchResult, run_app
+from .launch import LaunchResult, launch_dir, run_app, settle_status
 from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
 from .tls import make_certificates
 from .wire_meter import WireMeter
@@ -47,15 +48,20 @@ class DeployOptions:
     tuned_latency: bool = True   # False: Flower's own waits everywhere (--stock-latency)
     executor: str = "warm"       # warm: one forking worker; stock: a process per message
     echo: bool = True
+    kills: tuple[Kill, ...] = ()         # fault injection: SIGKILL these SuperNodes mid-round
+    restart_after: float | None = None   # ... and start them again after this many seconds
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ValueError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> dict[str, object]:
         """What config.json records about how the deployment ran."""
         return {"executor": self.executor,
-                "latency": "tuned" if self.tuned_latency else "stock"}
+                "latency": "tuned" if self.tuned_latency else "stock",
+                **({"kills": [f"{k.round}:{','.join(map(str, k.partitions))}"
+                              for k in self.kills],
+                    "restart_after": self.restart_after} if self.kills else {})}
 
 
 @dataclass
@@ -63,6 +69,7 @@ class SuperNode:
     started: Started
     runtime_address: str   # its ClientApp (runtime) API
     gpus: str | None
+    relay_port: int        # its wire meter, in front of the SuperLink's Fleet API
 
 
 def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
@@ -83,14 +90,16 @@ def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
     else:
         command = [flower_command("flower-supernode"), *flower_args]
     started = group.start(f"supernode-{index}", command, node_env)
-    return SuperNode(started, f"127.0.0.1:{runtime_port}", gpus)
+    return SuperNode(started, f"127.0.0.1:{runtime_port}", gpus, relay_port)
 
 
 def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[SuperNode],
-                       options: DeployOptions) -> Started:
-    """One worker for every SuperNode of this host (they share its imported pages)."""
+                       options: DeployOptions, slot_dir: Path, name: str = "warm-worker"
+                       ) -> Started:
+    """One worker for every SuperNode of this host (they share its imported pages); the
+    workers of one launch share the --max-running slots."""
     command = [sys.executable, "-m", "fedsqueeze.deploy.warm_worker", "--insecure",
-               "--poll-cap", str(poll_cap(options.clients))]
+               "--poll-cap", str(poll_cap(options.clients)), "--slot-dir", str(slot_dir)]
     if not options.tuned_latency:
         command.append("--stock-latency")
     for node in nodes:
@@ -99,7 +108,7 @@ def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[Sup
     worker_env = dict(env)
     if options.tuned_latency:
         worker_env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = WARM_SUPEREXEC_POLL
-    return group.start("warm-worker", command, worker_env)
+    return group.start(name, command, worker_env)
 
 
 def _registered(node: SuperNode) -> bool:
@@ -110,22 +119,47 @@ def _registered(node: SuperNode) -> bool:
     return "SuperNode ID" in started.log_path.read_text(errors="replace")
 
 
-def record_deployment(results_dir: Path, options: DeployOptions) -> None:
-    """config.json says which executor and which waits ran."""
+def record_deployment(results_dir: Path, options: DeployOptions,
+                      faults: FaultInjector | None = None) -> None:
+    """config.json says which executor and which waits ran (and what faults were injected)."""
     path = results_dir / "config.json"
     if path.is_file():
         config = json.loads(path.read_text())
         config["deployment"] = {**options.describe(), "supernodes": options.clients,
-                                "tls": options.tls, "gpus": list(options.gpus)}
+                                "tls": options.tls, "gpus": list(options.gpus),
+                                **({"fault_events": faults.events,
+                                    "fault_errors": faults.errors} if faults else {})}
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)
 
 
+def _fault_injector(group: ProcessGroup, env: dict[str, str], nodes: list[SuperNode],
+                    options: DeployOptions, security: list[str], work: Path, results_dir: Path
+                    ) -> FaultInjector:
+    restarts = {"n": 0}
+
+    def restart(partition: int) -> None:
+        node = _start_supernode(group, env, partition, options, nodes[partition].relay_port,
+                                security)
+        if options.executor == "warm":
+            restarts["n"] += 1
+            _start_warm_worker(group, env, [node], options, work / "slots",
+                               name=f"warm-worker-restart-{restarts['n']}")
+        nodes[partition] = node
+
+    return FaultInjector(list(options.kills), options.restart_after,
+                         results_dir / "rounds.jsonl", lambda p: nodes[p].started, restart)
+
+
 def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
            options: DeployOptions) -> LaunchResult:
-    """Run one deployment to its end; `run_config` must carry `results-dir` and `run-name`."""
-    work = Path(tempfile.mkdtemp(prefix="fedsqueeze-deploy-"))
+    """Run one deployment to its end; `run_config` must carry `results-dir` and `run-name`.
+
+    However it ends (also by Ctrl-C or SIGTERM), every process is stopped, summary.json says
+    how it ended and the finished rounds get their wire bytes."""
+    launched = time.time()
+    work = launch_dir(results_dir)
     logs = results_dir / "logs"
     env = flower_env(work / "flwr-home")
     if options.tuned_latency:
@@ -134,6 +168,9 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     meters: list[WireMeter] = []
     status: dict = {}
     run_id = 0
+    link = None
+    faults: FaultInjector | None = None
+    failure: BaseException | None = None
     try:
         with sigterm_as_interrupt():
             tls = make_certificates(work / "tls") if options.tls else None
@@ -148,17 +185,36 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
                 meters.append(meter)
                 nodes.append(_start_supernode(group, env, index, options, meter.start(), security))
             if options.executor == "warm":
-                _start_warm_worker(group, env, nodes, options)
+                _start_warm_worker(group, env, nodes, options, work / "slots")
             wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
                        what="every SuperNode to register with the SuperLink")
-            run_id, status = run_app(group, env, link, app_dir, run_config, logs, options.echo)
+            if options.kills:
+                faults = _fault_injector(group, env, nodes, options, security, work,
+                                         results_dir)
+                faults.start()
+            try:
+                run_id, status = run_app(group, env, link, app_dir, run_config, logs,
+                                         options.echo)
+            except RuntimeError as err:  # flwr cannot reach a SuperLink that died
+                if link.started.process.poll() is None:
+                    raise
+                status = {"status": "finished:server-lost",
+                          "status-details": f"the SuperLink exited with code "
+                                            f"{link.started.process.poll()}: {err}"}
+    except BaseException as err:
+        failure = err
+        raise
     finally:
+        superlink_exit = None if link is None else link.started.process.poll()
+        if faults is not None:
+            faults.stop()
         leftover = group.stop_all()
         for meter in meters:
             meter.stop()
         if not leftover:  # a process that would not stop may still use its Flower home
             shutil.rmtree(work, ignore_errors=True)
-    record_deployment(results_dir, options)
-    wire = add_wire_bytes(results_dir, meters, status) \
-        if (results_dir / "rounds.jsonl").exists() else {}
+        settle_status(results_dir, status, failure, superlink_exit)
+        record_deployment(results_dir, options, faults)
+        wire = add_wire_bytes(results_dir, meters, status, since=launched) \
+            if (results_dir / "rounds.jsonl").exists() else {}
     return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)

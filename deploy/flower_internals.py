@@ -13,6 +13,11 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
 * `flwr.supercore.inflatable.inflatable_utils.pull_objects` and
   `pull_and_inflate_object_from_tree`: the default `initial_backoff` (1 s, doubling) and
   `backoff_cap` (10 s) of object pulls, bound at import, so the functions' defaults change;
+* `flwr.client.grpc_rere_client.connection.HEARTBEAT_DEFAULT_INTERVAL` and
+  `flwr.supercore.heartbeat.HEARTBEAT_DEFAULT_INTERVAL` (30 s, bound at import): the interval
+  a SuperNode announces and keeps; the SuperLink declares a node dead after twice that, and
+  only then answers for its messages, so a killed SuperNode costs its round 60 s with
+  Flower's value and 20 s with ours (10 s, the least the SuperLink accepts);
 * `flwr.supercore.superexec.run_superexec.get_executor`: the executor SuperExec launches
   tasks with (the warm worker's fork executor instead of a subprocess per task);
 * `flwr.supernode.runtime.run_clientapp.run_clientapp`: Flower's own ClientApp entry, which a
@@ -43,6 +48,8 @@ INFLATABLE = "flwr.supercore.inflatable.inflatable_utils"
 PULL_FUNCTIONS = ("pull_objects", "pull_and_inflate_object_from_tree")
 SUPEREXEC = "flwr.supercore.superexec.run_superexec"
 CLIENTAPP_ENTRY = "flwr.supernode.runtime.run_clientapp"
+HEARTBEAT_MODULES = ("flwr.client.grpc_rere_client.connection", "flwr.supercore.heartbeat")
+HEARTBEAT_CONSTANT = "HEARTBEAT_DEFAULT_INTERVAL"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
 
 
@@ -59,6 +66,7 @@ class Waits:
     reply_wait: float = 0.02     # SuperNode: while the ClientApp computes (Flower: 0.5)
     pull_backoff: float = 0.01   # object pulls: first retry delay (Flower: 1, doubling)
     pull_backoff_cap: float = 0.2  # object pulls: largest retry delay (Flower: 10)
+    heartbeat_interval: float = 10.0  # SuperNode heartbeats (Flower: 30; SuperLink's least: 10)
 
 
 class IdleBackoff:
@@ -148,6 +156,18 @@ def patch_pull_backoff(waits: Waits) -> None:
                                    "backoff_cap": waits.pull_backoff_cap}
 
 
+def patch_heartbeat(waits: Waits) -> None:
+    least = _attribute(_module("flwr.common.constant"), "HEARTBEAT_MIN_INTERVAL")
+    if waits.heartbeat_interval < least:
+        raise FlowerInternalsError(f"heartbeat interval {waits.heartbeat_interval} s is below "
+                                   f"the {least} s the SuperLink accepts")
+    modules = [_module(name) for name in HEARTBEAT_MODULES]
+    for module in modules:
+        _attribute(module, HEARTBEAT_CONSTANT)
+    for module in modules:
+        setattr(module, HEARTBEAT_CONSTANT, waits.heartbeat_interval)
+
+
 def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False) -> bool:
     """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
     internal keeps Flower's stock waits and prints one warning line."""
@@ -155,6 +175,7 @@ def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False) -> boo
         check_version()
         if supernode:
             patch_supernode_waits(waits)
+            patch_heartbeat(waits)
         patch_pull_backoff(waits)
     except FlowerInternalsError as err:
         if not fallback:

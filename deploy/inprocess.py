@@ -144,7 +144,7 @@ class Federation:
         self.run_config = run_config
         self.grid = InProcessGrid(run_config, clients)
         self.runner, self.arrays = start_run(self.grid, run_config, run_id=1)
-        self.round = 0
+        self.round = self.runner.first_round - 1  # a resumed run continues after its checkpoint
 
     @property
     def strategy(self) -> SqueezeStrategy:

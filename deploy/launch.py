@@ -1,9 +1,14 @@
-"""What both launchers share: submit the app to a SuperLink, follow it, read its real status."""
+"""What both launchers share: their working directory, submitting the app to a SuperLink and
+following it, and the run's status on every way a launch can end."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fedsqueeze.server.results import close_run
 
 from .flower import SuperLink, run_status, stream_logs, submit_run, write_connection
 from .processes import ProcessGroup
@@ -32,3 +37,41 @@ def run_app(group: ProcessGroup, env: dict[str, str], link: SuperLink, app_dir: 
     run_id = submit_run(group, env, app_dir, run_config, federation_config)
     stream_logs(group, env, run_id, logs / "run.log", echo)
     return run_id, run_status(group, env, run_id)
+
+
+LAUNCH_DIR = ".launch"
+
+
+def launch_dir(results_dir: Path) -> Path:
+    """The launcher's working files (Flower's home, TLS keys) inside the run directory, so a
+    launcher killed with SIGKILL leaves nothing in /tmp; what such a launcher left is removed
+    here, by the next launch of the same run (a resume)."""
+    work = results_dir / LAUNCH_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def settle_status(results_dir: Path, flower_status: dict, failure: BaseException | None,
+                  superlink_exit: int | None) -> None:
+    """Make summary.json say how the run ended, whatever the ServerApp managed to write:
+    `interrupted` (the launcher was stopped), `server-lost` (the SuperLink died, or the
+    ServerApp ended without a summary), `failed` (the launch itself failed). A summary the
+    ServerApp finished is kept, except that a dead SuperLink overrides its `interrupted`."""
+    if not (results_dir / "config.json").is_file():
+        return  # the ServerApp never started a run
+    path = results_dir / "summary.json"
+    written = json.loads(path.read_text()) if path.is_file() else {}
+    server_status = written.get("status")
+    if superlink_exit is not None and server_status in (None, "interrupted"):
+        close_run(results_dir, "server-lost", f"the SuperLink exited with code {superlink_exit} "
+                  "while the run was going on")
+    elif isinstance(failure, KeyboardInterrupt) and server_status in (None, "interrupted"):
+        close_run(results_dir, "interrupted", "the launcher was stopped (Ctrl-C or SIGTERM)")
+    elif server_status is None:
+        if failure is not None:
+            close_run(results_dir, "failed", f"the launch failed: {failure}")
+        else:
+            close_run(results_dir, "server-lost", "the ServerApp ended without writing a "
+                      f"summary; Flower says: {flower_status.get('status', 'unknown')} "
+                      f"{flower_status.get('status-details', '')}".rstrip())

@@ -14,14 +14,15 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from fedsqueeze.server.signals import signals_raise
 
 LAUNCH_ID_VAR = "FEDSQUEEZE_LAUNCH_ID"
 
@@ -39,24 +40,12 @@ def die_with_parent() -> None:
 CHILD_SETUP = die_with_parent if sys.platform == "linux" else None
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:
     """SIGTERM raises KeyboardInterrupt while inside, so `finally` blocks stop what was
     started (Python's default SIGTERM exits at once; processes that are not direct children,
     like Flower's simulation process and its Ray workers, would outlive the launcher).
     A no-op outside the main thread, where signal handlers cannot be set."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signals_raise(signal.SIGTERM)
 
 
 @dataclass

@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-running", type=int, default=2 * (os.cpu_count() or 1),
                         help="ClientApps of this host running at once (default: 2 per core; "
                         "0 = no limit)")
+    parser.add_argument("--slot-dir", type=Path,
+                        help="directory of the --max-running lock files, shared by the workers "
+                        "of one launch (default: a temporary one of this worker)")
     parser.add_argument("--fallback", action="store_true",
                         help="if Flower's internals changed, warn and keep its stock waits")
     return parser
@@ -247,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     if waits is not None and not apply_waits(waits, supernode=False, fallback=args.fallback):
         waits = None
     _warm_imports()
-    slot_dir = Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))
+    slot_dir = args.slot_dir or Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))
+    slot_dir.mkdir(parents=True, exist_ok=True)
     slots = Slots(slot_dir, args.max_running) if args.max_running > 0 else None
     children: dict[int, Served] = {}
     stopping = False
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         served = children.pop(pid, None)
         if served is not None and not stopping:
             print(f"SuperExec for {served.address} ended (status {status})", flush=True)
-    shutil.rmtree(slot_dir, ignore_errors=True)
+    if args.slot_dir is None:
+        shutil.rmtree(slot_dir, ignore_errors=True)
     print(_status(children), flush=True)
     return 0
 

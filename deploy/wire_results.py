@@ -83,10 +83,14 @@ def _idle_rate(meter: WireMeter, windows: list[tuple[float, float]], idle_bytes:
     return idle_bytes / span if span > 0 else 0.0
 
 
-def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict
-                   ) -> dict[str, Any]:
-    """Fill `wire_*` per round, per client and in total; returns the summary's wire section."""
-    config, rounds, summary = read_run(run_dir)
+def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict,
+                   since: float = 0.0) -> dict[str, Any]:
+    """Fill `wire_*` per round, per client and in total; returns the summary's wire section.
+
+    Only rounds that started after `since` (this launch's) are the meters'; a resumed run's
+    earlier rounds keep what the launch that ran them wrote."""
+    config, all_rounds, summary = read_run(run_dir)
+    rounds = [r for r in all_rounds if r["started_unix"] >= since]
     windows = [(r["started_unix"], r["ended_unix"]) for r in rounds]
     discovery = config.get("discovery", {}).get("window_unix")
     setup = {d: 0 for d in DIRECTIONS}
@@ -150,5 +154,8 @@ def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict
         "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)},
     }
     summary.update(section)
-    rewrite_run(run_dir, rounds, summary)
+    for key in ("wire_up", "wire_down", "wire_poll_up", "wire_poll_down"):  # the whole run's
+        values = [r.get(key) for r in all_rounds]
+        summary[key] = None if any(v is None for v in values) else sum(values)
+    rewrite_run(run_dir, all_rounds, summary)
     return section

@@ -5,6 +5,7 @@ Nothing here names a method or a codec: the method comes from the registry.
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import datetime, timezone
 from logging import ERROR, INFO
@@ -25,10 +26,12 @@ from fedsqueeze.strategies.tensors import (
     trainable_keys,
 )
 
+from .checkpoint import latest_checkpoint
 from .evaluation import CentralEvaluator
-from .loop import RoundRunner, discover_clients
+from .loop import RoundRunner, RunFailure, discover_clients
 from .metering import MeteredGrid
 from .results import ResultsWriter, default_results_dir
+from .signals import Interrupted, pass_on, signals_raise
 
 TRANSPORTS = {"simulation": "in-process (Ray engine)", "deployment": "grpc-rere (Fleet API)"}
 
@@ -46,8 +49,9 @@ def run_directory(settings: RunSettings, run_id: int) -> Path:
 
 
 def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, ArrayRecord]:
-    """Everything before round 1: the method's strategy, the results directory, the client
-    directory (one identity exchange). Returns the round runner and the initial model."""
+    """Everything before the first round: the method's strategy, the results directory, the
+    client directory (one identity exchange). Returns the round runner and the model to start
+    from; with `resume`, the latest checkpoint's (the runner's `first_round` follows it)."""
     settings = RunSettings.from_run_config(run_config)
     method = get_method(settings.method)(settings, run_config)
     model = build_run_model(settings)
@@ -56,14 +60,28 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
     initial = to_arrayrecord(model_arrays(model))
 
     run_dir = run_directory(settings, run_id)
-    writer = ResultsWriter(run_dir, {
-        "run_config": {**dict(run_config), **method.run_config()},
-        "flwr_version": flwr.__version__,
-        "engine": settings.engine or "unknown",
-        "transport": TRANSPORTS.get(settings.engine, "unknown"),
-        "run_id": run_id,
-        "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    })
+    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    first_round = 1
+    if settings.resume:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RunFailure(f"resume: {run_dir} has no checkpoint (run-config "
+                             "checkpoint-every was 0, or no checkpoint round was reached)")
+        strategy.import_state(checkpoint.state)
+        initial = to_arrayrecord({key: checkpoint.arrays[key] for key in model_arrays(model)})
+        first_round = checkpoint.round + 1
+        writer = ResultsWriter.resume(run_dir, checkpoint.round,
+                                      {"run_id": run_id, "started_utc": started_utc})
+        log(INFO, "resuming %s after round %d (its checkpoint)", run_dir, checkpoint.round)
+    else:
+        writer = ResultsWriter(run_dir, {
+            "run_config": {**dict(run_config), **method.run_config()},
+            "flwr_version": flwr.__version__,
+            "engine": settings.engine or "unknown",
+            "transport": TRANSPORTS.get(settings.engine, "unknown"),
+            "run_id": run_id,
+            "started_utc": started_utc,
+        })
     log(INFO, "results: %s", run_dir)
     trainable = trainable_keys(model)
 
@@ -71,13 +89,17 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
         return count_nonzeros(arrays, trainable)
 
     metered = MeteredGrid(grid, poll_interval=settings.server_poll_interval)
-    runner = RoundRunner(metered, strategy, settings, writer, evaluator, nonzeros_of)
+    runner = RoundRunner(metered, strategy, settings, writer, evaluator, nonzeros_of,
+                         first_round=first_round)
     try:
         directory, clients, window = discover_clients(metered, settings)
     except Exception as err:
         writer.finish("failed", time.monotonic() - runner.started, error=str(err))
         raise
     strategy.directory = directory
+    if settings.resume:  # the clients of a resumed run start without their context.state
+        for partition_id in directory.partition_ids:
+            strategy.client_state_lost(partition_id)
     engine = settings.engine or str(next(iter(clients.values())).get("engine", "unknown"))
     writer.update_config(engine=engine, transport=TRANSPORTS.get(engine, "unknown"),
                          clients={str(pid): info for pid, info in sorted(clients.items())},
@@ -91,6 +113,12 @@ def finish_run(runner: RoundRunner, initial: ArrayRecord) -> ArrayRecord:
     writer = runner.writer
     try:
         final = runner.run(initial)
+    except KeyboardInterrupt as err:  # SIGTERM (the SuperExec stopping it) or Ctrl-C
+        writer.finish("interrupted", time.monotonic() - runner.started,
+                      error=f"interrupted ({err or 'SIGINT'}) after round {runner.last_round}")
+        log(ERROR, "run interrupted after round %d (results so far in %s)", runner.last_round,
+            writer.run_dir)
+        raise
     except Exception as err:
         writer.finish("failed", time.monotonic() - runner.started, error=str(err))
         log(ERROR, "run failed: %s (results so far in %s)", err, writer.run_dir)
@@ -103,5 +131,10 @@ def finish_run(runner: RoundRunner, initial: ArrayRecord) -> ArrayRecord:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    runner, initial = start_run(grid, dict(context.run_config), context.run_id)
-    finish_run(runner, initial)
+    try:  # a stopped ServerApp (SIGTERM, or SIGINT when its SuperLink died) says so in summary
+        with signals_raise(signal.SIGTERM, signal.SIGINT):
+            runner, initial = start_run(grid, dict(context.run_config), context.run_id)
+            finish_run(runner, initial)
+    except Interrupted as err:
+        pass_on(err)  # then Flower's own graceful exit
+        raise

@@ -6,7 +6,10 @@ strategy's `exchanges(t)`, then "train"), each metered as its own phase, fails t
 skips the round, as configured) when fewer than `min-nodes` replies of an exchange succeed,
 counts and logs every failed reply, evaluates centrally every `eval-every` rounds and on the
 clients' local test splits every `local-eval-every` rounds, and writes a results row per
-round. It calls the strategy's verbs, so methods stay Flower strategies.
+round (and a checkpoint every `checkpoint-every`). Before each round it identifies nodes that
+connected since the last one: a restarted SuperNode (new node id, same partition id) takes
+its partition back and the strategy forgets what it mirrored of it. It calls the strategy's
+verbs, so methods stay Flower strategies.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from fedsqueeze.strategies.sampling import ClientDirectory
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.tensors import from_arrayrecord
 
+from .checkpoint import save_checkpoint
 from .metering import DOWN, UP, MeteredGrid
 from .results import ResultsWriter, fmt_bytes
 
@@ -96,13 +100,14 @@ def discover_clients(grid: MeteredGrid, settings: RunSettings
 
 def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings
                    ) -> list[int]:
-    """Identify nodes that connected since the last round (a restarted SuperNode has a new
-    node id and the same partition id) and bind their partitions to them; the strategy
-    forgets what it mirrored of a rejoined client (its `context.state` died with the old
-    SuperNode). Returns the partitions that rejoined or joined."""
+    """Identify nodes that connected since the last round and bind their partitions to them:
+    a restarted SuperNode has a new node id and the same partition id, and takes over from
+    its old node (which the SuperLink may not yet have declared dead); the strategy forgets
+    what it mirrored of a rejoined client (its `context.state` died with the old SuperNode).
+    Returns the partitions that rejoined or joined."""
     directory = strategy.directory
     assert directory is not None
-    new = sorted(n for n in grid.get_node_ids() if n not in directory)
+    new = sorted(n for n in grid.get_node_ids() if directory.get(n) is None)
     if not new:
         return []
     reported, errors = identify(grid, new, min(settings.round_timeout, 60.0))
@@ -111,12 +116,6 @@ def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSe
     joined = []
     for node_id, info in sorted(reported.items()):
         partition_id = int(info["partition-id"])
-        current = directory.node_of(partition_id) if partition_id in directory.partition_ids \
-            else None
-        if current is not None and current in set(grid.get_node_ids()):
-            log(WARNING, "new node %d reports partition-id %d, which online node %d holds; "
-                "it is left out", node_id, partition_id, current)
-            continue
         if directory.add(node_id, partition_id, _examples(info)):
             strategy.client_state_lost(partition_id)
             log(INFO, "partition %d rejoined as node %d", partition_id, node_id)
@@ -163,14 +162,17 @@ class RoundRunner:
 
     def __init__(self, grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings,
                  writer: ResultsWriter, evaluate_fn: Callable[[dict], tuple[float, float]],
-                 count_nonzeros: Callable[[dict], tuple[int, int]]) -> None:
+                 count_nonzeros: Callable[[dict], tuple[int, int]], first_round: int = 1
+                 ) -> None:
         self.grid = grid
         self.strategy = strategy
         self.settings = settings
         self.writer = writer
         self.evaluate_fn = evaluate_fn
         self.count_nonzeros = count_nonzeros
-        self.cumulative = {"up": 0, "down": 0}
+        self.first_round = first_round
+        self.last_round = first_round - 1  # the last round whose row was written
+        self.cumulative = {d: sum(r[f"message_{d}"] for r in writer.rows) for d in ("up", "down")}
         self.started = time.monotonic()
 
     def _exchange(self, name: str, server_round: int, node_ids: list[int]
@@ -279,7 +281,11 @@ class RoundRunner:
             **local,
         }
         self.writer.write_round(row)
+        self.last_round = server_round
         self._log_progress(row, failures)
+        every = s.checkpoint_every
+        if every and (server_round % every == 0 or server_round == s.num_server_rounds):
+            save_checkpoint(self.writer.run_dir, server_round, plain, strategy.export_state())
         return arrays
 
     def _evaluate_locally(self, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
@@ -320,8 +326,8 @@ class RoundRunner:
             log(ERROR, "round %d: partition %s failed (%s): %s", server_round,
                 directory.get(f.node_id), f.exchange, f.reason)
 
-    def run(self, arrays: ArrayRecord, first_round: int = 1) -> ArrayRecord:
+    def run(self, arrays: ArrayRecord) -> ArrayRecord:
         """Run rounds `first_round`..`num-server-rounds`; return the final global arrays."""
-        for server_round in range(first_round, self.settings.num_server_rounds + 1):
+        for server_round in range(self.first_round, self.settings.num_server_rounds + 1):
             arrays = self.run_round(server_round, arrays)
         return arrays

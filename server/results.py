@@ -47,13 +47,29 @@ def _finite_or_null(value: Any) -> Any:
 
 
 class ResultsWriter:
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, config: dict[str, Any],
+                 rows: list[dict[str, Any]] | None = None) -> None:
+        """A new run's results (or, with `rows`, a resumed run's: those rows are kept and
+        the next ones appended)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
         self.config = config
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = list(rows or [])
         _write_json(run_dir / "config.json", config)
-        self._rounds = open(run_dir / "rounds.jsonl", "w", encoding="utf-8")
+        tmp = run_dir / "rounds.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+        tmp.replace(run_dir / "rounds.jsonl")
+        (run_dir / "summary.json").unlink(missing_ok=True)  # the run is running (again)
+        self._rounds = open(run_dir / "rounds.jsonl", "a", encoding="utf-8")
+
+    @classmethod
+    def resume(cls, run_dir: Path, after_round: int, note: dict[str, Any]) -> ResultsWriter:
+        """Continue a run directory after round `after_round` (its checkpoint): rows of later
+        rounds (written after the checkpoint) are dropped, config.json gains a `resumed`
+        entry."""
+        config, rounds, _ = read_run(run_dir)
+        config.setdefault("resumed", []).append({"after_round": after_round, **note})
+        return cls(run_dir, config, [r for r in rounds if r["round"] <= after_round])
 
     def update_config(self, **entries: Any) -> None:
         self.config.update(entries)
@@ -67,28 +83,53 @@ class ResultsWriter:
         self.rows.append(row)
         self._rounds.write(json.dumps(row, sort_keys=True, allow_nan=False) + "\n")
         self._rounds.flush()
+        os.fsync(self._rounds.fileno())  # a row written is a row kept, whatever dies next
 
     def finish(self, status: str, seconds: float, error: str | None = None) -> dict[str, Any]:
         self._rounds.close()
-        accuracies = [r["accuracy"] for r in self.rows if r["accuracy"] is not None]
-        summary: dict[str, Any] = {
-            "method": self.config["run_config"]["method"],
-            "engine": self.config["engine"],
-            "transport": self.config["transport"],
-            "flwr_version": self.config["flwr_version"],
-            "rounds": len(self.rows),
-            "final_accuracy": accuracies[-1] if accuracies else None,
-            "best_accuracy": max(accuracies) if accuracies else None,
-            "seconds": seconds,
-            "status": status,
-            "error": error,
-            "failed_replies": sum(r.get("failed_replies", 0) for r in self.rows),
-        }
-        for key in BYTE_TOTALS:
-            values = [r[key] for r in self.rows]
-            summary[key] = None if any(v is None for v in values) else int(sum(values))
+        summary = summarize(self.config, self.rows, status, seconds, error)
         _write_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+STATUSES = ("completed", "failed", "interrupted", "server-lost")
+
+
+def summarize(config: dict[str, Any], rows: list[dict[str, Any]], status: str, seconds: float,
+              error: str | None = None) -> dict[str, Any]:
+    """summary.json's content for a run's rows (`status` one of STATUSES)."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r}: one of {', '.join(STATUSES)}")
+    accuracies = [r["accuracy"] for r in rows if r["accuracy"] is not None]
+    run_config = config.get("run_config", {})
+    summary: dict[str, Any] = {
+        "method": run_config.get("method"),
+        "engine": config.get("engine"),
+        "transport": config.get("transport"),
+        "flwr_version": config.get("flwr_version"),
+        "rounds": len(rows),
+        "final_accuracy": accuracies[-1] if accuracies else None,
+        "best_accuracy": max(accuracies) if accuracies else None,
+        "seconds": seconds,
+        "status": status,
+        "error": error,
+        "failed_replies": sum(r.get("failed_replies", 0) for r in rows),
+    }
+    for key in BYTE_TOTALS:
+        values = [r.get(key) for r in rows]
+        summary[key] = None if any(v is None for v in values) else int(sum(values))
+    return summary
+
+
+def close_run(run_dir: Path, status: str, error: str) -> dict[str, Any]:
+    """Write summary.json for a run whose ServerApp could not (the launcher's view of how it
+    ended); a summary the ServerApp wrote is kept under `server_summary`."""
+    config, rows, previous = read_run(run_dir)
+    summary = summarize(config, rows, status, sum(r.get("seconds", 0) for r in rows), error)
+    if previous:
+        summary["server_summary"] = {k: previous.get(k) for k in ("status", "error")}
+    _write_json(run_dir / "summary.json", summary)
+    return summary
 
 
 def rewrite_run(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> None:

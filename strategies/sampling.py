@@ -33,11 +33,6 @@ class ClientDirectory:
     def __len__(self) -> int:
         return len(self._node_of_partition)
 
-    def __contains__(self, node_id: int) -> bool:
-        """Whether `node_id` is the current node of its partition."""
-        partition = self._partition_of_node.get(node_id)
-        return partition is not None and self._node_of_partition[partition] == node_id
-
     def partition_of(self, node_id: int) -> int:
         return self._partition_of_node[node_id]
 

@@ -84,6 +84,11 @@ class NodeMirrors(Generic[S, P]):
         if partition in self.seen:
             self.resyncs += 1
 
+    def forget(self, partition: int) -> None:
+        """The client lost its state: drop its mirror; the `reset` its next message does
+        counts the resync."""
+        self.mirrors.pop(partition, None)
+
     def stage(self, partition: int, pending: P) -> None:
         self.pending[partition] = pending
 

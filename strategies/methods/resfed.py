@@ -312,6 +312,9 @@ class ResFedStrategy(SqueezeStrategy):
         self.nodes.restore(state, lambda arrays, meta: (History.of(arrays, meta),
                                                         int(meta["last"])))
 
+    def client_state_lost(self, partition_id: int) -> None:
+        self.nodes.forget(partition_id)
+
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         s = self.stats
         dense = 4 * self.n

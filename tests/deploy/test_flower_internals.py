@@ -19,6 +19,8 @@ def test_the_installed_flower_has_every_internal_we_use():
             "t = time.monotonic(); m.time.sleep(3); m.time.sleep(0.5); "
             "assert time.monotonic() - t < 0.5, 'the stock waits are still there'; "
             "assert u.pull_objects.__kwdefaults__['initial_backoff'] == Waits().pull_backoff; "
+            "import flwr.client.grpc_rere_client.connection as c, flwr.supercore.heartbeat as h; "
+            "assert c.HEARTBEAT_DEFAULT_INTERVAL == h.HEARTBEAT_DEFAULT_INTERVAL == 10; "
             "assert callable(clientapp_entry()); print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
@@ -32,6 +34,13 @@ def test_a_missing_attribute_is_reported_by_name(monkeypatch):
         fi.patch_pull_backoff(fi.Waits())
     with pytest.raises(fi.FlowerInternalsError, match="run_clientapp"):
         fi.clientapp_entry()
+    with pytest.raises(fi.FlowerInternalsError, match="HEARTBEAT_MIN_INTERVAL"):
+        fi.patch_heartbeat(fi.Waits())
+
+
+def test_a_heartbeat_below_what_the_superlink_accepts_is_refused():
+    with pytest.raises(fi.FlowerInternalsError, match="below the 10 s"):
+        fi.patch_heartbeat(fi.Waits(heartbeat_interval=2))
 
 
 def test_a_changed_wait_literal_is_reported(monkeypatch):

@@ -85,6 +85,16 @@ def test_a_launcher_stopped_by_a_signal_leaves_no_process_forked_ones_included(t
     while processes_of_launch(next(iter(launch))) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_of_launch(next(iter(launch))) == []
+    # the results say why the run ended, report reads them, the working files are gone
+    _, rows, summary = read_run(tmp_path / "killed")
+    assert summary["status"] == "interrupted" and summary["rounds"] == len(rows) >= 1
+    assert "after round" in summary["error"] or "launcher" in summary["error"]
+    if signum == signal.SIGTERM:  # the launcher itself filled the wire bytes of those rounds
+        assert all(r["wire_up"] > 0 for r in rows)
+        assert not (tmp_path / "killed" / ".launch").exists()
+    report = subprocess.run([sys.executable, "-m", "fedsqueeze.deploy.cli", "report",
+                             str(tmp_path / "killed")], capture_output=True, text=True)
+    assert report.returncode == 0 and "interrupted" in report.stdout, report.stdout
 
 
 def test_a_slot_is_held_until_its_holder_lets_go(tmp_path):
