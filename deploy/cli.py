@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--gpus", default="", help="comma-separated GPU ids, assigned "
                      "round-robin to SuperNodes through CUDA_VISIBLE_DEVICES")
     dep.add_argument("--tls", action="store_true", help="TLS with a throwaway CA")
+    dep.add_argument("--auth", action="store_true",
+                     help="SuperNode authentication: a key pair per SuperNode, registered with "
+                     "the SuperLink (implies --tls: Flower refuses it in cleartext)")
     dep.add_argument("--stock-latency", action="store_true",
                      help="keep Flower's own waits and polls (to measure what ours save)")
     dep.add_argument("--kill", action="append", metavar="ROUND:PARTITION[,PARTITION...]",
@@ -206,10 +209,13 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     extra = {"server-poll-interval": 3.0} if args.stock_latency else {}
     run_dir, overrides = launch_config(args, settings, "deployment", extra)
     console.print(f"deployment: SuperLink + {args.clients} SuperNodes over gRPC on 127.0.0.1"
-                  f"{' (TLS)' if args.tls else ''}, {args.executor} ClientApp executor"
+                  f"{' (TLS)' if args.tls or args.auth else ''}"
+                  f"{', SuperNode authentication' if args.auth else ''}, {args.executor} "
+                  "ClientApp executor"
                   f"{', GPUs ' + ','.join(gpus) if gpus else ''}, method {settings.method}, "
                   f"{settings.num_server_rounds} rounds -> {run_dir}")
-    options = DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls,
+    options = DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls or args.auth,
+                            auth=args.auth,
                             tuned_latency=not args.stock_latency, executor=args.executor,
                             echo=not args.quiet, kills=tuple(kills),
                             restart_after=args.restart_after)

@@ -14,11 +14,20 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .auth import make_node_key, register
 from .faults import FaultInjector, Kill
-from .flower import flower_command, flower_env, free_port, start_superlink
+from .flower import (
+    SuperLink,
+    flower_command,
+    flower_env,
+    free_port,
+    start_superlink,
+    write_connection,
+)
 from .launch import LaunchResult, launch_dir, run_app, settle_status
 from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
 from .tls import make_certificates
@@ -48,17 +57,26 @@ class DeployOptions:
     tuned_latency: bool = True   # False: Flower's own waits everywhere (--stock-latency)
     executor: str = "warm"       # warm: one forking worker; stock: a process per message
     echo: bool = True
+    auth: bool = False           # SuperNode authentication: a registered key per SuperNode
+    unregistered: int = 0        # with auth: this many extra SuperNodes whose keys are never
+                                 # registered (the SuperLink must refuse them; for tests)
     kills: tuple[Kill, ...] = ()         # fault injection: SIGKILL these SuperNodes mid-round
     restart_after: float | None = None   # ... and start them again after this many seconds
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise ValueError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
+        if self.unregistered and not self.auth:
+            raise ValueError("unregistered SuperNodes only make sense with auth")
+        if self.auth and not self.tls:
+            raise ValueError("SuperNode authentication needs TLS (Flower refuses it in "
+                             "cleartext)")
 
     def describe(self) -> dict[str, object]:
         """What config.json records about how the deployment ran."""
         return {"executor": self.executor,
                 "latency": "tuned" if self.tuned_latency else "stock",
+                "auth": self.auth,
                 **({"kills": [f"{k.round}:{','.join(map(str, k.partitions))}"
                               for k in self.kills],
                     "restart_after": self.restart_after} if self.kills else {})}
@@ -134,14 +152,28 @@ def record_deployment(results_dir: Path, options: DeployOptions,
         tmp.replace(path)
 
 
+def _node_keys(group: ProcessGroup, env: dict[str, str], link: SuperLink,
+               options: DeployOptions, work: Path) -> list[list[str]]:
+    """SuperNode arguments for authentication: a key per SuperNode, the first `clients`
+    registered with the SuperLink (nothing without auth)."""
+    total = options.clients + options.unregistered
+    if not options.auth:
+        return [[] for _ in range(total)]
+    write_connection(Path(env["FLWR_HOME"]), link)
+    keys = [make_node_key(work / "keys", f"supernode-{i}") for i in range(total)]
+    for key in keys[:options.clients]:
+        register(group, env, key)
+    return [key.supernode_args() for key in keys]
+
+
 def _fault_injector(group: ProcessGroup, env: dict[str, str], nodes: list[SuperNode],
-                    options: DeployOptions, security: list[str], work: Path, results_dir: Path
-                    ) -> FaultInjector:
+                    options: DeployOptions, security_of: Callable[[int], list[str]],
+                    work: Path, results_dir: Path) -> FaultInjector:
     restarts = {"n": 0}
 
     def restart(partition: int) -> None:
         node = _start_supernode(group, env, partition, options, nodes[partition].relay_port,
-                                security)
+                                security_of(partition))
         if options.executor == "warm":
             restarts["n"] += 1
             _start_warm_worker(group, env, [node], options, work / "slots",
@@ -174,23 +206,27 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     try:
         with sigterm_as_interrupt():
             tls = make_certificates(work / "tls") if options.tls else None
-            link = start_superlink(group, env, simulation=False, tls=tls)
+            link = start_superlink(group, env, simulation=False, tls=tls,
+                                   extra=("--enable-supernode-auth",) if options.auth else ())
             security = tls.supernode_args() if tls else ["--insecure"]
+            keys = _node_keys(group, env, link, options, work)
             nodes = []
-            for index in range(options.clients):
+            for index in range(options.clients + options.unregistered):
                 # resolution 0: every forwarded chunk keeps its own timestamp, so no chunk of a
                 # round can be merged into an idle-poll bucket just before the round's window.
                 meter = WireMeter(("127.0.0.1", link.fleet_port), name=f"supernode-{index}",
                                   resolution=0.0)
                 meters.append(meter)
-                nodes.append(_start_supernode(group, env, index, options, meter.start(), security))
+                nodes.append(_start_supernode(group, env, index, options, meter.start(),
+                                              security + keys[index]))
+            del nodes[options.clients:]  # unregistered ones: refused, never waited for
             if options.executor == "warm":
                 _start_warm_worker(group, env, nodes, options, work / "slots")
             wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
                        what="every SuperNode to register with the SuperLink")
             if options.kills:
-                faults = _fault_injector(group, env, nodes, options, security, work,
-                                         results_dir)
+                faults = _fault_injector(group, env, nodes, options,
+                                         lambda p: security + keys[p], work, results_dir)
                 faults.start()
             try:
                 run_id, status = run_app(group, env, link, app_dir, run_config, logs,
@@ -215,6 +251,6 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
             shutil.rmtree(work, ignore_errors=True)
         settle_status(results_dir, status, failure, superlink_exit)
         record_deployment(results_dir, options, faults)
-        wire = add_wire_bytes(results_dir, meters, status, since=launched) \
+        wire = add_wire_bytes(results_dir, meters[:options.clients], status, since=launched) \
             if (results_dir / "rounds.jsonl").exists() else {}
     return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)

@@ -94,18 +94,20 @@ class SuperLink:
 
 
 def start_superlink(group: ProcessGroup, env: dict[str, str], *, simulation: bool,
-                    tls: TlsFiles | None = None) -> SuperLink:
-    """Start a SuperLink on free loopback ports and wait until it answers /health."""
+                    tls: TlsFiles | None = None, extra: tuple[str, ...] = (),
+                    fleet_host: str = "127.0.0.1") -> SuperLink:
+    """Start a SuperLink on free ports and wait until it answers /health; its control API is
+    on loopback, its Fleet API (what SuperNodes reach) on `fleet_host`."""
     http_port, fleet_port = free_port(), free_port()
     command = [flower_command("flower-superlink"),
                *(tls.superlink_args() if tls else ["--insecure"]),
                "--host", "127.0.0.1", "--port", str(http_port),
-               "--disable-runtime-dependency-installation"]
+               "--disable-runtime-dependency-installation", *extra]
     if simulation:
         command += ["--simulation", "--isolation", "subprocess"]
     else:
         command += ["--fleet-api-type", "grpc-rere",
-                    "--fleet-api-address", f"127.0.0.1:{fleet_port}"]
+                    "--fleet-api-address", f"{fleet_host}:{fleet_port}"]
     link = SuperLink(group.start("superlink", command, env), http_port, fleet_port,
                      tls.ca_cert if tls else None)
     wait_until(link.healthy, timeout=60, what="the SuperLink's /health")

@@ -71,6 +71,7 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
         initial = to_arrayrecord({key: checkpoint.arrays[key] for key in model_arrays(model)})
         first_round = checkpoint.round + 1
         writer = ResultsWriter.resume(run_dir, checkpoint.round,
+                                      {**dict(run_config), **method.run_config()},
                                       {"run_id": run_id, "started_utc": started_utc})
         log(INFO, "resuming %s after round %d (its checkpoint)", run_dir, checkpoint.round)
     else:

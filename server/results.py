@@ -63,12 +63,18 @@ class ResultsWriter:
         self._rounds = open(run_dir / "rounds.jsonl", "a", encoding="utf-8")
 
     @classmethod
-    def resume(cls, run_dir: Path, after_round: int, note: dict[str, Any]) -> ResultsWriter:
+    def resume(cls, run_dir: Path, after_round: int, run_config: dict[str, Any],
+               note: dict[str, Any]) -> ResultsWriter:
         """Continue a run directory after round `after_round` (its checkpoint): rows of later
-        rounds (written after the checkpoint) are dropped, config.json gains a `resumed`
-        entry."""
+        rounds (written after the checkpoint) are dropped; config.json takes the resumed
+        run's config and gains a `resumed` entry naming the keys that changed."""
         config, rounds, _ = read_run(run_dir)
-        config.setdefault("resumed", []).append({"after_round": after_round, **note})
+        before = config.get("run_config", {})
+        changed = {k: [before.get(k), v] for k, v in run_config.items()
+                   if before.get(k) != v and k != "resume"}
+        config["run_config"] = {**before, **run_config}
+        config.setdefault("resumed", []).append({"after_round": after_round,
+                                                 "changed": changed, **note})
         return cls(run_dir, config, [r for r in rounds if r["round"] <= after_round])
 
     def update_config(self, **entries: Any) -> None:

@@ -37,12 +37,23 @@ t, replies)` (earlier exchanges) or `aggregate_train(t, replies)` (Flower's verb
     round_metrics(t) -> dict                              method keys of the round's row
     models_to_evaluate(t) -> {name: [state dicts]}        extra centrally evaluated models
     export_state() -> ServerState / import_state(state)   plain arrays + JSON (resume)
+    client_state_lost(partition_id)                       its context.state is gone (restarted
+                                                          SuperNode, resumed run): resync it
+
+Before aggregation the core rejects, per reply and with the reason in `failures`: error
+replies, replies from nodes the exchange was not sent to, several replies of one node, replies
+of another round/exchange, another node's partition id, undecodable payloads, decoded models
+that are non-finite or exceed `max-abs-value`, `num-examples` other than the node's count at
+discovery, metric keys other than the round's majority, non-finite exchange values.
 
 Client side (`ClientSide`): the generic ClientApp sets `server_round`, builds the run's model
 and calls, for a train message: `receive(content, state, model)` -> model, `train(model, data,
 state, seed)` -> metrics, `send(model, state)` -> RecordDict, `metrics(model, state)` -> extra
 reply metrics; for an earlier exchange: `exchange(name, content, state, model, data, seed)`
 -> RecordDict; for a local evaluation: `evaluation_model(content, state, model)` -> model.
+The ClientApp passes what `receive` and `evaluation_model` return through `checked(model)`
+(DownlinkRejected for a non-finite or absurd model); an exchange that decodes a model calls
+it itself.
 `state` is Flower's `context.state` (persists across rounds in both engines; discarded when a
 hook raises). Replies get the metrics ("num-examples", ...) and the identity record from the
 core. Every metric key must be the same for every client of a round.

@@ -88,3 +88,28 @@ def test_a_dead_superlink_or_serverapp_leaves_results_that_say_so(tmp_path, vict
     assert summary["status"] == status, summary
     assert summary["rounds"] == len(rows) >= 1 and summary["error"]
     assert all(r["wire_up"] > 0 for r in rows)  # the finished rounds have their wire bytes
+
+
+def test_a_deployment_resumes_from_its_checkpoint_through_the_cli(tmp_path):
+    """`fedsqueeze deploy --resume RUN_DIR` continues the run directory: rows 1-2 stay, rows
+    3-4 are appended by a new SuperLink and new SuperNodes."""
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedsqueeze.deploy.cli", "deploy",
+                               "--clients", "2", "--quiet", *args], capture_output=True,
+                              text=True, timeout=600)
+
+    first = cli("--results-dir", str(tmp_path), "--run-name", "r", "--run-config",
+                "num-server-rounds=2 checkpoint-every=1 partitioner='iid'")
+    assert first.returncode == 0, first.stdout + first.stderr
+    _, before, _ = read_run(tmp_path / "r")
+    resumed = cli("--resume", str(tmp_path / "r"), "--run-config", "num-server-rounds=4")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    config, rows, summary = read_run(tmp_path / "r")
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and rows[:2] == before
+    assert config["resumed"][0]["after_round"] == 2 and summary["status"] == "completed"
+    assert all(r["wire_up"] > 0 for r in rows) and summary["wire_up"] == sum(
+        r["wire_up"] for r in rows)
+    assert not (tmp_path / "r" / ".launch").exists()

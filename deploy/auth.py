@@ -1,0 +1,59 @@
+"""SuperNode authentication for `fedsqueeze deploy --auth` (Flower's CLI-managed mode).
+
+Each SuperNode gets its own EC key pair (NIST P-384, OpenSSH format, as Flower loads them);
+the SuperLink runs with `--enable-supernode-auth` and only accepts SuperNodes whose public
+key was registered with `flwr supernode register KEY.pub CONNECTION`; a SuperNode signs its
+requests with `--auth-supernode-private-key KEY`. On real machines: generate the pair on the
+SuperNode's host (`ssh-keygen -t ecdsa -b 384 -N "" -f node`), register `node.pub` from the
+machine that holds the SuperLink connection, start the SuperNode with the private key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .flower import CONNECTION, flower_command
+from .processes import ProcessGroup
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    private: Path
+    public: Path
+
+    def supernode_args(self) -> list[str]:
+        return ["--auth-supernode-private-key", str(self.private)]
+
+
+def make_node_key(directory: Path, name: str) -> NodeKey:
+    """Write `<name>` (private, 0600) and `<name>.pub` in OpenSSH format into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = directory / name
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public = directory / f"{name}.pub"
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH))
+    return NodeKey(private, public)
+
+
+def register(group: ProcessGroup, env: dict[str, str], key: NodeKey) -> int:
+    """`flwr supernode register KEY.pub`: the SuperLink accepts this key from now on; returns
+    the node id Flower assigns."""
+    command = [flower_command("flwr"), "supernode", "register", str(key.public), CONNECTION,
+               "--format", "json"]
+    done = group.run(command, env, timeout=120)
+    try:
+        answer = json.loads(done.stdout)
+        return int(answer["node-id"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f"flwr supernode register {key.public.name} failed:\n"
+                           + (done.stdout + done.stderr).strip()[-3000:]) from None
