@@ -122,7 +122,7 @@ def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSe
         else:
             log(INFO, "partition %d joined as node %d", partition_id, node_id)
         joined.append(partition_id)
-    return joined
+    return sorted(joined)
 
 
 def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Message]

@@ -39,10 +39,12 @@ def sgd_epochs(
     weight_decay: float,
     seed: int,
     after_step: Callable[[nn.Module], None] | None = None,
+    max_steps: int = 0,
 ) -> float:
     """Plain mini-batch SGD; returns the mean training loss of the last epoch.
 
-    `after_step` runs after every optimizer step (sparse methods re-apply their masks there).
+    `after_step` runs after every optimizer step (sparse methods re-apply their masks there);
+    `max_steps` > 0 stops after that many steps in all (the last epoch may be partial).
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum,
@@ -51,6 +53,7 @@ def sgd_epochs(
     generator = torch.Generator().manual_seed(seed)
     n = data.num_examples
     last_loss = float("nan")
+    steps = 0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(data.x.device)
         total, seen = 0.0, 0
@@ -64,8 +67,22 @@ def sgd_epochs(
                 after_step(model)
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
+            steps += 1
+            if steps == max_steps:
+                break
         last_loss = total / max(seen, 1)
+        if steps == max_steps:
+            break
     return last_loss
+
+
+def sgd_steps(model: nn.Module, data: ClientData, *, steps: int, batch_size: int, **options
+              ) -> float:
+    """`steps` mini-batch SGD steps (over as many epochs as that takes); the mean loss of the
+    last (partial) epoch. Options as `sgd_epochs`."""
+    per_epoch = -(-data.num_examples // batch_size)
+    return sgd_epochs(model, data, epochs=-(-steps // max(per_epoch, 1)), batch_size=batch_size,
+                      max_steps=steps, **options)
 
 
 @torch.no_grad()

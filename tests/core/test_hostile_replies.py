@@ -178,6 +178,16 @@ def test_an_out_of_range_local_evaluation_is_rejected(tmp_path):
     assert 0 <= row["accuracy_local"] <= 1
 
 
+def _poison_gwpf(strategy) -> None:
+    """gwpf sends the values it keeps itself (the last sync), not the round's global arrays."""
+    strategy.last.x_bar[:50] = 3e38
+    strategy.state.x_last[:50] = 3e38
+
+
+# methods whose downlink is built from their own state, and how to poison it
+POISON_STATE = {"gwpf": _poison_gwpf}
+
+
 @pytest.mark.parametrize("method", method_names())
 def test_clients_reject_an_absurd_downlink_with_a_clear_error(tmp_path, method):
     fed = _federation(tmp_path, method, **{"on-too-few-replies": "skip"})
@@ -186,6 +196,7 @@ def test_clients_reject_an_absurd_downlink_with_a_clear_error(tmp_path, method):
     first = next(iter(arrays))
     arrays[first] = np.full_like(arrays[first], 3e38)
     fed.arrays = to_arrayrecord(arrays)
+    POISON_STATE.get(method, lambda strategy: None)(fed.strategy)
     row = fed.run_round()
     assert row["skipped"] and row["failed_replies"] == 3
     assert all("downlink rejected" in f["reason"] for f in row["failures"]), row["failures"]

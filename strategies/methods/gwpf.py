@@ -1,0 +1,481 @@
+"""GWPF (Yang et al., Computer Networks 2024): gradient-wise parameter freezing with thawing.
+
+Per scalar coordinate j of the model (every travelling tensor, flattened in canonical order;
+BatchNorm buffers are coordinates like the weights) the server holds: the active mask A
+(j is frozen iff its freeze counter L[j] > 0), thaw counters L2, EMAs m, v (alpha) of the
+aggregated change delta[j] = x_bar[j] - x_last[j] since j's last sync, and tau. A round:
+
+1. exchange "signals" (down: the last round's sync as a *delta* against the state the client
+   holds: the averaged values of the synced set, in the order of that set's mask, and the
+   coded change of A; or a *full* state to a client that does not hold it: the dense global
+   model and A). The client trains `local-steps` SGD steps from its own model (frozen
+   coordinates keep their local values; the server never overwrites them), tracking, for
+   frozen j, EMAs of the per-step change; it sends its thaw signals: the positions of
+   |m_k| / v_k >= tau-thaw among the frozen coordinates (coded, about log2 C(F, k) bits).
+   Server: S[j] = sum of signals; L2[j] += 1 if S[j] >= thaw-quorum else L2[j] //= 2; the
+   thawed set T = {frozen j: L2[j] > 0}.
+2. exchange "train" (down: T, coded among the frozen coordinates). The client sends its values
+   on A | T in the canonical order of that mask (the `masked` codec, which names the mask's
+   digest: a client on another mask is rejected, never misread). The server averages them
+   (weighted by examples, or not: `weighted`), and runs the freeze test on the coordinates
+   that were active: ESR = |m| / (v + eps) with delta (intended) or the values themselves
+   (`value-ema-compat`, the reference's aliasing); ESR < tau-freeze freezes j. `unfreeze =
+   "apf"` makes freezing temporary as in APF: a coordinate frozen again gets a period one round
+   longer (additive increase), one that fails the test gets half its period (multiplicative
+   decrease); `"never"` (the reference) keeps it frozen. When more than `max-frozen` of the
+   coordinates are frozen, tau-freeze halves.
+
+`thaw-timing = "lagged"` folds both into one exchange: round t's signals ride on its values
+upload and decide T of round t+1 (T travels with the next round's first message).
+
+The server's global model (what it evaluates) is the last synced value of every coordinate.
+A client's state (its model, its copy of A, the version it holds) lives in `context.state`;
+the server mirrors the version per partition (`NodeMirrors`): a client that missed a round,
+restarted or was rejected gets a full transfer (counted in `gwpf_resyncs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from torch import nn
+
+from fedsqueeze.codecs import CodecError, decode_masked_values, encode_masked, get_codec
+from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.payload import PAYLOAD_ARRAY, pack
+from fedsqueeze.strategies.registry import register
+from fedsqueeze.strategies.settings import MethodConfig
+from fedsqueeze.strategies.state import NodeMirrors, ServerState, load_array_list, save_array_list
+from fedsqueeze.strategies.tensors import (
+    Arrays,
+    flatten,
+    from_arrayrecord,
+    keyed,
+    load_arrays,
+    model_arrays,
+    numel,
+    to_arrayrecord,
+    unflatten,
+)
+from fedsqueeze.strategies.training import ClientData, sgd_steps
+
+SIGNALS = "signals"
+POSITIONS = get_codec("positions")
+DENSE = get_codec("dense")
+MASKED = get_codec("masked")
+HEADER = "gwpf"                       # config record of every gwpf message
+VALUES, MASK, THAWED, SIGNAL = "gwpf.values", "gwpf.mask", "gwpf.thawed", "gwpf.signals"
+STATE = "gwpf.client"                 # context.state: [model, active mask], version
+EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class GWPFConfig(MethodConfig):
+    tau_freeze: float = 0.5        # ESR below this freezes an active coordinate
+    tau_thaw: float = 0.5          # a client's local ESR at or above this signals a thaw
+    thaw_quorum: int = 1           # signals needed to raise a coordinate's thaw counter
+    local_steps: int = 5           # H: SGD steps per round (batch-size examples each)
+    alpha: float = 0.99            # EMA factor of m and v (both sides)
+    max_frozen: float = 0.8        # frozen fraction above which tau-freeze halves
+    thaw_timing: str = "exchange"  # exchange (two per round) or lagged (one per round)
+    unfreeze: str = "never"        # never (the reference) or apf (AIMD frozen periods)
+    value_ema_compat: bool = False  # the reference's aliasing: EMAs of values, not changes
+    weighted: bool = True          # average weighted by examples (the reference: unweighted)
+    values: str = "fp32"           # value coding of synced values, both ways
+
+    def __post_init__(self) -> None:
+        self.check({
+            "tau_freeze": (lambda v: v >= 0, "must be >= 0"),
+            "tau_thaw": (lambda v: v >= 0, "must be >= 0"),
+            "thaw_quorum": (lambda v: v >= 1, "must be >= 1"),
+            "local_steps": (lambda v: v >= 1, "must be >= 1"),
+            "alpha": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+            "max_frozen": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+        })
+        self.check_choice("thaw_timing", ("exchange", "lagged"))
+        self.check_choice("unfreeze", ("never", "apf"))
+        self.check_choice("values", ("fp32", "fp16", "bf16"))
+
+
+def version_of(active: np.ndarray, epoch: int) -> str:
+    """Names a state: the active mask after `epoch` syncs (16 hex digits)."""
+    h = hashlib.blake2b(digest_size=8, person=b"fedsqz-gwpf")
+    h.update(int(epoch).to_bytes(8, "little"))
+    h.update(np.packbits(active, bitorder="little").tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the rules
+def ema(m: np.ndarray, v: np.ndarray, delta: np.ndarray, alpha: float) -> None:
+    """m <- alpha m + (1-alpha) delta, v <- alpha v + (1-alpha) |delta|, in place (float32)."""
+    m *= np.float32(alpha)
+    m += np.float32(1 - alpha) * delta
+    v *= np.float32(alpha)
+    v += np.float32(1 - alpha) * np.abs(delta)
+
+
+def esr(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Effective step ratio |m| / (v + eps): 1 when a coordinate moves one way, ~0 when its
+    direction keeps flipping."""
+    return np.abs(m) / (v + np.float32(EPS))
+
+
+def thaw_counters(l2: np.ndarray, votes: np.ndarray, quorum: int) -> np.ndarray:
+    """L2 of the frozen coordinates after one round of signals (`votes` per coordinate)."""
+    return np.where(votes >= quorum, l2 + 1, l2 // 2)
+
+
+@dataclasses.dataclass
+class FreezeState:
+    """The server's per-coordinate state (flat, canonical order)."""
+
+    x_last: np.ndarray              # last synced value of each coordinate
+    m: np.ndarray
+    v: np.ndarray
+    frozen_for: np.ndarray          # L: rounds left frozen (never: 1 while frozen)
+    period: np.ndarray              # APF: the next frozen period of each coordinate
+    l2: np.ndarray                  # thaw counters
+    tau: float
+
+    @classmethod
+    def start(cls, x: np.ndarray, tau: float) -> FreezeState:
+        n = x.size
+        zeros = np.zeros(n, np.float32)
+        return cls(x.astype(np.float32), zeros.copy(), zeros.copy(), np.zeros(n, np.int64),
+                   np.zeros(n, np.int64), np.zeros(n, np.int64), tau)
+
+    @property
+    def active(self) -> np.ndarray:
+        return self.frozen_for == 0
+
+    def freeze_test(self, x_bar: np.ndarray, tested: np.ndarray, config: GWPFConfig) -> None:
+        """Update m, v on the `tested` coordinates (those active this round) and freeze those
+        whose ESR fell below tau; APF counts frozen periods down and adapts them."""
+        delta = x_bar[tested] if config.value_ema_compat else x_bar[tested] - self.x_last[tested]
+        m, v = self.m[tested], self.v[tested]
+        ema(m, v, delta.astype(np.float32), config.alpha)
+        self.m[tested], self.v[tested] = m, v
+        stable = esr(m, v) < self.tau
+        if config.unfreeze == "apf":
+            still = self.frozen_for > 0
+            self.frozen_for[still] -= 1             # a frozen period runs out
+            idx = np.flatnonzero(tested)
+            self.period[idx[stable]] += 1            # additive increase
+            self.period[idx[~stable]] //= 2          # multiplicative decrease
+            self.frozen_for[idx[stable]] = self.period[idx[stable]]
+        else:
+            self.frozen_for[np.flatnonzero(tested)[stable]] = 1  # frozen for good
+        self.x_last = np.where(tested, x_bar, self.x_last).astype(np.float32)
+        if float(np.mean(~self.active)) > config.max_frozen:
+            self.tau /= 2
+
+
+# --------------------------------------------------------------------------- server
+@dataclasses.dataclass
+class LastSync:
+    """What the next round's first message brings to clients that took part in this one."""
+
+    base: str                    # the version they hold (before this sync)
+    synced: np.ndarray           # A | T of this round
+    x_bar: np.ndarray            # the averaged model (only `synced` travels)
+    old_active: np.ndarray       # A before, to code the change of A
+    version: str                 # the version after applying
+
+
+class GWPFStrategy(SqueezeStrategy):
+    def __init__(self, method: GWPF, model: nn.Module) -> None:
+        super().__init__(method, model)
+        self.n = numel(self.shapes)
+        self.state = FreezeState.start(flatten(list(self.round_arrays.values())),
+                                       self.config.tau_freeze)
+        self.epoch = 0                       # syncs done
+        self.last: LastSync | None = None
+        self.thawed = np.zeros(self.n, bool)  # T of this round (lagged: decided last round)
+        self.nodes: NodeMirrors[str, str] = NodeMirrors()
+        self._stats: dict[str, Any] = {}
+        self._pending_signals: dict[int, np.ndarray] = {}  # lagged: signals of this round
+
+    # -- what every down message starts with ----------------------------------------------
+    def _sync_down(self, partition: int) -> RecordDict:
+        """The catch-up of a client: a delta against the version it holds, else full."""
+        config = self.config
+        version = version_of(self.state.active, self.epoch)
+        held = self.nodes.get(partition)
+        self.nodes.stage(partition, version)
+        if self.last is not None and held == self.last.base:
+            changed = self.last.old_active != self.state.active
+            content = RecordDict({
+                VALUES: pack(MASKED.stype, encode_masked([self.last.x_bar], [self.last.synced],
+                                                         values=config.values)),
+                MASK: pack(POSITIONS.stype, POSITIONS.encode([changed])),
+                HEADER: ConfigRecord({"kind": "delta", "base": self.last.base,
+                                      "version": version}),
+            })
+            self._stats["down_delta"] += 1
+            return content
+        self.nodes.reset(partition)  # a resync when this client had been synced before
+        self._stats["down_full"] += 1
+        return RecordDict({
+            VALUES: pack(DENSE.stype, DENSE.encode([self.state.x_last], dtype=config.values)),
+            MASK: pack(POSITIONS.stype, POSITIONS.encode([self.state.active])),
+            HEADER: ConfigRecord({"kind": "full", "version": version}),
+        })
+
+    def _thawed_down(self, content: RecordDict) -> RecordDict:
+        frozen = ~self.state.active
+        content[THAWED] = pack(POSITIONS.stype, POSITIONS.encode([self.thawed[frozen]]))
+        return content
+
+    # -- the contract's hooks ----------------------------------------------------------------
+    def exchanges(self, server_round: int) -> tuple[str, ...]:
+        return (SIGNALS,) if self.config.thaw_timing == "exchange" else ()
+
+    def begin_round(self, server_round: int, arrays: Arrays) -> None:
+        self._stats = {"down_delta": 0, "down_full": 0, "signals": 0, "signal_bytes": 0,
+                       "resyncs_before": self.nodes.resyncs}
+        self._pending_signals = {}
+        if self.config.thaw_timing == "exchange":
+            self.thawed = np.zeros(self.n, bool)
+
+    def encode_exchange(self, name: str, server_round: int, node_id: int) -> RecordDict:
+        return self._sync_down(self.directory.partition_of(node_id))
+
+    def decode_exchange(self, name: str, server_round: int, node_id: int,
+                        content: RecordDict) -> np.ndarray:
+        return self._signals(content)
+
+    def _signals(self, content: RecordDict) -> np.ndarray:
+        """A client's thaw signals: one bool per coordinate frozen under this round's A."""
+        frozen = int((~self.state.active).sum())
+        payload = _bytes(content, SIGNAL, POSITIONS.stype)
+        positions = POSITIONS.decode_positions(payload, [(frozen,)])[0]
+        self._stats["signal_bytes"] += len(payload)
+        return positions.mask.astype(bool)
+
+    def combine_exchange(self, name: str, server_round: int, decoded: dict[int, Any]) -> None:
+        self._decide_thaw(list(decoded.values()))
+
+    def _decide_thaw(self, signals: list[np.ndarray]) -> None:
+        frozen = ~self.state.active
+        votes = np.sum(signals, axis=0) if signals else np.zeros(int(frozen.sum()), np.int64)
+        self._stats["signals"] += int(np.sum(votes))
+        l2 = self.state.l2
+        l2[frozen] = thaw_counters(l2[frozen], votes, self.config.thaw_quorum)
+        l2[~frozen] = 0
+        self.thawed = frozen & (l2 > 0)
+
+    def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
+        partition = self.directory.partition_of(node_id)
+        if self.config.thaw_timing == "exchange":
+            content = RecordDict({HEADER: ConfigRecord({
+                "version": version_of(self.state.active, self.epoch)})})
+        else:
+            content = self._sync_down(partition)
+        return self._thawed_down(content)
+
+    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
+        synced = self.state.active | self.thawed
+        values = decode_masked_values(_bytes(content, VALUES, MASKED.stype), [(self.n,)],
+                                      [synced])[0]
+        x = self.state.x_last.copy()
+        x[synced] = values
+        if self.config.thaw_timing == "lagged":
+            self._pending_signals[node_id] = self._signals(content)
+        self.nodes.commit(self.directory.partition_of(node_id),
+                          version_of(self.state.active, self.epoch))
+        return keyed(self.keys, unflatten(x, self.shapes))
+
+    def aggregate_decoded(self, server_round: int, replies: list[Message]
+                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.config.weighted:
+            arrays, metrics = super().aggregate_decoded(server_round, replies)
+            x_bar = flatten(list(from_arrayrecord(arrays).values()))
+        else:
+            models = [flatten(list(from_arrayrecord(r.content["arrays"]).values()))
+                      for r in replies]
+            x_bar = np.mean(models, axis=0, dtype=np.float64).astype(np.float32)
+            _, metrics = super().aggregate_decoded(server_round, replies)
+        tested = self.state.active.copy()
+        synced = tested | self.thawed
+        self._stats["values_up"] = int(synced.sum()) * len(replies)
+        self._stats["thawed"] = int(self.thawed.sum())
+        thawed = self.thawed
+        if self.config.thaw_timing == "lagged":  # T of the next round, among today's frozen
+            good = {r.metadata.src_node_id for r in replies}
+            self._decide_thaw([s for node, s in self._pending_signals.items() if node in good])
+        self.state.freeze_test(x_bar, tested, self.config)
+        self.state.x_last[thawed] = x_bar[thawed]
+        base = version_of(tested, self.epoch)
+        self.epoch += 1
+        self.last = LastSync(base, synced, x_bar, tested, version_of(self.state.active,
+                                                                     self.epoch))
+        global_model = keyed(self.keys, unflatten(self.state.x_last, self.shapes))
+        return to_arrayrecord(global_model), metrics
+
+    def end_round(self, server_round: int) -> None:
+        self.nodes.end_round()
+
+    def client_state_lost(self, partition_id: int) -> None:
+        self.nodes.forget(partition_id)
+
+    def round_metrics(self, server_round: int) -> dict[str, Any]:
+        s = self._stats
+        frozen = ~self.state.active
+        return {"gwpf_frozen_fraction": float(frozen.mean()),
+                "gwpf_thawed": s.get("thawed", 0), "gwpf_values_up": s.get("values_up", 0),
+                "gwpf_signals": s["signals"], "gwpf_signal_bytes": s["signal_bytes"],
+                "gwpf_tau": self.state.tau, "gwpf_down_delta": s["down_delta"],
+                "gwpf_down_full": s["down_full"],
+                "gwpf_resyncs": self.nodes.resyncs - s["resyncs_before"]}
+
+    def export_state(self) -> ServerState:
+        st = self.state
+        arrays = {"x_last": st.x_last, "m": st.m, "v": st.v, "frozen_for": st.frozen_for,
+                  "period": st.period, "l2": st.l2, "thawed": self.thawed}
+        meta: dict[str, Any] = {"tau": st.tau, "epoch": self.epoch}
+        if self.last is not None:
+            arrays.update({"last.synced": self.last.synced, "last.x_bar": self.last.x_bar,
+                           "last.old_active": self.last.old_active})
+            meta.update({"last.base": self.last.base, "last.version": self.last.version})
+        mirrors = self.nodes.export(lambda version: ({}, {"version": version}))
+        arrays.update(mirrors.arrays)
+        meta["mirrors"] = mirrors.meta
+        return ServerState(arrays, meta)
+
+    def import_state(self, state: ServerState) -> None:
+        a, meta = state.arrays, state.meta
+        self.state = FreezeState(a["x_last"], a["m"], a["v"], a["frozen_for"], a["period"],
+                                 a["l2"], float(meta["tau"]))
+        self.thawed, self.epoch = a["thawed"].astype(bool), int(meta["epoch"])
+        if "last.base" in meta:
+            self.last = LastSync(meta["last.base"], a["last.synced"].astype(bool),
+                                 a["last.x_bar"], a["last.old_active"].astype(bool),
+                                 meta["last.version"])
+        self.nodes.restore(ServerState({}, meta["mirrors"]), lambda _, m: m["version"])
+
+
+# --------------------------------------------------------------------------- client
+class GWPFClient(ClientSide):
+    """Keeps its whole model and its copy of A in `context.state`."""
+
+    def __init__(self, method: GWPF) -> None:
+        super().__init__(method)
+        self._loss = float("nan")
+        self._synced = np.zeros(0, bool)
+        self._signals = np.zeros(0, bool)
+
+    def _apply_sync(self, content: RecordDict, state: RecordDict, n: int
+                    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """The model, A and version after the server's catch-up (delta or full)."""
+        header = content.config_records[HEADER]
+        if header["kind"] == "full":
+            x = DENSE.decode(_bytes(content, VALUES, DENSE.stype), [(n,)])[0]
+            active = POSITIONS.decode_positions(_bytes(content, MASK, POSITIONS.stype),
+                                                [(n,)])[0].mask
+            return x.astype(np.float32), active.astype(bool), str(header["version"])
+        saved = load_array_list(state, STATE)
+        if saved is None or saved[1]["version"] != header["base"]:
+            held = "none" if saved is None else saved[1]["version"]
+            raise CodecError(f"gwpf: the delta is against version {header['base']}, this "
+                             f"client holds {held}: needs a full transfer")
+        (x, active, synced), _ = saved
+        values = decode_masked_values(_bytes(content, VALUES, MASKED.stype), [(n,)],
+                                      [synced.astype(bool)])[0]
+        x = x.copy()
+        x[synced.astype(bool)] = values
+        changed = POSITIONS.decode_positions(_bytes(content, MASK, POSITIONS.stype),
+                                             [(n,)])[0].mask
+        return x, active.astype(bool) ^ changed.astype(bool), str(header["version"])
+
+    def _train_tracked(self, model: nn.Module, data: ClientData, active: np.ndarray, seed: int
+                       ) -> np.ndarray:
+        """H local steps; the thaw signals of the frozen coordinates (local ESR >= tau-thaw)."""
+        config: GWPFConfig = self.method.config
+        s = self.settings
+        frozen = ~active
+        m = np.zeros(int(frozen.sum()), np.float32)
+        v = np.zeros_like(m)
+        previous = {"x": flatten(list(model_arrays(model).values()))[frozen]}
+
+        def track(trained: nn.Module) -> None:
+            now = flatten(list(model_arrays(trained).values()))[frozen]
+            ema(m, v, now - previous["x"], config.alpha)
+            previous["x"] = now
+
+        self._loss = sgd_steps(model, data, steps=config.local_steps, batch_size=s.batch_size,
+                               lr=s.lr_at(self.server_round), momentum=s.momentum,
+                               weight_decay=s.weight_decay, seed=seed,
+                               after_step=track if frozen.any() else None)
+        return esr(m, v) >= config.tau_thaw
+
+    def exchange(self, name: str, content: RecordDict, state: RecordDict, model: nn.Module,
+                 data: ClientData, seed: int) -> RecordDict:
+        n = numel([tuple(a.shape) for a in model_arrays(model).values()])
+        x, active, version = self._apply_sync(content, state, n)
+        shapes = [a.shape for a in model_arrays(model).values()]
+        load_arrays(model, unflatten(x, shapes))
+        self.checked(model)
+        signals = self._train_tracked(model, data, active, seed)
+        trained = flatten(list(model_arrays(model.cpu()).values()))
+        save_array_list(state, STATE, [trained, active, np.zeros(n, bool)], version=version,
+                        loss=self._loss)
+        return RecordDict({SIGNAL: pack(POSITIONS.stype, POSITIONS.encode([signals]))})
+
+    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
+        n = numel([tuple(a.shape) for a in model_arrays(model).values()])
+        shapes = [a.shape for a in model_arrays(model).values()]
+        if self.method.config.thaw_timing == "lagged":
+            x, active, version = self._apply_sync(content, state, n)
+        else:
+            saved = load_array_list(state, STATE)
+            if saved is None or saved[1]["version"] != content.config_records[HEADER][
+                    "version"]:
+                raise CodecError("gwpf: no model trained in this round's signals exchange")
+            (x, active, _), meta = saved
+            active, version = active.astype(bool), str(meta["version"])
+            self._loss = float(meta["loss"])
+        frozen = ~active
+        thawed_among = POSITIONS.decode_positions(_bytes(content, THAWED, POSITIONS.stype),
+                                                  [(int(frozen.sum()),)])[0].mask
+        thawed = np.zeros(n, bool)
+        thawed[np.flatnonzero(frozen)[thawed_among.astype(bool)]] = True
+        self._synced = active | thawed
+        self._version, self._active = version, active
+        load_arrays(model, unflatten(x, shapes))
+        return model
+
+    def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
+              ) -> dict[str, float]:
+        if self.method.config.thaw_timing == "lagged":
+            self._signals = self._train_tracked(model, data, self._active, seed)
+        return {"train-loss": self._loss}
+
+    def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
+        config: GWPFConfig = self.method.config
+        x = flatten(list(model_arrays(model).values()))
+        # what the next round's delta applies to: this model, A, and the synced set
+        save_array_list(state, STATE, [x, self._active, self._synced], version=self._version)
+        reply = RecordDict({VALUES: pack(MASKED.stype, encode_masked(
+            [x], [self._synced], values=config.values))})
+        if config.thaw_timing == "lagged":
+            reply[SIGNAL] = pack(POSITIONS.stype, POSITIONS.encode([self._signals]))
+        return reply
+
+
+def _bytes(content: RecordDict, record: str, stype: str) -> bytes:
+    """The codec bytes of one of a message's payload records (CodecError if absent)."""
+    array = content.array_records.get(record, {}).get(PAYLOAD_ARRAY)
+    if array is None or array.stype != stype:
+        raise CodecError(f"gwpf: message has no '{record}' payload of {stype}")
+    return bytes(array.data)
+
+
+@register("gwpf")
+class GWPF(Method):
+    Config = GWPFConfig
+    Strategy = GWPFStrategy
+    Client = GWPFClient
