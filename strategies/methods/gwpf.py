@@ -159,16 +159,15 @@ class FreezeState:
         m, v = self.m[tested], self.v[tested]
         ema(m, v, delta.astype(np.float32), config.alpha)
         self.m[tested], self.v[tested] = m, v
-        stable = esr(m, v) < self.tau
+        insignificant = esr(m, v) < self.tau  # its direction keeps flipping: freeze it
+        idx = np.flatnonzero(tested)
         if config.unfreeze == "apf":
-            still = self.frozen_for > 0
-            self.frozen_for[still] -= 1             # a frozen period runs out
-            idx = np.flatnonzero(tested)
-            self.period[idx[stable]] += 1            # additive increase
-            self.period[idx[~stable]] //= 2          # multiplicative decrease
-            self.frozen_for[idx[stable]] = self.period[idx[stable]]
+            self.frozen_for[self.frozen_for > 0] -= 1          # a frozen period runs out
+            self.period[idx[insignificant]] += 1               # additive increase
+            self.period[idx[~insignificant]] //= 2             # multiplicative decrease
+            self.frozen_for[idx[insignificant]] = self.period[idx[insignificant]]
         else:
-            self.frozen_for[np.flatnonzero(tested)[stable]] = 1  # frozen for good
+            self.frozen_for[idx[insignificant]] = 1            # frozen for good
         self.x_last = np.where(tested, x_bar, self.x_last).astype(np.float32)
         if float(np.mean(~self.active)) > config.max_frozen:
             self.tau /= 2
