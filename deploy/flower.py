@@ -15,7 +15,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +146,9 @@ def submit_run(group: ProcessGroup, env: dict[str, str], app_dir: Path,
 
 
 def stream_logs(group: ProcessGroup, env: dict[str, str], run_id: int, log_path: Path,
-                echo: bool) -> None:
-    """Follow the run's logs (`flwr log --stream`) until it ends, into a file and the console."""
+                echo: bool, give_up: Callable[[], bool] | None = None) -> None:
+    """Follow the run's logs (`flwr log --stream`) until it ends, into a file and the console;
+    or until `give_up()` says the run cannot end well (checked every second)."""
     command = [flower_command("flwr"), "log", str(run_id), CONNECTION, "--stream"]
     with open(log_path, "w", encoding="utf-8") as log_file:
         proc = subprocess.Popen(command, env=group.env(env), stdout=subprocess.PIPE,
@@ -152,6 +156,14 @@ def stream_logs(group: ProcessGroup, env: dict[str, str], run_id: int, log_path:
                                 preexec_fn=CHILD_SETUP)  # an orphaned log stream would keep
                                                          # the SuperLink from shutting down
         assert proc.stdout is not None
+        if give_up is not None:
+            def watch() -> None:
+                while proc.poll() is None:
+                    if give_up():
+                        proc.terminate()
+                        return
+                    time.sleep(1.0)
+            threading.Thread(target=watch, daemon=True).start()
         for line in proc.stdout:
             log_file.write(line)
             log_file.flush()
@@ -193,3 +205,40 @@ def local_superlinks(http_port: int | None = None) -> list[psutil.Process]:
 def stop_local_superlink(http_port: int | None = None) -> int:
     """Stop Flower's detached local SuperLink and everything it started; returns the count."""
     return stop_tree(local_superlinks(http_port))
+
+
+APP_PROCESSES = ("flwr-serverapp", "flwr-simulation")
+
+
+class AppWatch:
+    """Whether the SuperLink's app process (the ServerApp, or the simulation) died without the
+    run ending: Flower notices only after its task-heartbeat patience (60 s), the launcher
+    after `grace` seconds."""
+
+    def __init__(self, link: SuperLink, grace: float = 5.0) -> None:
+        self.link, self.grace = link, grace
+        self.seen = False
+        self.gone_since: float | None = None
+
+    def _running(self) -> bool:
+        try:
+            children = psutil.Process(self.link.started.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return False
+        for child in children:
+            try:
+                if any(any(part.endswith(name) for name in APP_PROCESSES)
+                       for part in child.cmdline()[:2]):
+                    return True
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return False
+
+    def __call__(self) -> bool:
+        if self._running():
+            self.seen, self.gone_since = True, None
+            return False
+        if not self.seen:
+            return False
+        self.gone_since = self.gone_since or time.monotonic()
+        return time.monotonic() - self.gone_since > self.grace

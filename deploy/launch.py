@@ -10,7 +10,14 @@ from pathlib import Path
 
 from fedsqueeze.server.results import close_run
 
-from .flower import SuperLink, run_status, stream_logs, submit_run, write_connection
+from .flower import (
+    AppWatch,
+    SuperLink,
+    run_status,
+    stream_logs,
+    submit_run,
+    write_connection,
+)
 from .processes import ProcessGroup
 
 
@@ -32,10 +39,11 @@ class LaunchResult:
 def run_app(group: ProcessGroup, env: dict[str, str], link: SuperLink, app_dir: Path,
             run_config: dict[str, object], logs: Path, echo: bool,
             federation_config: str = "") -> tuple[int, dict]:
-    """`flwr run` the app on `link`, stream its logs until it ends; (run id, Flower's status)."""
+    """`flwr run` the app on `link`, stream its logs until it ends (or its app process died);
+    (run id, Flower's status)."""
     write_connection(Path(env["FLWR_HOME"]), link)
     run_id = submit_run(group, env, app_dir, run_config, federation_config)
-    stream_logs(group, env, run_id, logs / "run.log", echo)
+    stream_logs(group, env, run_id, logs / "run.log", echo, give_up=AppWatch(link))
     return run_id, run_status(group, env, run_id)
 
 
