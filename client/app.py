@@ -114,8 +114,12 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     model = side.checked(side.evaluation_model(msg.content, context.state,
                                                build_run_model(settings)))
     loss, accuracy = evaluate(model.to(device), test.x, test.y, settings.eval_batch_size)
+    own = {f"accuracy-{name}": evaluate(m.to(device), test.x, test.y,
+                                        settings.eval_batch_size)[1]
+           for name, m in side.own_models(model.cpu(), context.state,
+                                          build_run_model(settings)).items()}
     reply = RecordDict({
-        METRICS_RECORD: MetricRecord({"accuracy": accuracy, "loss": loss,
+        METRICS_RECORD: MetricRecord({"accuracy": accuracy, "loss": loss, **own,
                                       "num-examples": test.num_examples}),
         IDENTITY_RECORD: identity_record(partition_id),
     })

@@ -50,7 +50,8 @@ Client side (`ClientSide`): the generic ClientApp sets `server_round`, builds th
 and calls, for a train message: `receive(content, state, model)` -> model, `train(model, data,
 state, seed)` -> metrics, `send(model, state)` -> RecordDict, `metrics(model, state)` -> extra
 reply metrics; for an earlier exchange: `exchange(name, content, state, model, data, seed)`
--> RecordDict; for a local evaluation: `evaluation_model(content, state, model)` -> model.
+-> RecordDict; for a local evaluation: `evaluation_model(content, state, model)` -> model,
+then `own_models(global_model, state, model)` -> {name: model} evaluated beside it.
 The ClientApp passes what `receive` and `evaluation_model` return through `checked(model)`
 (DownlinkRejected for a non-finite or absurd model); an exchange that decodes a model calls
 it itself.

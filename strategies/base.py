@@ -135,6 +135,13 @@ class ClientSide:
         """The reply to exchange `name` (methods whose strategy declares `exchanges`)."""
         raise NotImplementedError(f"method {self.method.name!r} has no exchange {name!r}")
 
+    def own_models(self, global_model: nn.Module, state: RecordDict, model: nn.Module
+                   ) -> dict[str, nn.Module]:
+        """Models of this client's own to evaluate beside the global one on its local test
+        split, by name (rows get `accuracy_local_<name>`, mean and min); `global_model` is
+        what `evaluation_model` returned, `model` a fresh copy to fill. Default: none."""
+        return {}
+
     def evaluation_model(self, content: RecordDict, state: RecordDict, model: nn.Module
                          ) -> nn.Module:
         """The model this client evaluates on its local test split: by default the global
@@ -378,27 +385,38 @@ class SqueezeStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        """`accuracy_local` (mean over clients), `accuracy_local_min`, `loss_local`."""
+        """`accuracy_local` (mean over clients), `accuracy_local_min`, `loss_local`, and
+        `accuracy_local_<name>` (+ `_min`) of the clients' own models."""
         accuracies, losses = [], []
+        own: dict[str, list[float]] = {}
         for reply, _ in self._good_replies(EVALUATE, server_round, replies):
             try:
                 metrics = reply.content.metric_records[METRICS_RECORD]
                 accuracy, loss = float(metrics["accuracy"]), float(metrics["loss"])
+                extra = {k[len("accuracy-"):]: float(v) for k, v in metrics.items()
+                         if k.startswith("accuracy-")}
             except (KeyError, ValueError, TypeError) as err:
                 self._fail(reply.metadata.src_node_id, EVALUATE, f"bad metrics: {err}")
                 continue
-            if not (0 <= accuracy <= 1 and np.isfinite(loss)):
+            if not (0 <= accuracy <= 1 and np.isfinite(loss)
+                    and all(0 <= a <= 1 for a in extra.values())):
                 self._fail(reply.metadata.src_node_id, EVALUATE,
                            f"rejected: accuracy {accuracy!r} or loss {loss!r} out of range")
                 continue
             accuracies.append(accuracy)
             losses.append(loss)
+            for name, value in extra.items():
+                own.setdefault(name, []).append(value)
         if not accuracies:
             return None
-        return MetricRecord({"accuracy_local": float(np.mean(accuracies)),
-                             "accuracy_local_min": float(min(accuracies)),
-                             "loss_local": float(np.mean(losses)),
-                             "local_evaluations": len(accuracies)})
+        record = {"accuracy_local": float(np.mean(accuracies)),
+                  "accuracy_local_min": float(min(accuracies)),
+                  "loss_local": float(np.mean(losses)),
+                  "local_evaluations": len(accuracies)}
+        for name, values in sorted(own.items()):
+            record[f"accuracy_local_{name}"] = float(np.mean(values))
+            record[f"accuracy_local_{name}_min"] = float(min(values))
+        return MetricRecord(record)
 
     def _good_replies(self, exchange: str, server_round: int, replies: Iterable[Message]
                       ) -> Iterable[tuple[Message, int]]:

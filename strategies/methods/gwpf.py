@@ -447,6 +447,23 @@ class GWPFClient(ClientSide):
         load_arrays(model, unflatten(x, shapes))
         return model
 
+    def own_models(self, global_model: nn.Module, state: RecordDict, model: nn.Module
+                   ) -> dict[str, nn.Module]:
+        """This client's model as it trains on next round: the global values where it
+        synced, its own where its coordinates stayed frozen (the frozen ones differ between
+        clients)."""
+        saved = load_array_list(state, STATE)
+        if saved is None:
+            return {}
+        (x, _, synced), _ = saved
+        synced = synced.astype(bool)
+        if not synced.any():  # trained in a signals exchange but never synced
+            return {}
+        mine = flatten(list(model_arrays(global_model).values()))
+        mine[~synced] = x[~synced]
+        load_arrays(model, unflatten(mine, [a.shape for a in model_arrays(model).values()]))
+        return {"own": model}
+
     def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
               ) -> dict[str, float]:
         if self.method.config.thaw_timing == "lagged":

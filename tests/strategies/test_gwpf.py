@@ -187,3 +187,13 @@ def test_both_thaw_timings_learn_and_say_what_they_sent(tmp_path, timing):
     for row in rows:
         assert row["gwpf_values_up"] <= 3 * fed.strategy.n
         assert row["failed_replies"] == 0
+
+
+def test_each_clients_own_model_is_evaluated_beside_the_global_one(tmp_path):
+    fed = Federation({**FREEZING, "num-server-rounds": 4, "local-test-fraction": 0.2,
+                      "local-eval-every": 2}, clients=3, results_dir=tmp_path)
+    rows = fed.run(4)
+    for row in (rows[1], rows[3]):
+        assert row["local_evaluations"] == 3
+        assert 0 <= row["accuracy_local_own_min"] <= row["accuracy_local_own"] <= 1
+    assert rows[3]["gwpf_frozen_fraction"] > 0
