@@ -60,9 +60,9 @@ class InProcessGrid(Grid):
         self.clientapp = clientapp or default_clientapp
         self.run_config = run_config
         self.contexts: dict[int, Context] = {
-            self.node_of(p): Context(run_id=1, node_id=self.node_of(p),
-                                     node_config={"partition-id": p, "num-partitions": clients},
-                                     state=RecordDict(), run_config=run_config)
+            7919 * (p + 1): Context(run_id=1, node_id=7919 * (p + 1),
+                                    node_config={"partition-id": p, "num-partitions": clients},
+                                    state=RecordDict(), run_config=run_config)
             for p in range(clients)}
         self.silent: set[int] = set()  # node ids that never answer
         self.fail: set[int] = set()    # partition ids whose ClientApp raises
@@ -71,10 +71,24 @@ class InProcessGrid(Grid):
         self.tamper: Callable[[Message], Message | list[Message] | None] | None = None
         self._ids = itertools.count(1)
         self._replies: dict[str, list[Message]] = {}
+        self._restarts = 0
 
-    @staticmethod
-    def node_of(partition_id: int) -> int:
-        return 7919 * (partition_id + 1)
+    def node_of(self, partition_id: int) -> int:
+        """The current node id of a partition (a restart gives it a new one)."""
+        for node_id, context in self.contexts.items():
+            if context.node_config["partition-id"] == partition_id:
+                return node_id
+        raise KeyError(f"no node holds partition {partition_id}")
+
+    def restart(self, partition_id: int) -> int:
+        """The partition's SuperNode restarts: a new node id, an empty `context.state`."""
+        old = self.node_of(partition_id)
+        context = self.contexts.pop(old)
+        self._restarts += 1
+        new = 104729 * self._restarts + old
+        self.contexts[new] = Context(run_id=1, node_id=new, node_config=context.node_config,
+                                     state=RecordDict(), run_config=self.run_config)
+        return new
 
     # -- Grid -----------------------------------------------------------------------------
     @property

@@ -98,21 +98,23 @@ def discover_clients(grid: MeteredGrid, settings: RunSettings
     return directory, details, (started_unix, time.time())
 
 
-def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings
-                   ) -> list[int]:
+def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings,
+                   refused: set[int]) -> list[int]:
     """Identify nodes that connected since the last round and bind their partitions to them:
     a restarted SuperNode has a new node id and the same partition id, and takes over from
     its old node (which the SuperLink may not yet have declared dead); the strategy forgets
     what it mirrored of a rejoined client (its `context.state` died with the old SuperNode).
-    Returns the partitions that rejoined or joined."""
+    A node that cannot identify itself is added to `refused` and never asked again (each ask
+    could cost the round a timeout). Returns the partitions that rejoined or joined."""
     directory = strategy.directory
     assert directory is not None
-    new = sorted(n for n in grid.get_node_ids() if directory.get(n) is None)
+    new = sorted(n for n in grid.get_node_ids() if directory.get(n) is None and n not in refused)
     if not new:
         return []
     reported, errors = identify(grid, new, min(settings.round_timeout, 60.0))
     for node_id, why in sorted(errors.items()):
-        log(WARNING, "new node %d %s; it is left out", node_id, why)
+        log(WARNING, "new node %d %s; it is left out of this run", node_id, why)
+        refused.add(node_id)
     joined = []
     for node_id, info in sorted(reported.items()):
         partition_id = int(info["partition-id"])
@@ -172,6 +174,7 @@ class RoundRunner:
         self.count_nonzeros = count_nonzeros
         self.first_round = first_round
         self.last_round = first_round - 1  # the last round whose row was written
+        self.refused: set[int] = set()     # new nodes that could not identify themselves
         self.cumulative = {d: sum(r[f"message_{d}"] for r in writer.rows) for d in ("up", "down")}
         self.started = time.monotonic()
 
@@ -194,7 +197,7 @@ class RoundRunner:
         started_unix = time.time()
         rejoin_phase = phase_of("discovery", server_round)
         self.grid.phase = rejoin_phase
-        rejoined = rejoin_clients(self.grid, strategy, s)
+        rejoined = rejoin_clients(self.grid, strategy, s, self.refused)
         node_ids = strategy.sample(server_round)
         sampled = list(node_ids)
         strategy.begin(server_round, from_arrayrecord(arrays))
