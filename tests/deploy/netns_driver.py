@@ -43,7 +43,7 @@ def main(work: Path, results: Path, ns_a: str, addr_a: str, ns_b: str, addr_b: s
         wait_until(lambda: all("SuperNode ID" in s.log_path.read_text() for s in started[:2]),
                    timeout=120, what="the registered SuperNodes")
         run_config = {"results-dir": str(results.parent), "run-name": results.name,
-                      "engine": "deployment", "partitioner": "iid", "num-server-rounds": 2,
+                      "engine": "deployment", "partitioner": "iid", "num-server-rounds": 1,
                       "min-nodes": 2, "round-timeout": 180.0}
         _, status = run_app(group, env, link, find_app_dir(), run_config, logs, echo=False)
         print(json.dumps(status))

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.deployment
 def test_an_unregistered_supernode_is_refused_and_the_run_proceeds(tmp_path):
     result = deploy(find_app_dir(), {
         "results-dir": str(tmp_path), "run-name": "auth", "engine": "deployment",
-        "partitioner": "iid", "num-server-rounds": 2, "min-nodes": 2, "round-timeout": 180.0},
+        "partitioner": "iid", "num-server-rounds": 1, "min-nodes": 2, "round-timeout": 180.0},
         tmp_path / "auth", DeployOptions(clients=2, tls=True, auth=True, unregistered=1,
                                          echo=False))
     assert result.succeeded, result.status

@@ -29,7 +29,7 @@ def _config(tmp_path, name, **config):
 
 def test_a_supernode_killed_mid_round_costs_its_reply_then_rejoins_and_resyncs(tmp_path):
     result = deploy(APP, _config(tmp_path, "churn", method="resfed",
-                                 **{"num-server-rounds": 4}),
+                                 **{"num-server-rounds": 3}),
                     tmp_path / "churn",
                     DeployOptions(clients=3, echo=False, kills=(Kill(2, (1,)),),
                                   restart_after=1.0))
@@ -91,8 +91,8 @@ def test_a_dead_superlink_or_serverapp_leaves_results_that_say_so(tmp_path, vict
 
 
 def test_a_deployment_resumes_from_its_checkpoint_through_the_cli(tmp_path):
-    """`fedsqueeze deploy --resume RUN_DIR` continues the run directory: rows 1-2 stay, rows
-    3-4 are appended by a new SuperLink and new SuperNodes."""
+    """`fedsqueeze deploy --resume RUN_DIR` continues the run directory: row 1 stays, rows 2-3
+    are appended by a new SuperLink and new SuperNodes."""
     import subprocess
     import sys
 
@@ -102,14 +102,15 @@ def test_a_deployment_resumes_from_its_checkpoint_through_the_cli(tmp_path):
                               text=True, timeout=600)
 
     first = cli("--results-dir", str(tmp_path), "--run-name", "r", "--run-config",
-                "num-server-rounds=2 checkpoint-every=1 partitioner='iid'")
+                "num-server-rounds=1 checkpoint-every=1 partitioner='iid'")
     assert first.returncode == 0, first.stdout + first.stderr
     _, before, _ = read_run(tmp_path / "r")
-    resumed = cli("--resume", str(tmp_path / "r"), "--run-config", "num-server-rounds=4")
+    resumed = cli("--resume", str(tmp_path / "r"), "--run-config", "num-server-rounds=3")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     config, rows, summary = read_run(tmp_path / "r")
-    assert [r["round"] for r in rows] == [1, 2, 3, 4] and rows[:2] == before
-    assert config["resumed"][0]["after_round"] == 2 and summary["status"] == "completed"
+    assert [r["round"] for r in rows] == [1, 2, 3] and rows[:1] == before
+    assert config["resumed"][0]["after_round"] == 1 and summary["status"] == "completed"
+    assert config["resumed"][0]["changed"]["num-server-rounds"] == [1, 3]
     assert all(r["wire_up"] > 0 for r in rows) and summary["wire_up"] == sum(
         r["wire_up"] for r in rows)
     assert not (tmp_path / "r" / ".launch").exists()
