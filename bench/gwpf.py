@@ -2,6 +2,11 @@
 
     python bench/gwpf.py [--rounds 60] [--clients 10] [--out bench/results/gwpf]
                          [--tau 0.1,0.3,0.5] [--quorum 1,3] [--steps 5,20]
+    python bench/gwpf.py --timings [--model cnn] [--rounds 60] [--clients 10]
+                         [--tau 0.3] [--quorum 3] [--steps 5]
+
+`--timings` runs one setting with both thaw timings (two exchanges per round, and lagged)
+side by side: bytes, accuracy and seconds per round.
 
 The spec's setting: FashionMNIST, the `cnn` model (582,026 parameters), `--clients` clients
 with Dirichlet(1) label skew, SGD lr 0.01, weight decay 0.01, batch 100. Every setting runs
@@ -70,7 +75,13 @@ def main() -> int:
     parser.add_argument("--quorum", default="1,3")
     parser.add_argument("--steps", default="5,20")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gwpf"))
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--timings", action="store_true",
+                        help="compare thaw-timing exchange vs lagged at one setting")
     args = parser.parse_args()
+    SETTING["model"] = args.model
+    if args.timings:
+        return compare_timings(args)
     steps = [int(s) for s in _floats(args.steps)]
     quorums = [int(q) for q in _floats(args.quorum)]
     results = Path(tempfile.mkdtemp(prefix="gwpf-sweep-"))
@@ -120,6 +131,24 @@ def main() -> int:
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     _plot(rows, args.out.with_suffix(".png"))
+    return 0
+
+
+def compare_timings(args: argparse.Namespace) -> int:
+    results = Path(tempfile.mkdtemp(prefix="gwpf-timings-"))
+    keys = {"gwpf.tau-freeze": _floats(args.tau)[0], "gwpf.thaw-quorum": int(_floats(
+        args.quorum)[0]), "gwpf.local-steps": int(_floats(args.steps)[0])}
+    rows = [run(timing, {**keys, "gwpf.thaw-timing": timing}, args.rounds, args.clients,
+                results) for timing in ("exchange", "lagged")]
+    print(f"GWPF thaw timings, {args.model}, {args.rounds} rounds, {args.clients} clients, "
+          f"{keys}")
+    print("| thaw-timing | payload up | payload down | message total | signal bytes | "
+          "test acc | frozen | s/round |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['name']} | {r['payload_up']} | {r['payload_down']} | {r['message']} | "
+              f"{r['signal_bytes']} | {r['final_accuracy']:.4f} | {r['frozen_fraction']:.3f} | "
+              f"{r['seconds_per_round']:.2f} |")
     return 0
 
 
