@@ -115,7 +115,8 @@ def main() -> int:
     tuned = [r for r in rows if not r["name"].startswith(("baseline", "reference"))]
     chosen = max(tuned, key=lambda r: (r["validation_minus_baseline"] >= -0.01,
                                        -r["bytes_vs_baseline"]))
-    lines = [f"GWPF sweep, {args.rounds} rounds, {args.clients} clients, cnn, FashionMNIST "
+    lines = [f"GWPF sweep, {args.rounds} rounds, {args.clients} clients, {args.model}, "
+             "FashionMNIST "
              "Dirichlet(1); bytes = payload up + down, relative to the baseline "
              "(gwpf with tau-freeze = 0 and the same local steps: everything sent)", "",
              "| run | bytes vs baseline | test acc | Δ acc | validation acc | frozen | s/round |",
