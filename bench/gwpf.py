@@ -1,7 +1,7 @@
 """GWPF sweep: bytes against accuracy over tau-freeze x thaw-quorum x local-steps.
 
     python bench/gwpf.py [--rounds 60] [--clients 10] [--out bench/results/gwpf]
-                         [--tau 0.1,0.3,0.5] [--quorum 1,3] [--steps 5,20]
+                         [--tau 0.1,0.3,0.5] [--quorum 1,3] [--steps 5,20] [--tau-thaw 0.5]
     python bench/gwpf.py --timings [--model cnn] [--rounds 60] [--clients 10]
                          [--tau 0.3] [--quorum 3] [--steps 5]
 
@@ -74,6 +74,8 @@ def main() -> int:
     parser.add_argument("--tau", default="0.1,0.3,0.5")
     parser.add_argument("--quorum", default="1,3")
     parser.add_argument("--steps", default="5,20")
+    parser.add_argument("--tau-thaw", default="0.5",
+                        help="tau-thaw values (the grid's fourth axis; the spec's default 0.5)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gwpf"))
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--timings", action="store_true",
@@ -89,9 +91,11 @@ def main() -> int:
     runs = [(f"baseline-h{h}", {"gwpf.tau-freeze": 0.0, "gwpf.local-steps": h}) for h in steps]
     runs.append(("reference", {"gwpf.value-ema-compat": True, "gwpf.tau-freeze": 0.5,
                                "gwpf.thaw-quorum": 1, "gwpf.local-steps": 5}))
-    runs += [(f"tau{t}-q{q}-h{h}", {"gwpf.tau-freeze": t, "gwpf.thaw-quorum": q,
-                                    "gwpf.local-steps": h})
-             for t, q, h in itertools.product(_floats(args.tau), quorums, steps)]
+    thaws = _floats(args.tau_thaw)
+    runs += [(f"tau{t}-q{q}-h{h}" + (f"-thaw{u}" if len(thaws) > 1 else ""),
+              {"gwpf.tau-freeze": t, "gwpf.thaw-quorum": q, "gwpf.local-steps": h,
+               "gwpf.tau-thaw": u})
+             for t, q, h, u in itertools.product(_floats(args.tau), quorums, steps, thaws)]
     rows = []
     for i, (name, keys) in enumerate(runs, start=1):
         print(f"[{i}/{len(runs)}] {name} ...", flush=True)
