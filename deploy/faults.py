@@ -53,18 +53,32 @@ def parse_kills(texts: list[str] | None, clients: int) -> list[Kill]:
     return sorted(kills, key=lambda k: k.round)
 
 
-def _rounds_done(rounds_path: Path) -> int:
-    try:
-        lines = rounds_path.read_text().splitlines()
-    except OSError:
-        return 0
-    done = 0
-    for line in lines:
+class Follower:
+    """New complete lines of a growing file since the last call (the file is read once, in
+    pieces, not again on every poll)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def new_lines(self) -> list[str]:
         try:
-            done = max(done, int(json.loads(line)["round"]))
-        except (ValueError, KeyError, TypeError):
-            pass
-    return done
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return []
+        self._offset += len(chunk)
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        return [line.decode(errors="replace") for line in lines]
+
+
+def _round_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["round"])
+    except (ValueError, KeyError, TypeError):
+        return 0
 
 
 def _kill_tree(started: Started) -> None:
@@ -92,7 +106,11 @@ class FaultInjector(threading.Thread):
                  node: Callable[[int], Started], restart: Callable[[int], None]) -> None:
         super().__init__(name="fault-injector", daemon=True)
         self.kills, self.restart_after = kills, restart_after
-        self.rounds_path, self.node, self.restart = rounds_path, node, restart
+        self.node, self.restart = node, restart
+        self._rounds = Follower(rounds_path)
+        self._rounds_done = 0
+        self._logs: dict[tuple[int, Path], Follower] = {}
+        self._seen: set[tuple[int, int]] = set()  # (round, partition) seen in a node's log
         self.events: list[dict] = []
         self.errors: list[str] = []
         self._halt = threading.Event()
@@ -102,9 +120,16 @@ class FaultInjector(threading.Thread):
         self.join(timeout=10)
 
     def _reached(self, server_round: int, partition: int) -> bool:
-        log = self.node(partition).log_path.read_text(errors="replace")
-        return f", ROUND {server_round}:" in log \
-            or _rounds_done(self.rounds_path) >= server_round
+        self._rounds_done = max([self._rounds_done,
+                                 *map(_round_of, self._rounds.new_lines())])
+        log = self.node(partition).log_path
+        follower = self._logs.setdefault((partition, log), Follower(log))
+        for line in follower.new_lines():
+            if ", ROUND " in line:
+                head = line.split(", ROUND ", 1)[1].split(":", 1)[0]
+                if head.isdigit():
+                    self._seen.add((int(head), partition))
+        return (server_round, partition) in self._seen or self._rounds_done >= server_round
 
     def run(self) -> None:
         pending = [(kill.round, p) for kill in self.kills for p in kill.partitions]
@@ -126,7 +151,7 @@ class FaultInjector(threading.Thread):
                     self.errors.append(f"restart of partition {partition} failed: {err}")
                     continue
                 self._event("restart", server_round, partition)
-            self._halt.wait(0.05)
+            self._halt.wait(0.1)
         self._halt.wait()  # the restarted processes die with the thread that started them
 
     def _event(self, action: str, server_round: int, partition: int) -> None:

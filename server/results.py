@@ -35,6 +35,13 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def _write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """rounds.jsonl with exactly these rows (temp file + rename)."""
+    tmp = run_dir / "rounds.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    tmp.replace(run_dir / "rounds.jsonl")
+
+
 def _finite_or_null(value: Any) -> Any:
     """NaN and infinities become None: JSON has no token for them (a bare NaN is invalid)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -56,9 +63,7 @@ class ResultsWriter:
         self.config = config
         self.rows: list[dict[str, Any]] = list(rows or [])
         _write_json(run_dir / "config.json", config)
-        tmp = run_dir / "rounds.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
-        tmp.replace(run_dir / "rounds.jsonl")
+        _write_rows(run_dir, self.rows)
         (run_dir / "summary.json").unlink(missing_ok=True)  # the run is running (again)
         self._rounds = open(run_dir / "rounds.jsonl", "a", encoding="utf-8")
 
@@ -140,9 +145,7 @@ def close_run(run_dir: Path, status: str, error: str) -> dict[str, Any]:
 
 def rewrite_run(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     """Replace rounds.jsonl and summary.json (the deployment launcher adds the wire layer)."""
-    tmp = run_dir / "rounds.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rounds))
-    tmp.replace(run_dir / "rounds.jsonl")
+    _write_rows(run_dir, rounds)
     _write_json(run_dir / "summary.json", summary)
 
 

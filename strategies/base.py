@@ -472,9 +472,9 @@ def absurd_values(arrays: Arrays, bound: float) -> str | None:
         finite = np.isfinite(value)
         if not finite.all():
             return f"{int(value.size - finite.sum())} non-finite values in {key!r}"
-        if bound and value.size and float(np.abs(value).max()) > bound:
-            return (f"max |w| = {float(np.abs(value).max()):.3g} in {key!r} exceeds "
-                    f"max-abs-value = {bound:g}")
+        largest = float(np.abs(value).max()) if bound and value.size else 0.0
+        if largest > bound:
+            return f"max |w| = {largest:.3g} in {key!r} exceeds max-abs-value = {bound:g}"
     return None
 
 

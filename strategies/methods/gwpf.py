@@ -52,6 +52,7 @@ from fedsqueeze.strategies.settings import MethodConfig
 from fedsqueeze.strategies.state import NodeMirrors, ServerState, load_array_list, save_array_list
 from fedsqueeze.strategies.tensors import (
     Arrays,
+    expected_shapes,
     flatten,
     from_arrayrecord,
     keyed,
@@ -182,7 +183,6 @@ class LastSync:
     synced: np.ndarray           # A | T of this round
     x_bar: np.ndarray            # the averaged model (only `synced` travels)
     old_active: np.ndarray       # A before, to code the change of A
-    version: str                 # the version after applying
 
 
 class GWPFStrategy(SqueezeStrategy):
@@ -197,36 +197,44 @@ class GWPFStrategy(SqueezeStrategy):
         self.nodes: NodeMirrors[str, str] = NodeMirrors()
         self._stats: dict[str, Any] = {}
         self._pending_signals: dict[int, np.ndarray] = {}  # lagged: signals of this round
+        self.version = version_of(self.state.active, self.epoch)  # of the state before a round
+        self._payloads: dict[str, bytes] = {}  # this round's catch-up payloads, coded once
 
     # -- what every down message starts with ----------------------------------------------
+    def _payload(self, name: str, encode) -> bytes:
+        """A payload every client of the round gets alike, coded once per round."""
+        if name not in self._payloads:
+            self._payloads[name] = encode()
+        return self._payloads[name]
+
     def _sync_down(self, partition: int) -> RecordDict:
         """The catch-up of a client: a delta against the version it holds, else full."""
-        config = self.config
-        version = version_of(self.state.active, self.epoch)
+        config, last = self.config, self.last
         held = self.nodes.get(partition)
-        self.nodes.stage(partition, version)
-        if self.last is not None and held == self.last.base:
-            changed = self.last.old_active != self.state.active
-            content = RecordDict({
-                VALUES: pack(MASKED.stype, encode_masked([self.last.x_bar], [self.last.synced],
-                                                         values=config.values)),
-                MASK: pack(POSITIONS.stype, POSITIONS.encode([changed])),
-                HEADER: ConfigRecord({"kind": "delta", "base": self.last.base,
-                                      "version": version}),
-            })
+        self.nodes.stage(partition, self.version)
+        if last is not None and held == last.base:
             self._stats["down_delta"] += 1
-            return content
+            return RecordDict({
+                VALUES: pack(MASKED.stype, self._payload("delta.values", lambda: encode_masked(
+                    [last.x_bar], [last.synced], values=config.values))),
+                MASK: pack(POSITIONS.stype, self._payload("delta.mask", lambda: POSITIONS.encode(
+                    [last.old_active != self.state.active]))),
+                HEADER: ConfigRecord({"kind": "delta", "base": last.base,
+                                      "version": self.version}),
+            })
         self.nodes.reset(partition)  # a resync when this client had been synced before
         self._stats["down_full"] += 1
         return RecordDict({
-            VALUES: pack(DENSE.stype, DENSE.encode([self.state.x_last], dtype=config.values)),
-            MASK: pack(POSITIONS.stype, POSITIONS.encode([self.state.active])),
-            HEADER: ConfigRecord({"kind": "full", "version": version}),
+            VALUES: pack(DENSE.stype, self._payload("full.values", lambda: DENSE.encode(
+                [self.state.x_last], dtype=config.values))),
+            MASK: pack(POSITIONS.stype, self._payload("full.mask", lambda: POSITIONS.encode(
+                [self.state.active]))),
+            HEADER: ConfigRecord({"kind": "full", "version": self.version}),
         })
 
     def _thawed_down(self, content: RecordDict) -> RecordDict:
-        frozen = ~self.state.active
-        content[THAWED] = pack(POSITIONS.stype, POSITIONS.encode([self.thawed[frozen]]))
+        content[THAWED] = pack(POSITIONS.stype, self._payload("thawed", lambda: POSITIONS.encode(
+            [self.thawed[~self.state.active]])))
         return content
 
     # -- the contract's hooks ----------------------------------------------------------------
@@ -237,6 +245,7 @@ class GWPFStrategy(SqueezeStrategy):
         self._stats = {"down_delta": 0, "down_full": 0, "signals": 0, "signal_bytes": 0,
                        "resyncs_before": self.nodes.resyncs}
         self._pending_signals = {}
+        self._payloads = {}
         if self.config.thaw_timing == "exchange":
             self.thawed = np.zeros(self.n, bool)
 
@@ -270,8 +279,7 @@ class GWPFStrategy(SqueezeStrategy):
     def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
         partition = self.directory.partition_of(node_id)
         if self.config.thaw_timing == "exchange":
-            content = RecordDict({HEADER: ConfigRecord({
-                "version": version_of(self.state.active, self.epoch)})})
+            content = RecordDict({HEADER: ConfigRecord({"version": self.version})})
         else:
             content = self._sync_down(partition)
         return self._thawed_down(content)
@@ -284,8 +292,7 @@ class GWPFStrategy(SqueezeStrategy):
         x[synced] = values
         if self.config.thaw_timing == "lagged":
             self._pending_signals[node_id] = self._signals(content)
-        self.nodes.commit(self.directory.partition_of(node_id),
-                          version_of(self.state.active, self.epoch))
+        self.nodes.commit(self.directory.partition_of(node_id), self.version)
         return keyed(self.keys, unflatten(x, self.shapes))
 
     def aggregate_decoded(self, server_round: int, replies: list[Message]
@@ -308,10 +315,9 @@ class GWPFStrategy(SqueezeStrategy):
             self._decide_thaw([s for node, s in self._pending_signals.items() if node in good])
         self.state.freeze_test(x_bar, tested, self.config)
         self.state.x_last[thawed] = x_bar[thawed]
-        base = version_of(tested, self.epoch)
+        self.last = LastSync(self.version, synced, x_bar, tested)
         self.epoch += 1
-        self.last = LastSync(base, synced, x_bar, tested, version_of(self.state.active,
-                                                                     self.epoch))
+        self.version = version_of(self.state.active, self.epoch)
         global_model = keyed(self.keys, unflatten(self.state.x_last, self.shapes))
         return to_arrayrecord(global_model), metrics
 
@@ -339,7 +345,7 @@ class GWPFStrategy(SqueezeStrategy):
         if self.last is not None:
             arrays.update({"last.synced": self.last.synced, "last.x_bar": self.last.x_bar,
                            "last.old_active": self.last.old_active})
-            meta.update({"last.base": self.last.base, "last.version": self.last.version})
+            meta["last.base"] = self.last.base
         mirrors = self.nodes.export(lambda version: ({}, {"version": version}))
         arrays.update(mirrors.arrays)
         meta["mirrors"] = mirrors.meta
@@ -350,10 +356,10 @@ class GWPFStrategy(SqueezeStrategy):
         self.state = FreezeState(a["x_last"], a["m"], a["v"], a["frozen_for"], a["period"],
                                  a["l2"], float(meta["tau"]))
         self.thawed, self.epoch = a["thawed"].astype(bool), int(meta["epoch"])
+        self.version = version_of(self.state.active, self.epoch)
         if "last.base" in meta:
             self.last = LastSync(meta["last.base"], a["last.synced"].astype(bool),
-                                 a["last.x_bar"], a["last.old_active"].astype(bool),
-                                 meta["last.version"])
+                                 a["last.x_bar"], a["last.old_active"].astype(bool))
         self.nodes.restore(ServerState({}, meta["mirrors"]), lambda _, m: m["version"])
 
 
@@ -413,9 +419,9 @@ class GWPFClient(ClientSide):
 
     def exchange(self, name: str, content: RecordDict, state: RecordDict, model: nn.Module,
                  data: ClientData, seed: int) -> RecordDict:
-        n = numel([tuple(a.shape) for a in model_arrays(model).values()])
+        shapes = expected_shapes(model)
+        n = numel(shapes)
         x, active, version = self._apply_sync(content, state, n)
-        shapes = [a.shape for a in model_arrays(model).values()]
         load_arrays(model, unflatten(x, shapes))
         self.checked(model)
         signals = self._train_tracked(model, data, active, seed)
@@ -425,8 +431,8 @@ class GWPFClient(ClientSide):
         return RecordDict({SIGNAL: pack(POSITIONS.stype, POSITIONS.encode([signals]))})
 
     def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
-        n = numel([tuple(a.shape) for a in model_arrays(model).values()])
-        shapes = [a.shape for a in model_arrays(model).values()]
+        shapes = expected_shapes(model)
+        n = numel(shapes)
         if self.method.config.thaw_timing == "lagged":
             x, active, version = self._apply_sync(content, state, n)
         else:
@@ -461,7 +467,7 @@ class GWPFClient(ClientSide):
             return {}
         mine = flatten(list(model_arrays(global_model).values()))
         mine[~synced] = x[~synced]
-        load_arrays(model, unflatten(mine, [a.shape for a in model_arrays(model).values()]))
+        load_arrays(model, unflatten(mine, expected_shapes(model)))
         return {"own": model}
 
     def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
