@@ -3,7 +3,9 @@
 Flower's SuperExec starts a session of its own and spawns a fresh ClientApp/ServerApp
 process per task, so process groups are not enough. Every process started here carries a
 launch id in its environment (inherited by all descendants); teardown signals the recorded
-descendants and anything else whose environment carries the launch id.
+descendants and anything else whose environment carries the launch id. The launcher's pid
+travels too: a ServerApp whose launcher was SIGKILLed ends itself
+(`server.signals.exit_when_launcher_gone`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from fedsqueeze.server.signals import signals_raise
+from fedsqueeze.server.signals import LAUNCHER_PID_VAR, signals_raise
 
 LAUNCH_ID_VAR = "FEDSQUEEZE_LAUNCH_ID"
 
@@ -72,7 +74,7 @@ class ProcessGroup:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def env(self, base: Mapping[str, str]) -> dict[str, str]:
-        return {**base, LAUNCH_ID_VAR: self.launch_id}
+        return {**base, LAUNCH_ID_VAR: self.launch_id, LAUNCHER_PID_VAR: str(os.getpid())}
 
     def start(self, name: str, command: Sequence[str], env: Mapping[str, str]) -> Started:
         log_path = self.log_dir / f"{name}.log"

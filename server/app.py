@@ -30,9 +30,10 @@ from .checkpoint import latest_checkpoint
 from .evaluation import CentralEvaluator
 from .loop import RoundRunner, RunFailure, discover_clients
 from .metering import MeteredGrid
-from .results import ResultsWriter, default_results_dir
-from .signals import Interrupted, pass_on, signals_raise
+from .results import ResultsWriter, close_run, default_results_dir
+from .signals import Interrupted, exit_when_launcher_gone, pass_on, signals_raise
 
+ORPHAN_GRACE_S = 15.0  # a ServerApp outliving its launcher by this much ends itself
 TRANSPORTS = {"simulation": "in-process (Ray engine)", "deployment": "grpc-rere (Fleet API)"}
 
 app = ServerApp()
@@ -46,6 +47,15 @@ def run_directory(settings: RunSettings, run_id: int) -> Path:
         f"{settings.method}-{settings.dataset}-{settings.model}-"
         f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{run_id}")
     return base / name
+
+
+def _orphaned(writer: ResultsWriter) -> None:
+    """The launcher died and this ServerApp did not end: say so, unless it already did."""
+    if not (writer.run_dir / "summary.json").is_file():
+        close_run(writer.run_dir, "interrupted", f"the launcher died; the ServerApp did not "
+                  f"stop within {ORPHAN_GRACE_S:.0f} s and ended itself after round "
+                  f"{writer.rows[-1]['round'] if writer.rows else 0}")
+    log(ERROR, "the launcher is gone: ServerApp exits (results in %s)", writer.run_dir)
 
 
 def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, ArrayRecord]:
@@ -84,6 +94,7 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
             "started_utc": started_utc,
         })
     log(INFO, "results: %s", run_dir)
+    exit_when_launcher_gone(ORPHAN_GRACE_S, lambda: _orphaned(writer))
     trainable = trainable_keys(model)
 
     def nonzeros_of(arrays: dict) -> tuple[int, int]:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+
+import psutil
+
+LAUNCHER_PID_VAR = "FEDSQUEEZE_LAUNCHER_PID"  # set by the launcher for all it starts
+ORPHANED_EXIT_CODE = 3
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,3 +48,38 @@ def pass_on(err: Interrupted) -> None:
     handler = signal.getsignal(err.signum)
     if callable(handler):
         handler(err.signum, None)
+
+
+def exit_when_launcher_gone(grace: float, last_words: Callable[[], None],
+                            poll: float = 0.5) -> threading.Thread | None:
+    """In a process the launcher started (its pid in `FEDSQUEEZE_LAUNCHER_PID`): once the
+    launcher is gone (SIGKILL leaves nobody to stop what it started) give the process `grace`
+    s to end the usual way, then call `last_words` and exit. Flower's parent monitor turns a
+    dead SuperLink into SIGINT, but a graceful exit that blocks on the dead SuperLink would
+    keep the process alive for good. Returns the watching thread, None outside a launch."""
+    pid = os.environ.get(LAUNCHER_PID_VAR)
+    if not pid:
+        return None
+    try:
+        launcher = psutil.Process(int(pid))
+    except (psutil.NoSuchProcess, ValueError):
+        launcher = None
+
+    def alive() -> bool:
+        try:  # is_running also tells a reused pid apart; a killed launcher may be a zombie
+            return launcher.is_running() and launcher.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def watch() -> None:
+        while launcher is not None and alive():
+            time.sleep(poll)
+        time.sleep(grace)
+        try:
+            last_words()
+        finally:
+            os._exit(ORPHANED_EXIT_CODE)
+
+    thread = threading.Thread(target=watch, name="launcher-watch", daemon=True)
+    thread.start()
+    return thread
