@@ -53,8 +53,7 @@ def partition_identity(node_config: dict, settings: RunSettings) -> tuple[int, i
 @functools.lru_cache(maxsize=4)
 def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
                  device: torch.device) -> tuple[ClientData, ClientData | None]:
-    options = dict(classes_per_partition=settings.partition_classes,
-                   class_assignment=settings.class_assignment, alpha=settings.dirichlet_alpha)
+    options = settings.partition_options()
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
         from fedsqueeze.data import partition_for  # flwr-datasets: only on a cache miss

@@ -23,6 +23,7 @@ from flwr_datasets.partitioner import (
     IidPartitioner,
     Partitioner,
     PathologicalPartitioner,
+    ShardPartitioner,
 )
 
 from fedsqueeze.data.errors import DataError
@@ -42,6 +43,8 @@ class PartitionOptions:
     classes_per_partition: int = 2
     class_assignment: str = "random"
     alpha: float = 0.5
+    shards_per_partition: int = 2
+    shard_size: int = 20
 
 
 SchemeFactory = Callable[[np.ndarray, int, int, PartitionOptions], Partitioner]
@@ -110,6 +113,31 @@ def _dirichlet(
         min_partition_size=min_size,
         self_balancing=False,
         shuffle=False,
+        seed=seed,
+    )
+
+
+@register_scheme("shards")
+def _shards(
+    labels: np.ndarray, num_partitions: int, seed: int, options: PartitionOptions
+) -> Partitioner:
+    """The pathological shard split of LotteryFL / FedDST: rows sorted by label, cut into
+    shards of `shard_size`, `shards_per_partition` random shards per client (rows beyond
+    num_partitions x shards x size are unused)."""
+    need = num_partitions * options.shards_per_partition * options.shard_size
+    if options.shards_per_partition < 1 or options.shard_size < 1:
+        raise DataError("shards-per-partition and shard-size must be >= 1, got "
+                        f"{options.shards_per_partition} and {options.shard_size}")
+    if need > len(labels):
+        raise DataError(f"{num_partitions} partitions x {options.shards_per_partition} shards "
+                        f"x {options.shard_size} rows need {need} rows, the data has "
+                        f"{len(labels)}")
+    return ShardPartitioner(
+        num_partitions,
+        LABEL,
+        num_shards_per_partition=options.shards_per_partition,
+        shard_size=options.shard_size,
+        shuffle=True,
         seed=seed,
     )
 
@@ -189,13 +217,16 @@ def partition_indices(
     classes_per_partition: int = 2,
     class_assignment: str = "random",
     alpha: float = 0.5,
+    shards_per_partition: int = 2,
+    shard_size: int = 20,
 ) -> list[np.ndarray]:
     """Sorted, read-only int64 row indices of every partition.
 
     The same arguments give the same partitions on every machine; results are cached per
     process (a ClientApp process asks on every message).
     """
-    options = PartitionOptions(classes_per_partition, class_assignment, alpha)
+    options = PartitionOptions(classes_per_partition, class_assignment, alpha,
+                               shards_per_partition, shard_size)
     fitted = _fitted_for(labels, scheme, num_partitions, seed, options)
     return [fitted.indices(i) for i in range(num_partitions)]
 
@@ -210,11 +241,14 @@ def partition_for(
     classes_per_partition: int = 2,
     class_assignment: str = "random",
     alpha: float = 0.5,
+    shards_per_partition: int = 2,
+    shard_size: int = 20,
 ) -> np.ndarray:
     """One client's row indices, `partition_indices(...)[partition_id]` without the others."""
     if not 0 <= partition_id < num_partitions:
         raise DataError(
             f"partition-id {partition_id} out of range for num-partitions {num_partitions}"
         )
-    options = PartitionOptions(classes_per_partition, class_assignment, alpha)
+    options = PartitionOptions(classes_per_partition, class_assignment, alpha,
+                               shards_per_partition, shard_size)
     return _fitted_for(labels, scheme, num_partitions, seed, options).indices(partition_id)

@@ -155,9 +155,7 @@ def client_partitions(settings: RunSettings, clients: int):
     _, labels = load_split(settings.dataset, "train", settings.data_dir or None,
                            download=settings.data_download)
     parts = partition_indices(labels, settings.partitioner, settings.num_partitions or clients,
-                              settings.seed, classes_per_partition=settings.partition_classes,
-                              class_assignment=settings.class_assignment,
-                              alpha=settings.dirichlet_alpha)
+                              settings.seed, **settings.partition_options())
     return labels, parts
 
 

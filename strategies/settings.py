@@ -137,6 +137,8 @@ class RunSettings:
     partition_classes: int = 2
     class_assignment: str = "random"
     dirichlet_alpha: float = 0.5
+    shards_per_partition: int = 2
+    shard_size: int = 20
     num_partitions: int = 0
     model: str = "fc2"
     model_init: str = "default"
@@ -173,6 +175,8 @@ class RunSettings:
         check_all(self, {
             "partition_classes": (lambda v: v >= 1, "must be >= 1"),
             "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
+            "shards_per_partition": (lambda v: v >= 1, "must be >= 1"),
+            "shard_size": (lambda v: v >= 1, "must be >= 1"),
             "num_partitions": (lambda v: v >= 0, "must be >= 0 (0 = from node config)"),
             "input_scale": (lambda v: v > 0, "must be > 0"),
             "num_server_rounds": (lambda v: v >= 1, "must be >= 1"),
@@ -210,6 +214,12 @@ class RunSettings:
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, UserValue]) -> RunSettings:
         return from_run_config(cls, run_config)
+
+    def partition_options(self) -> dict[str, Any]:
+        """The partition scheme's parameters (keyword arguments of `partition_for`)."""
+        return dict(classes_per_partition=self.partition_classes,
+                    class_assignment=self.class_assignment, alpha=self.dirichlet_alpha,
+                    shards_per_partition=self.shards_per_partition, shard_size=self.shard_size)
 
     def lr_at(self, server_round: int) -> float:
         """The learning rate of round t: lr x lr-decay^(t-1)."""

@@ -139,9 +139,10 @@ def test_partition_id_out_of_range_is_a_data_error(labels):
 
 
 def test_unknown_scheme_names_the_valid_ones(labels):
-    expected = "unknown partition scheme 'shards'.*dirichlet, iid, label-pairs, pathological"
+    expected = ("unknown partition scheme 'stripes'.*dirichlet, iid, label-pairs, pathological, "
+                "shards")
     with pytest.raises(DataError, match=expected):
-        partition_indices(labels, "shards", 10, seed=0)
+        partition_indices(labels, "stripes", 10, seed=0)
 
 
 @pytest.mark.parametrize("num_partitions", [0, 1001])
@@ -208,3 +209,18 @@ def test_partitions_match_the_pinned_ones_so_every_machine_agrees(scheme, option
     labels = np.arange(24) % 3
     parts = partition_indices(labels, scheme, 3, seed=2026, **options)
     assert [p.tolist() for p in parts] == expected
+
+
+def test_shards_give_each_client_two_label_sorted_shards_of_twenty():
+    labels = np.repeat(np.arange(10), 2000)
+    parts = partition_indices(labels, "shards", 400, seed=0)
+    assert all(len(p) == 40 for p in parts)
+    assert len(np.unique(np.concatenate(parts))) == 16_000       # no row twice
+    assert max(len(np.unique(labels[p])) for p in parts) <= 2    # at most two classes each
+    other = partition_indices(labels, "shards", 400, seed=1)
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_shards_that_need_more_rows_than_the_data_has_are_refused():
+    with pytest.raises(DataError, match="need 20000 rows, the data has 10000"):
+        partition_indices(np.repeat(np.arange(10), 1000), "shards", 500, seed=0)
