@@ -2,6 +2,7 @@
 
     python bench/gwpf.py [--rounds 60] [--clients 10] [--out bench/results/gwpf]
                          [--tau 0.1,0.3,0.5] [--quorum 1,3] [--steps 5,20] [--tau-thaw 0.5]
+                         [--set gwpf.alpha=0.9 ...]
     python bench/gwpf.py --timings [--model cnn] [--rounds 60] [--clients 10]
                          [--tau 0.3] [--quorum 3] [--steps 5]
 
@@ -43,6 +44,22 @@ SETTING = {"method": "gwpf", "dataset": "fashion-mnist", "model": "cnn",
            "local-test-fraction": 0.1, "eval-every": 10}
 
 
+def _fixed(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
+    """--set KEY=VALUE pairs as run-config values (TOML, strings may go unquoted)."""
+    import tomllib
+
+    fixed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            fixed[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            fixed[key.strip()] = value
+    return fixed
+
+
 def _floats(text: str) -> list[float]:
     return [float(t) for t in text.split(",") if t.strip()]
 
@@ -78,10 +95,14 @@ def main() -> int:
                         help="tau-thaw values (the grid's fourth axis; the spec's default 0.5)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/gwpf"))
     parser.add_argument("--model", default="cnn")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-config key fixed for every setting of the grid, e.g. "
+                             "gwpf.alpha=0.9 or gwpf.unfreeze=apf (TOML value; repeatable)")
     parser.add_argument("--timings", action="store_true",
                         help="compare thaw-timing exchange vs lagged at one setting")
     args = parser.parse_args()
     SETTING["model"] = args.model
+    fixed = _fixed(args.set, parser)
     if args.timings:
         return compare_timings(args)
     steps = [int(s) for s in _floats(args.steps)]
@@ -93,7 +114,7 @@ def main() -> int:
                                "gwpf.thaw-quorum": 1, "gwpf.local-steps": 5}))
     thaws = _floats(args.tau_thaw)
     runs += [(f"tau{t}-q{q}-h{h}" + (f"-thaw{u}" if len(thaws) > 1 else ""),
-              {"gwpf.tau-freeze": t, "gwpf.thaw-quorum": q, "gwpf.local-steps": h,
+              {**fixed, "gwpf.tau-freeze": t, "gwpf.thaw-quorum": q, "gwpf.local-steps": h,
                "gwpf.tau-thaw": u})
              for t, q, h, u in itertools.product(_floats(args.tau), quorums, steps, thaws)]
     rows = []
@@ -120,7 +141,7 @@ def main() -> int:
     chosen = max(tuned, key=lambda r: (r["validation_minus_baseline"] >= -0.01,
                                        -r["bytes_vs_baseline"]))
     lines = [f"GWPF sweep, {args.rounds} rounds, {args.clients} clients, {args.model}, "
-             "FashionMNIST "
+             f"{'fixed ' + str(fixed) + ', ' if fixed else ''}FashionMNIST "
              "Dirichlet(1); bytes = payload up + down, relative to the baseline "
              "(gwpf with tau-freeze = 0 and the same local steps: everything sent)", "",
              "| run | bytes vs baseline | test acc | Δ acc | validation acc | frozen | s/round |",
