@@ -24,11 +24,12 @@ def pack(stype: str, payload: bytes) -> ArrayRecord:
     return ArrayRecord({PAYLOAD_ARRAY: array})
 
 
-def unpack(content: RecordDict, stype: str) -> bytes:
-    """The codec bytes of a message; CodecError if absent or of another codec/version."""
-    record = content.array_records.get(PAYLOAD_RECORD)
+def unpack(content: RecordDict, stype: str, name: str = PAYLOAD_RECORD) -> bytes:
+    """The codec bytes of a message's payload record `name` (a method with several payloads
+    names each); CodecError if absent or of another codec/version."""
+    record = content.array_records.get(name)
     if record is None or PAYLOAD_ARRAY not in record:
-        raise CodecError(f"message has no '{PAYLOAD_RECORD}' array record")
+        raise CodecError(f"message has no '{name}' payload record")
     array = record[PAYLOAD_ARRAY]
     if array.stype != stype:
         raise CodecError(f"payload stype {array.stype!r} does not match expected {stype!r}")

@@ -58,7 +58,7 @@ from fedsqueeze.codecs import (
     mask_digest,
 )
 from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
-from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_ARRAY, pack
+from fedsqueeze.strategies.payload import METRICS_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
 from fedsqueeze.strategies.state import NodeMirrors, ServerState, load_array_list, save_array_list
@@ -295,13 +295,6 @@ def _layer_shapes(layers: list[SparseLayer]) -> list[tuple[int, ...]]:
     return [(layer.weights,) for layer in layers]
 
 
-def _bytes(content: RecordDict, record: str, stype: str) -> bytes:
-    array = content.array_records.get(record, {}).get(PAYLOAD_ARRAY)
-    if array is None or array.stype != stype:
-        raise CodecError(f"feddst: message has no '{record}' payload of {stype}")
-    return bytes(array.data)
-
-
 def _version(masks: Masks, shapes: list[tuple[int, ...]]) -> str:
     return mask_digest(masks, shapes).hex()
 
@@ -377,7 +370,7 @@ class FedDSTStrategy(SqueezeStrategy):
         masks = self.masks
         shapes = _layer_shapes(self.layers)
         if self.readjustment.due(server_round):
-            payload = _bytes(content, MASK, POSITIONS.stype)
+            payload = unpack(content, POSITIONS.stype, MASK)
             changed = POSITIONS.decode_positions(payload, shapes)
             masks = list(self.masks)
             grown = []
@@ -392,10 +385,10 @@ class FedDSTStrategy(SqueezeStrategy):
                 grown.append(new & ~old)
             self._stats["mask_bytes_up"] += len(payload)
             if self.config.variant == "explore":
-                grads_payload = _bytes(content, GRADS, MASKED.stype)
+                grads_payload = unpack(content, MASKED.stype, GRADS)
                 self.client_grads[node_id] = decode_masked_values(grads_payload, shapes, grown)
                 self._stats["grad_bytes_up"] += len(grads_payload)
-        values = decode_masked(_bytes(content, VALUES, MASKED.stype), self.shapes, masks)
+        values = decode_masked(unpack(content, MASKED.stype, VALUES), self.shapes, masks)
         self.client_masks[node_id] = masks
         self.nodes.commit(self.directory.partition_of(node_id), self.version)
         return keyed(self.keys, values)
@@ -531,7 +524,7 @@ class FedDSTClient(ClientSide):
         version, kind = str(header["version"]), str(header["mask"])
         shapes = _layer_shapes(self.layers)
         if kind == "full":
-            positions = POSITIONS.decode_positions(_bytes(content, MASK, POSITIONS.stype), shapes)
+            positions = POSITIONS.decode_positions(unpack(content, POSITIONS.stype, MASK), shapes)
             flat = np.concatenate([p.mask.astype(bool) for p in positions]) if positions else (
                 np.zeros(0, bool))
             return _split(flat, self.layers, tensors), version
@@ -543,7 +536,7 @@ class FedDSTClient(ClientSide):
                              f"holds {held or 'none'}: needs the positions")
         flat = saved[0][0].astype(bool)
         if kind == "diff":
-            changes = POSITIONS.decode_positions(_bytes(content, MASK, POSITIONS.stype), shapes)
+            changes = POSITIONS.decode_positions(unpack(content, POSITIONS.stype, MASK), shapes)
             flat = flat ^ np.concatenate([p.mask.astype(bool) for p in changes])
         return _split(flat, self.layers, tensors), version
 
@@ -551,7 +544,7 @@ class FedDSTClient(ClientSide):
         self.layers = sparse_layers(model)
         shapes = expected_shapes(model)
         self.masks, version = self._global_mask(content, state, len(shapes))
-        values = decode_masked(_bytes(content, VALUES, MASKED.stype), shapes, self.masks)
+        values = decode_masked(unpack(content, MASKED.stype, VALUES), shapes, self.masks)
         save_array_list(state, STATE, [_concat(self.masks, self.layers)], version=version)
         load_arrays(model, values)
         self.new_masks = None

@@ -46,7 +46,7 @@ from torch import nn
 
 from fedsqueeze.codecs import CodecError, decode_masked_values, encode_masked, get_codec
 from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
-from fedsqueeze.strategies.payload import PAYLOAD_ARRAY, pack
+from fedsqueeze.strategies.payload import pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
 from fedsqueeze.strategies.state import NodeMirrors, ServerState, load_array_list, save_array_list
@@ -259,7 +259,7 @@ class GWPFStrategy(SqueezeStrategy):
     def _signals(self, content: RecordDict) -> np.ndarray:
         """A client's thaw signals: one bool per coordinate frozen under this round's A."""
         frozen = int((~self.state.active).sum())
-        payload = _bytes(content, SIGNAL, POSITIONS.stype)
+        payload = unpack(content, POSITIONS.stype, SIGNAL)
         positions = POSITIONS.decode_positions(payload, [(frozen,)])[0]
         self._stats["signal_bytes"] += len(payload)
         return positions.mask.astype(bool)
@@ -286,7 +286,7 @@ class GWPFStrategy(SqueezeStrategy):
 
     def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
         synced = self.state.active | self.thawed
-        values = decode_masked_values(_bytes(content, VALUES, MASKED.stype), [(self.n,)],
+        values = decode_masked_values(unpack(content, MASKED.stype, VALUES), [(self.n,)],
                                       [synced])[0]
         x = self.state.x_last.copy()
         x[synced] = values
@@ -378,8 +378,8 @@ class GWPFClient(ClientSide):
         """The model, A and version after the server's catch-up (delta or full)."""
         header = content.config_records[HEADER]
         if header["kind"] == "full":
-            x = DENSE.decode(_bytes(content, VALUES, DENSE.stype), [(n,)])[0]
-            active = POSITIONS.decode_positions(_bytes(content, MASK, POSITIONS.stype),
+            x = DENSE.decode(unpack(content, DENSE.stype, VALUES), [(n,)])[0]
+            active = POSITIONS.decode_positions(unpack(content, POSITIONS.stype, MASK),
                                                 [(n,)])[0].mask
             return x.astype(np.float32), active.astype(bool), str(header["version"])
         saved = load_array_list(state, STATE)
@@ -388,11 +388,11 @@ class GWPFClient(ClientSide):
             raise CodecError(f"gwpf: the delta is against version {header['base']}, this "
                              f"client holds {held}: needs a full transfer")
         (x, active, synced), _ = saved
-        values = decode_masked_values(_bytes(content, VALUES, MASKED.stype), [(n,)],
+        values = decode_masked_values(unpack(content, MASKED.stype, VALUES), [(n,)],
                                       [synced.astype(bool)])[0]
         x = x.copy()
         x[synced.astype(bool)] = values
-        changed = POSITIONS.decode_positions(_bytes(content, MASK, POSITIONS.stype),
+        changed = POSITIONS.decode_positions(unpack(content, POSITIONS.stype, MASK),
                                              [(n,)])[0].mask
         return x, active.astype(bool) ^ changed.astype(bool), str(header["version"])
 
@@ -444,7 +444,7 @@ class GWPFClient(ClientSide):
             active, version = active.astype(bool), str(meta["version"])
             self._loss = float(meta["loss"])
         frozen = ~active
-        thawed_among = POSITIONS.decode_positions(_bytes(content, THAWED, POSITIONS.stype),
+        thawed_among = POSITIONS.decode_positions(unpack(content, POSITIONS.stype, THAWED),
                                                   [(int(frozen.sum()),)])[0].mask
         thawed = np.zeros(n, bool)
         thawed[np.flatnonzero(frozen)[thawed_among.astype(bool)]] = True
@@ -486,14 +486,6 @@ class GWPFClient(ClientSide):
         if config.thaw_timing == "lagged":
             reply[SIGNAL] = pack(POSITIONS.stype, POSITIONS.encode([self._signals]))
         return reply
-
-
-def _bytes(content: RecordDict, record: str, stype: str) -> bytes:
-    """The codec bytes of one of a message's payload records (CodecError if absent)."""
-    array = content.array_records.get(record, {}).get(PAYLOAD_ARRAY)
-    if array is None or array.stype != stype:
-        raise CodecError(f"gwpf: message has no '{record}' payload of {stype}")
-    return bytes(array.data)
 
 
 @register("gwpf")
