@@ -71,7 +71,7 @@ def train(msg: Message, context: Context) -> Message:
     data = client_data(settings, context.node_config, device)
     seed = derive_seed(settings.seed, side.server_round, partition_id)
     torch.manual_seed(seed)
-    model = build_run_model(settings)
+    model = build_run_model(settings, side.method.transform)
 
     if exchange == TRAIN:
         model = side.checked(side.receive(msg.content, context.state, model)).to(device)
@@ -111,13 +111,14 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     partition_id, _ = partition_identity(context.node_config, settings)
     side = _side(settings, context, msg)
     test = client_test_data(settings, context.node_config, device)
+    transform = side.method.transform
     model = side.checked(side.evaluation_model(msg.content, context.state,
-                                               build_run_model(settings)))
+                                               build_run_model(settings, transform)))
     loss, accuracy = evaluate(model.to(device), test.x, test.y, settings.eval_batch_size)
     own = {f"accuracy-{name}": evaluate(m.to(device), test.x, test.y,
                                         settings.eval_batch_size)[1]
            for name, m in side.own_models(model.cpu(), context.state,
-                                          build_run_model(settings)).items()}
+                                          build_run_model(settings, transform)).items()}
     reply = RecordDict({
         METRICS_RECORD: MetricRecord({"accuracy": accuracy, "loss": loss, **own,
                                       "num-examples": test.num_examples}),

@@ -30,6 +30,8 @@ from fedsqueeze.models import ModelError
 from fedsqueeze.server.checkpoint import latest_checkpoint
 from fedsqueeze.server.report import report
 from fedsqueeze.server.results import fmt_bytes
+from fedsqueeze.strategies.model_transform import FedParaConfig
+from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
@@ -142,10 +144,12 @@ def prepare(args: argparse.Namespace) -> tuple[Path, dict, RunSettings]:
     if args.clients < settings.min_nodes:
         raise ConfigError(f"--clients = {args.clients} is fewer than run-config min-nodes = "
                           f"{settings.min_nodes}")
-    build_run_model(settings)
+    transform = get_method(settings.method)(settings, run_config).transform
+    build_run_model(settings, transform)
+    users = {settings.method} | ({FedParaConfig.prefix} if transform is not None else set())
     for key in sorted(parse_overrides(args.run_config)):
         owner = key.split(".", 1)[0] if "." in key else None
-        if owner is not None and owner != settings.method:
+        if owner is not None and owner not in users:
             print(f"fedsqueeze: warning: run-config '{key}' is a key of method {owner!r}; "
                   f"method = {settings.method!r} ignores it", file=sys.stderr)
     return app_dir, run_config, settings

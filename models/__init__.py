@@ -6,7 +6,8 @@
     @register_model("name")                    # factory(num_classes, in_shape) -> nn.Module
     ModelError(ValueError)
 
-Registered: fc2, cnn, lenet5, mnistnet, cifar-cnn, resnet18, vgg16-gn.
+Registered: fc2, mlp-200, cnn, lenet5, mnistnet, cifar-cnn, resnet18, vgg16-gn.
+Low-rank Hadamard (FedPara) layers and the transform: `fedsqueeze.models.fedpara`.
 """
 
 # Importing the family modules registers their models.

@@ -23,3 +23,18 @@ def fc2(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
         nn.ReLU(),
         nn.Linear(128, num_classes),
     )
+
+
+@register_model("mlp-200")
+def mlp_200(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
+    """pFedPara's FC network: Flatten, Linear(C*H*W, 200), ReLU, Linear(200, 200), ReLU,
+    Linear(200, classes). 199,210 parameters at 1x28x28 with 10 classes."""
+    c, h, w = in_shape
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(c * h * w, 200),
+        nn.ReLU(),
+        nn.Linear(200, 200),
+        nn.ReLU(),
+        nn.Linear(200, num_classes),
+    )

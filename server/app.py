@@ -64,7 +64,7 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
     from; with `resume`, the latest checkpoint's (the runner's `first_round` follows it)."""
     settings = RunSettings.from_run_config(run_config)
     method = get_method(settings.method)(settings, run_config)
-    model = build_run_model(settings)
+    model = build_run_model(settings, method.transform)
     strategy = method.server(model)
     evaluator = CentralEvaluator(settings, model)
     initial = to_arrayrecord(model_arrays(model))

@@ -20,6 +20,7 @@ from torch import nn
 from fedsqueeze.codecs import CodecError
 
 from .model_codec import DenseModelCodec
+from .model_transform import model_transform_of
 from .payload import METRICS_RECORD, identity_of
 from .sampling import ClientDirectory
 from .settings import MethodConfig, RunSettings, UserValue, from_run_config, to_run_config
@@ -56,10 +57,13 @@ class Method:
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     Strategy: ClassVar[type[SqueezeStrategy]]
     Client: ClassVar[type[ClientSide]]
+    #: the model transform this method needs ("" = whatever run config `model-transform` says)
+    model_transform: ClassVar[str] = ""
 
     def __init__(self, settings: RunSettings, run_config: Mapping[str, UserValue]) -> None:
         self.settings = settings
         self.config = from_run_config(self.Config, run_config, prefix=self.name)
+        self.transform = model_transform_of(settings, run_config, self.model_transform)
 
     def server(self, model: nn.Module) -> SqueezeStrategy:
         """The Flower strategy that runs this method's server side for `model`."""

@@ -142,6 +142,7 @@ class RunSettings:
     num_partitions: int = 0
     model: str = "fc2"
     model_init: str = "default"
+    model_transform: str = ""
     input_scale: float = 255.0
     num_server_rounds: int = 3
     fraction_train: float = 1.0
@@ -206,6 +207,7 @@ class RunSettings:
         check_choice("on-too-few-replies", self.on_too_few_replies, ("fail", "skip"))
         check_choice("client-device", self.client_device, ("auto", "cpu", "cuda"))
         check_choice("model-init", self.model_init, ("default", "glorot"))
+        check_choice("model-transform", self.model_transform, ("", "fedpara", "pfedpara"))
         check_choice("engine", self.engine, ("", "simulation", "deployment"))
         check("/" not in self.run_name and self.run_name not in (".", ".."), "run-name",
               self.run_name, "must be a plain directory name (no '/', not '.' or '..')")

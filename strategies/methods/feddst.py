@@ -3,12 +3,13 @@ from the start, masks readjusted by prune/regrow on clients and merged on the se
 
 Spec: ../shared/specs/feddst.md. What this module does:
 
-- Budgets per *weight* tensor (conv/linear weights, ndim >= 2; biases and other tensors are
-  dense and unmasked): `erk` (the reference's rule: raw sparsity 1 - sum(shape)/prod(shape),
-  scaled by one factor so that sum s_l n_l = S sum n_l with n_l counting the layer's weights
-  AND biases, K_l = floor((1 - s_l) n_l)), `erk-rigl` (RigL's ERK over weights only, layers
-  that would exceed density 1 made dense) and `uniform` (density 1 - S). Densities reported
-  are K_l over the layer's weight count (what its mask holds).
+- Budgets per *weight* tensor (trainable, ndim >= 2: conv/linear weights, FedPara factors;
+  biases and other tensors are dense and unmasked): `erk` (the reference's rule: raw
+  sparsity 1 - sum(shape)/prod(shape), scaled by one factor so that sum s_l n_l = S sum n_l
+  with n_l counting the layer's weights AND biases, K_l = floor((1 - s_l) n_l)), `erk-rigl`
+  (RigL's ERK over weights only, layers that would exceed density 1 made dense) and
+  `uniform` (density 1 - S). Densities reported are K_l over the layer's weight count (what
+  its mask holds).
 - Initial mask: the K_l largest |w| of the random initialisation, per layer.
 - Readjustment rounds t = 1, 1 + dR, 1 + 2 dR, ... while t < R_end (default T / 2). The
   fraction is the paper's annealed alpha_t = alpha/2 (1 + cos(pi t / R_end)) (`fraction =
@@ -129,16 +130,18 @@ class SparseLayer:
 
 
 def sparse_layers(model: nn.Module) -> list[SparseLayer]:
-    """The trainable weight tensors of ndim >= 2 (conv, linear), in canonical order."""
+    """The trainable tensors of ndim >= 2 (conv and linear weights, and the factors of
+    FedPara layers under `model-transform`), in canonical order; a module's bias counts for
+    its `weight` (the reference's n_l)."""
     index = {key: i for i, key in enumerate(travelling_keys(model))}
     layers = []
     for name, module in model.named_modules():
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, nn.Parameter) and weight.requires_grad and weight.dim() >= 2:
-            key = f"{name}.weight" if name else "weight"
-            bias = getattr(module, "bias", None)
-            layers.append(SparseLayer(key, index[key], tuple(weight.shape),
-                                      0 if bias is None else int(bias.numel())))
+        for pname, param in module.named_parameters(recurse=False):
+            if param.requires_grad and param.dim() >= 2:
+                key = f"{name}.{pname}" if name else pname
+                bias = getattr(module, "bias", None) if pname == "weight" else None
+                layers.append(SparseLayer(key, index[key], tuple(param.shape),
+                                          0 if bias is None else int(bias.numel())))
     return sorted(layers, key=lambda layer: layer.index)
 
 

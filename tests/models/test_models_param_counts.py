@@ -21,6 +21,10 @@ def test_fc2_first_layer_takes_the_flattened_input():
     assert _count("fc2", 10, CIFAR) == 3072 * 128 + 128 + 16_512 + 1_290
 
 
+def test_mlp_200_has_exactly_199210_parameters():
+    assert _count("mlp-200", 10, MNIST) == 199_210
+
+
 def test_cnn_has_exactly_582026_parameters():
     assert _count("cnn", 10, MNIST) == 582_026
 
@@ -59,7 +63,7 @@ def test_vgg16_gn_cifar100_has_exactly_15299748_parameters_fedpara_15_300M():
 
 def test_every_registered_model_has_a_count_test():
     assert model_names() == sorted(
-        ["fc2", "cnn", "lenet5", "mnistnet", "cifar-cnn", "resnet18", "vgg16-gn"]
+        ["fc2", "mlp-200", "cnn", "lenet5", "mnistnet", "cifar-cnn", "resnet18", "vgg16-gn"]
     )
 
 
