@@ -16,6 +16,12 @@ keys in pyproject's `[tool.flwr.app.config]`, plus its tests::
         Strategy = TopKStrategy              # default: SqueezeStrategy (dense model both ways)
         Client = TopKClient                  # default: ClientSide (dense model both ways)
         def model_codec(self) -> DenseModelCodec: ...   # default: fp32
+        model_transform = ""                 # a transform it needs ("fedpara"); default: the
+                                             # run config's `model-transform`
+
+`Method.transform` (from `model_transform.py`) is the run's model transform or None; the
+server and the ClientApp build the model with `build_run_model(settings, method.transform)`,
+so a transform changes what every method trains without code in the method.
 
 Server side (`SqueezeStrategy`, a subclass of Flower's FedAvg). The round loop calls, per
 round t: `sample(t)`, `begin(t, arrays)`, then for each exchange of `exchanges(t)` and finally
