@@ -98,8 +98,8 @@ def saved_runs(directory: Path) -> list[dict]:
         rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().split(
             "\n") if line.strip()]
         keys = {k: config[k] for k in ("gwpf.tau-freeze", "gwpf.thaw-quorum",
-                                       "gwpf.local-steps", "gwpf.tau-thaw",
-                                       "gwpf.value-ema-compat")}
+                                       "gwpf.local-steps", "gwpf.tau-thaw", "gwpf.alpha",
+                                       "gwpf.unfreeze", "gwpf.value-ema-compat")}
         if rows and rows[-1].get("accuracy_local") is not None:  # not one still going
             out.append(summarize(run_dir.name, keys, rows))
     order = {"baseline": 0, "reference": 1}
@@ -121,6 +121,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a run-config key fixed for every setting of the grid, e.g. "
                              "gwpf.alpha=0.9 or gwpf.unfreeze=apf (TOML value; repeatable)")
+    parser.add_argument("--grid-only", action="store_true",
+                        help="run the grid without the baselines and the reference (add its "
+                             "runs to an earlier sweep's folder, then --table-from it)")
     parser.add_argument("--table-from", type=Path, metavar="SWEEP_DIR",
                         help="rebuild the table from the runs a sweep left there")
     parser.add_argument("--timings", action="store_true",
@@ -137,11 +140,14 @@ def main() -> int:
     results = Path(tempfile.mkdtemp(prefix="gwpf-sweep-"))
     print(f"runs in {results}", flush=True)
 
-    runs = [(f"baseline-h{h}", {"gwpf.tau-freeze": 0.0, "gwpf.local-steps": h}) for h in steps]
-    runs.append(("reference", {"gwpf.value-ema-compat": True, "gwpf.tau-freeze": 0.5,
-                               "gwpf.thaw-quorum": 1, "gwpf.local-steps": 5}))
+    runs = [] if args.grid_only else [
+        (f"baseline-h{h}", {"gwpf.tau-freeze": 0.0, "gwpf.local-steps": h}) for h in steps]
+    if not args.grid_only:
+        runs.append(("reference", {"gwpf.value-ema-compat": True, "gwpf.tau-freeze": 0.5,
+                                   "gwpf.thaw-quorum": 1, "gwpf.local-steps": 5}))
     thaws = _floats(args.tau_thaw)
-    runs += [(f"tau{t}-q{q}-h{h}" + (f"-thaw{u}" if len(thaws) > 1 else ""),
+    label = "".join(f"-{k.replace('gwpf.', '')}{v}" for k, v in fixed.items())
+    runs += [(f"tau{t}-q{q}-h{h}" + (f"-thaw{u}" if thaws != [0.5] else "") + label,
               {**fixed, "gwpf.tau-freeze": t, "gwpf.thaw-quorum": q, "gwpf.local-steps": h,
                "gwpf.tau-thaw": u})
              for t, q, h, u in itertools.product(_floats(args.tau), quorums, steps, thaws)]
@@ -152,6 +158,9 @@ def main() -> int:
         print(f"    test acc {rows[-1]['final_accuracy']:.4f}  payload "
               f"{rows[-1]['payload'] / 1e6:.1f} MB  {rows[-1]['seconds_per_round']:.1f} s/round",
               flush=True)
+    if args.grid_only:
+        print(f"grid only: add {results}/* to a sweep's folder and run --table-from on it")
+        return 0
     return tabulate(rows, args, fixed)
 
 
