@@ -36,6 +36,7 @@ import tempfile
 from pathlib import Path
 
 from fedsqueeze.deploy.inprocess import Federation
+from fedsqueeze.server.results import read_run
 
 SETTING = {"method": "gwpf", "dataset": "fashion-mnist", "model": "cnn",
            "partitioner": "dirichlet", "dirichlet-alpha": 1.0, "lr": 0.01,
@@ -90,16 +91,12 @@ def summarize(name: str, keys: dict, rows: list[dict]) -> dict:
 
 def saved_runs(directory: Path) -> list[dict]:
     """The lines of the runs a sweep left in `directory` (their rounds.jsonl and config)."""
-    import json
-
     out = []
     for run_dir in sorted(p.parent for p in directory.glob("*/rounds.jsonl")):
-        config = json.loads((run_dir / "config.json").read_text())["run_config"]
-        rows = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().split(
-            "\n") if line.strip()]
-        keys = {k: config[k] for k in ("gwpf.tau-freeze", "gwpf.thaw-quorum",
-                                       "gwpf.local-steps", "gwpf.tau-thaw", "gwpf.alpha",
-                                       "gwpf.unfreeze", "gwpf.value-ema-compat")}
+        config, rows, _ = read_run(run_dir)
+        keys = {k: config["run_config"][k] for k in (
+            "gwpf.tau-freeze", "gwpf.thaw-quorum", "gwpf.local-steps", "gwpf.tau-thaw",
+            "gwpf.alpha", "gwpf.unfreeze", "gwpf.value-ema-compat")}
         if rows and rows[-1].get("accuracy_local") is not None:  # not one still going
             out.append(summarize(run_dir.name, keys, rows))
     order = {"baseline": 0, "reference": 1}

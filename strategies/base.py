@@ -202,6 +202,11 @@ class SqueezeStrategy(FedAvg):
         """
         return FedAvg.aggregate_train(self, server_round, replies)
 
+    def aggregate_metrics(self, replies: list[Message]) -> MetricRecord:
+        """The replies' metrics aggregated as Flower's FedAvg does (for a method that
+        aggregates the arrays itself: no average of the models is computed)."""
+        return self.train_metrics_aggr_fn([r.content for r in replies], self.weighted_by_key)
+
     def exchanges(self, server_round: int) -> tuple[str, ...]:
         """Names of the exchanges that run before the train exchange in round t."""
         return ()

@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedsqueeze.codecs import (
@@ -330,7 +329,7 @@ class FedDSTStrategy(SqueezeStrategy):
             self.history.popitem(last=False)
 
     def _held_mask(self, version: str) -> np.ndarray:
-        bits = _concat(self.masks, self.layers).size
+        bits = sum(layer.weights for layer in self.layers)
         return np.unpackbits(self.history[version], count=bits).astype(bool)
 
     def _payload(self, name: str, encode) -> bytes:
@@ -403,7 +402,7 @@ class FedDSTStrategy(SqueezeStrategy):
         values = [list(from_arrayrecord(r.content["arrays"]).values()) for r in replies]
         masks = [self.client_masks[node] for node in nodes]
         merged = masked_average(values, masks, weights)
-        _, metrics = FedAvg.aggregate_train(self, server_round, replies)
+        metrics = self.aggregate_metrics(replies)
         if self.readjustment.due(server_round):
             self._readjust(server_round, merged, masks, nodes, weights)
         for layer in self.layers:
@@ -432,11 +431,10 @@ class FedDSTStrategy(SqueezeStrategy):
             entered += int((new & ~previous).sum())
             dropped += int((previous & ~new).sum())
             new_masks[i] = new
-        survived = None
-        if self._entered_last is not None:  # of those the last readjustment admitted
-            now = _concat(new_masks, self.layers)
-            survived = int((self._entered_last & now).sum())
-        self._entered_last = _concat(new_masks, self.layers) & ~_concat(self.masks, self.layers)
+        now = _concat(new_masks, self.layers)
+        survived = (None if self._entered_last is None  # of those the last one admitted
+                    else int((self._entered_last & now).sum()))
+        self._entered_last = now & ~_concat(self.masks, self.layers)
         self.masks = new_masks
         self.version = _version(self.masks, self.shapes)
         self._remember()

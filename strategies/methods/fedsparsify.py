@@ -317,7 +317,7 @@ class FedSparsifyStrategy(SqueezeStrategy):
                 new_mask.append(g & (votes >= need))
             merged = majority_vote_merge(values, masks, weights, self.prunable, self.cfg.average)
             merged = apply_masks(merged, new_mask)
-            _, metrics = FedAvg.aggregate_train(self, server_round, replies)
+            metrics = self.aggregate_metrics(replies)
         else:
             record, metrics = FedAvg.aggregate_train(self, server_round, replies)
             if record is None:

@@ -304,7 +304,7 @@ class GWPFStrategy(SqueezeStrategy):
             models = [flatten(list(from_arrayrecord(r.content["arrays"]).values()))
                       for r in replies]
             x_bar = np.mean(models, axis=0, dtype=np.float64).astype(np.float32)
-            _, metrics = super().aggregate_decoded(server_round, replies)
+            metrics = self.aggregate_metrics(replies)
         tested = self.state.active.copy()
         synced = tested | self.thawed
         self._stats["values_up"] = int(synced.sum()) * len(replies)
