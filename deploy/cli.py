@@ -3,6 +3,7 @@
     fedsqueeze simulate --clients N [--run-config "k=v ..."]   Ray simulation via `flwr run`
     fedsqueeze deploy --clients N [--gpus 0,1] [--tls]          SuperLink + N SuperNodes, gRPC
     fedsqueeze report RUN_DIR [RUN_DIR ...]                     table + PNG plots
+    fedsqueeze compare PRESET [--engine E] [--rounds N]         every method, same work
     fedsqueeze partitions --clients N [--run-config ...]        per-client label histogram
     fedsqueeze stop-local                                       stop flwr's local SuperLink
 """
@@ -35,6 +36,7 @@ from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
+from .compare import ENGINES, PRESETS, compare, config_text, preset_named
 from .config_check import checked_run_config, find_app_dir, parse_overrides
 from .deployment import DeployOptions, deploy
 from .faults import FaultError, parse_kills
@@ -104,6 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dirs", nargs="+", type=Path)
     rep.add_argument("--out", type=Path, help="where the PNG plots go")
     rep.add_argument("--rounds", action="store_true", help="also print per-round tables")
+
+    cmp_ = sub.add_parser("compare", help="run every method of a preset on the same work "
+                          "(reusing finished runs) and write the bytes-to-accuracy table and "
+                          "plots")
+    cmp_.add_argument("preset", nargs="?", help=f"one of {', '.join(PRESETS)}")
+    cmp_.add_argument("--engine", choices=ENGINES, default="simulation",
+                      help="simulation (default: in this process), ray (Flower's simulation "
+                      "engine) or deployment (gRPC, wire bytes)")
+    cmp_.add_argument("--rounds", type=int, help="rounds of every run (default: the preset's)")
+    cmp_.add_argument("--only", default="", metavar="LABEL,...",
+                      help="run only these of the preset's runs (and the reference)")
+    cmp_.add_argument("--out", type=Path,
+                      help="output folder (default: compare/<preset>[-engine][-rN])")
+    cmp_.add_argument("--list", action="store_true", help="list the presets and their runs")
 
     stop = sub.add_parser("stop-local", help="stop the detached local SuperLink that "
                           "`flwr run` starts for :local: connections")
@@ -292,6 +308,19 @@ def cmd_partitions(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    if args.list or not args.preset:
+        for preset in PRESETS.values():
+            print(f"{preset.name}: {preset.description}")
+            for label, keys in preset.runs:
+                print(f"    {label:26s} {config_text(keys)}")
+        return 0 if args.list else 2
+    only = [label.strip() for label in args.only.split(",") if label.strip()]
+    compare(preset_named(args.preset), engine=args.engine, rounds=args.rounds, only=only,
+            out=args.out, echo=lambda text: print(text, flush=True))
+    return 0
+
+
 def cmd_stop_local(args: argparse.Namespace, console: Console) -> int:
     stopped = stop_local_superlink(args.port)
     console.print(f"stopped {stopped} process(es)" if stopped else "no local SuperLink running")
@@ -302,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 200)
     handler = {"simulate": cmd_simulate, "deploy": cmd_deploy, "report": cmd_report,
-               "partitions": cmd_partitions, "stop-local": cmd_stop_local}[args.command]
+               "partitions": cmd_partitions, "stop-local": cmd_stop_local,
+               "compare": cmd_compare}[args.command]
     try:
         with sigterm_as_interrupt():  # same clean teardown as Ctrl-C
             return handler(args, console)

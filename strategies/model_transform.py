@@ -62,7 +62,18 @@ def model_transform_of(settings: RunSettings, run_config: Mapping[str, UserValue
     if required and chosen and chosen != required:
         raise ConfigError(f"run-config 'model-transform' = {chosen!r} is invalid: method "
                           f"{settings.method!r} trains the {required!r} model")
+    if chosen == "pfedpara" and required != "pfedpara":
+        raise ConfigError(f"run-config 'model-transform' = 'pfedpara' cannot combine with "
+                          f"method {settings.method!r}: only method 'pfedpara' keeps the local "
+                          "factors on the clients (any other would send them); use "
+                          "model-transform = 'fedpara'")
     name = chosen or required
     if not name:
         return None
-    return ModelTransform(name, from_run_config(FedParaConfig, run_config, prefix="fedpara"))
+    options = from_run_config(FedParaConfig, run_config, prefix="fedpara")
+    if options.dtype != "fp32" and settings.method != "fedpara":
+        raise ConfigError(f"run-config 'fedpara.dtype' = {options.dtype!r} cannot combine "
+                          f"with method {settings.method!r}: it is the fedpara method's wire "
+                          "format; under another method the factors travel as that method "
+                          "codes its values (its own keys)")
+    return ModelTransform(name, options)

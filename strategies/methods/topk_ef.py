@@ -7,8 +7,8 @@ magnitudes over the whole model (global top-k), sent as one `sparse` payload (co
 + values in `topk-ef.values`); the client keeps e <- a - sent in `context.state`, so nothing it
 computed is lost, only delayed: sent_t + e_t = u_t + e_(t-1) entry by entry (in float32: the
 kept entries are sent as they are, or the value coding's rounding error stays in e). The
-server decodes the update and adds it to the global model it sent, then Flower's FedAvg
-averages the clients' models (i.e. global + the weighted mean of the sent updates). With
+update plumbing (error memory, server-side "global + update") is the framework's
+`strategies/updates.py`. With
 `error-feedback = false` the remainder is dropped (plain top-k). Every travelling tensor is in
 the update, BatchNorm running statistics included.
 """
@@ -22,21 +22,12 @@ from flwr.app import RecordDict
 from torch import nn
 
 from fedsqueeze.codecs import decode_sparse_parts, encode_sparse_parts, get_codec
-from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.base import Method
 from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
-from fedsqueeze.strategies.state import load_array_list, save_array_list
-from fedsqueeze.strategies.tensors import (
-    Arrays,
-    flatten,
-    keyed,
-    model_arrays,
-    numel,
-    top_k_count,
-    top_k_indices,
-    unflatten,
-)
+from fedsqueeze.strategies.tensors import top_k_count, top_k_indices
+from fedsqueeze.strategies.updates import UpdateClient, UpdateStrategy
 
 SPARSE = get_codec("sparse")
 ERROR_RECORD = "topk-ef.error"
@@ -64,43 +55,23 @@ def sparsify(update: np.ndarray, sparsity: float, values: str
     return payload, sent.indices.astype(np.int64), sent.values
 
 
-class TopKStrategy(SqueezeStrategy):
-    def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
-        n = numel(self.shapes)
-        part = decode_sparse_parts(unpack(content, SPARSE.stype), [(n,)])[0]
-        model = flatten(list(self.round_arrays.values()))
-        model[part.indices] = np.add(model[part.indices], part.values, dtype=np.float32)
-        return keyed(self.keys, unflatten(model, self.shapes))
+class TopKStrategy(UpdateStrategy):
+    def decode_update(self, server_round: int, node_id: int, content: RecordDict,
+                      size: int) -> np.ndarray:
+        return decode_sparse_parts(unpack(content, SPARSE.stype), [(size,)])[0].to_dense()
 
 
-class TopKClient(ClientSide):
-    def __init__(self, method: TopKEF) -> None:
-        super().__init__(method)
-        self._received = np.zeros(0, dtype=np.float32)
-
-    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
-        model = super().receive(content, state, model)
-        self._received = flatten(list(model_arrays(model).values()))
-        return model
+class TopKClient(UpdateClient):
+    error_record = ERROR_RECORD
 
     def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
         config: TopKConfig = self.method.config
-        update = np.subtract(flatten(list(model_arrays(model).values())), self._received,
-                             dtype=np.float32)
-        saved = load_array_list(state, ERROR_RECORD) if config.error_feedback else None
-        if saved is not None and saved[0][0].shape == update.shape:
-            update = np.add(update, saved[0][0], dtype=np.float32)
+        update = self.update(model, state)
         payload, idx, values = sparsify(update, config.sparsity, config.values)
-        if config.error_feedback:
-            remainder = update.copy()
-            remainder[idx] = np.subtract(remainder[idx], values, dtype=np.float32)
-            save_array_list(state, ERROR_RECORD, [remainder])
+        delivered = np.zeros_like(update)
+        delivered[idx] = values
+        self.keep_remainder(state, update, delivered)
         return RecordDict({PAYLOAD_RECORD: pack(SPARSE.stype, payload)})
-
-    def metrics(self, model: nn.Module, state: RecordDict) -> dict[str, float]:
-        saved = load_array_list(state, ERROR_RECORD)
-        norm = float(np.linalg.norm(saved[0][0])) if saved is not None else 0.0
-        return {"error-norm": norm}
 
 
 @register("topk-ef")

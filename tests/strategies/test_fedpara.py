@@ -58,6 +58,17 @@ def test_a_method_that_needs_a_transform_refuses_another():
         get_method("fedpara")(settings, {})
 
 
+@pytest.mark.parametrize("method,keys,message", [
+    ("resfed", {"model-transform": "pfedpara"}, "only method 'pfedpara' keeps the local"),
+    ("topk-ef", {"model-transform": "fedpara", "fedpara.dtype": "fp16"}, "fedpara.dtype"),
+])
+def test_compositions_that_cannot_combine_are_refused_with_the_reason(method, keys, message):
+    run_config = {"method": method, **keys}
+    settings = RunSettings.from_run_config(run_config)
+    with pytest.raises(ConfigError, match=message):
+        get_method(method)(settings, run_config)
+
+
 @pytest.mark.parametrize("method", ["fedsparsify", "resfed", "gwpf", "feddst"])
 def test_the_transform_composes_with_other_methods_and_shrinks_their_bytes(tmp_path, method):
     plain = Federation({**RUN, "method": method}, clients=3, results_dir=tmp_path / "plain")

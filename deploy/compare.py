@@ -1,0 +1,283 @@
+"""`fedsqueeze compare PRESET`: every method on the same work, side by side, in real bytes.
+
+A preset is one setting (dataset, model, split, clients, rounds, local work) and a list of
+runs, each a label and the run-config keys that make it (method, its keys, a model
+transform). Every run goes to `<out>/runs/<label>/` (a normal results directory); a run whose
+directory already holds a completed run of the same keys and rounds is reused, not run
+again, so an interrupted comparison picks up where it stopped. Then the table
+(`server/compare.py`: bytes to FedAvg's final accuracy minus 1, 3 and 5 points) goes to
+`<out>/table.md` and `table.csv`, with `accuracy_vs_bytes.png` and `bytes_to_target.png`.
+
+Engines: `simulation` (default): the ServerApp round loop and the ClientApp in this process,
+every message serialized as on the wire (`deploy/inprocess.py`; the same accuracies as
+Flower's Ray engine, `bench/engines_agree.py`); `ray`: Flower's simulation engine
+(`fedsqueeze simulate`); `deployment`: SuperLink + SuperNodes over gRPC (`fedsqueeze
+deploy`), which adds the wire bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedsqueeze.server import compare as table
+from fedsqueeze.server.results import read_run
+from fedsqueeze.strategies.settings import ConfigError, UserValue
+
+from .config_check import checked_run_config, find_app_dir
+from .inprocess import Federation
+
+ENGINES = ("simulation", "ray", "deployment")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    clients: int
+    rounds: int
+    setting: dict[str, UserValue]
+    runs: tuple[tuple[str, dict[str, UserValue]], ...]  # (label, keys); the first = reference
+
+    def labels(self) -> list[str]:
+        return [label for label, _ in self.runs]
+
+
+def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]:
+    """Every registered method (two settings of each lossy one), the baselines users pick
+    instead, and compositions; `gwpf_steps` = GWPF's local steps, one epoch of a client."""
+    fedpara = {"model-transform": "fedpara", "fedpara.gamma": 0.3}
+    return (
+        ("fedavg", {"method": "fedavg"}),
+        ("fedavg-fp16", {"method": "fedavg", "fedavg.dtype": "fp16"}),
+        ("fedavgm", {"method": "fedavgm"}),
+        ("normclip", {"method": "normclip"}),
+        ("fedsparsify-global-0.9", {"method": "fedsparsify"}),
+        ("fedsparsify-local-0.9", {"method": "fedsparsify", "fedsparsify.variant": "local"}),
+        ("resfed-0.95", {"method": "resfed"}),
+        ("resfed-0.99", {"method": "resfed", "resfed.sparsity-up": 0.99,
+                         "resfed.sparsity-down": 0.99}),
+        ("topk-ef-0.99", {"method": "topk-ef"}),
+        ("topk-ef-0.999-fp16", {"method": "topk-ef", "topk-ef.sparsity": 0.999,
+                                "topk-ef.values": "fp16"}),
+        ("qsgd-4bit", {"method": "qsgd"}),
+        ("qsgd-2bit-ef", {"method": "qsgd", "qsgd.bits": 2, "qsgd.error-feedback": True}),
+        ("gwpf-0.5", {"method": "gwpf", "gwpf.local-steps": gwpf_steps}),
+        ("gwpf-0.9-apf", {"method": "gwpf", "gwpf.local-steps": gwpf_steps,
+                          "gwpf.tau-freeze": 0.9, "gwpf.thaw-quorum": 10,
+                          "gwpf.tau-thaw": 0.99, "gwpf.alpha": 0.9, "gwpf.unfreeze": "apf"}),
+        ("feddst-0.8", {"method": "feddst"}),
+        ("feddst-0.9", {"method": "feddst", "feddst.sparsity": 0.9}),
+        ("fedpara-0.1", {"method": "fedpara", "fedpara.gamma": 0.1}),
+        ("fedpara-0.3", {"method": "fedpara", "fedpara.gamma": 0.3}),
+        ("pfedpara-0.5", {"method": "pfedpara"}),  # central acc: the global factors, init W2
+        ("fedpara x resfed-0.95", {"method": "resfed", **fedpara}),
+        ("fedpara x topk-ef-0.99", {"method": "topk-ef", **fedpara}),
+        ("fedpara x qsgd-4bit", {"method": "qsgd", **fedpara}),
+    )
+
+
+PRESETS = {p.name: p for p in (
+    Preset("fmnist-fc2",
+           "FashionMNIST, 10 clients with 2 classes each (deterministic), fc2, E = 1, batch "
+           "32, lr 0.02, 200 rounds",
+           clients=10, rounds=200,
+           setting={"dataset": "fashion-mnist", "model": "fc2", "partitioner": "pathological",
+                    "partition-classes": 2, "class-assignment": "deterministic",
+                    "local-epochs": 1, "batch-size": 32, "lr": 0.02, "min-nodes": 2},
+           runs=_lossy_runs(gwpf_steps=188)),  # 6,000 rows / 32 = one epoch
+    Preset("fmnist-cnn",
+           "FashionMNIST, 10 clients Dirichlet(1), the GWPF spec's CNN (582,026 parameters), "
+           "E = 1, batch 100, SGD lr 0.01, weight decay 0.01, 60 rounds",
+           clients=10, rounds=60,
+           setting={"dataset": "fashion-mnist", "model": "cnn", "partitioner": "dirichlet",
+                    "dirichlet-alpha": 1.0, "local-epochs": 1, "batch-size": 100, "lr": 0.01,
+                    "weight-decay": 0.01, "min-nodes": 2},
+           runs=_lossy_runs(gwpf_steps=60)),  # about 6,000 rows / 100
+)}
+
+
+def preset_named(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown compare preset {name!r}; one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def selected(preset: Preset, only: Sequence[str]) -> list[tuple[str, dict[str, UserValue]]]:
+    """The preset's runs named in `only` (all when empty), the reference always first."""
+    unknown = [label for label in only if label not in preset.labels()]
+    if unknown:
+        raise ConfigError(f"--only: {', '.join(unknown)} not in preset {preset.name!r}; its "
+                          f"runs: {', '.join(preset.labels())}")
+    return [run for i, run in enumerate(preset.runs) if i == 0 or not only or run[0] in only]
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", label)
+
+
+def run_keys(preset: Preset, keys: dict[str, UserValue], rounds: int) -> dict[str, UserValue]:
+    return {**preset.setting, **keys, "num-server-rounds": rounds}
+
+
+def reusable(run_dir: Path, wanted: dict[str, UserValue], engine: str) -> bool:
+    """Whether `run_dir` holds a completed run of exactly these keys on this engine."""
+    if not (run_dir / "config.json").is_file():
+        return False
+    config, rows, summary = read_run(run_dir)
+    stored = config.get("run_config", {})
+    return (summary.get("status") == "completed" and len(rows) == wanted["num-server-rounds"]
+            and config.get("engine", stored.get("engine")) == _engine_name(engine)
+            and all(stored.get(k) == v for k, v in wanted.items()))
+
+
+def _engine_name(engine: str) -> str:
+    return "deployment" if engine == "deployment" else "simulation"
+
+
+def config_text(keys: dict[str, UserValue]) -> str:
+    """Keys as one Flower `--run-config` string (TOML values)."""
+    def value(v: UserValue) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return json.dumps(v) if isinstance(v, str) else repr(v)
+    return " ".join(f"{k}={value(v)}" for k, v in keys.items())
+
+
+class Progress:
+    """One line per run start and, at most every `every` seconds, one per round: which run,
+    round i/N, accuracy, seconds per round, and the ETA of the run and of the comparison."""
+
+    def __init__(self, total_rounds: int, echo: Callable[[str], None] = print,
+                 every: float = 10.0) -> None:
+        self.left, self.echo, self.every = total_rounds, echo, every
+        self.spent = self.done = 0.0
+        self._last = 0.0
+
+    def start(self, index: int, count: int, label: str, note: str = "") -> None:
+        self.echo(f"[{index}/{count}] {label}{note}")
+
+    def skip(self, rounds: int) -> None:
+        self.left -= rounds
+
+    def round(self, label: str, row: dict[str, Any], rounds: int, seconds: float) -> None:
+        self.left -= 1
+        self.done += 1
+        self.spent += seconds
+        now = time.monotonic()
+        if now - self._last < self.every and row["round"] < rounds:
+            return
+        self._last = now
+        per_round = self.spent / self.done
+        acc = row["accuracy"]
+        self.echo(f"    {label}: round {row['round']}/{rounds}  accuracy "
+                  f"{'-' if acc is None else f'{acc:.4f}'}  {seconds:.2f} s/round  ETA run "
+                  f"{_duration(per_round * (rounds - row['round']))}, all "
+                  f"{_duration(per_round * self.left)}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_inprocess(label: str, keys: dict[str, UserValue], clients: int, run_dir: Path,
+                  progress: Progress) -> None:
+    started = time.monotonic()
+    flwr = logging.getLogger("flwr")
+    level = flwr.level
+    flwr.setLevel(logging.ERROR)  # its per-round lines and set-up notes: ours replace them
+    try:
+        fed = Federation(keys, clients=clients, results_dir=run_dir.parent,
+                         run_name=run_dir.name)
+        for _ in range(int(keys["num-server-rounds"])):
+            row = fed.run_round()
+            progress.round(label, row, int(keys["num-server-rounds"]), row["seconds"])
+        fed.runner.writer.finish("completed", time.monotonic() - started)
+    finally:
+        flwr.setLevel(level)
+
+
+def run_launcher(engine: str, label: str, keys: dict[str, UserValue], clients: int,
+                 run_dir: Path, progress: Progress) -> None:
+    """`fedsqueeze simulate|deploy` in a child process, its rounds.jsonl followed."""
+    command = [sys.executable, "-m", "fedsqueeze.deploy.cli",
+               "simulate" if engine == "ray" else "deploy", "--clients", str(clients),
+               "--quiet", "--overwrite", "--results-dir", str(run_dir.parent),
+               "--run-name", run_dir.name, "--run-config", config_text(keys)]
+    rounds, seen = int(keys["num-server-rounds"]), 0
+    log = run_dir.parent / f"{run_dir.name}.log"
+    with open(log, "w") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        while child.poll() is None or seen < _row_count(run_dir):
+            time.sleep(1.0)
+            rows = read_run(run_dir)[1] if (run_dir / "config.json").is_file() else []
+            for row in rows[seen:]:
+                progress.round(label, row, rounds, row["seconds"])
+            seen = max(seen, len(rows))
+    if child.returncode != 0:
+        raise RuntimeError(f"{label}: `fedsqueeze {command[3]}` exited with "
+                           f"{child.returncode}; its output: {log}")
+
+
+def _row_count(run_dir: Path) -> int:
+    path = run_dir / "rounds.jsonl"
+    return sum(1 for line in path.read_text().splitlines() if line.strip()) \
+        if path.exists() else 0
+
+
+def compare(preset: Preset, *, engine: str = "simulation", rounds: int | None = None,
+            only: Sequence[str] = (), out: Path | None = None,
+            echo: Callable[[str], None] = print) -> Path:
+    """Run (or reuse) the preset's runs and write the table and plots; returns the folder."""
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
+    rounds = rounds or preset.rounds
+    if rounds < 1:
+        raise ConfigError(f"--rounds {rounds}: must be >= 1")
+    runs = selected(preset, only)
+    app_dir = find_app_dir()
+    wanted = [(label, run_keys(preset, keys, rounds)) for label, keys in runs]
+    for label, keys in wanted:  # every run's keys are checked before the first one starts
+        try:
+            checked_run_config(app_dir, keys)
+        except ConfigError as err:
+            raise ConfigError(f"preset {preset.name}, run {label!r}: {err}") from None
+    suffix = ("" if engine == "simulation" else f"-{engine}") + \
+        ("" if rounds == preset.rounds else f"-r{rounds}")
+    out = Path(out or Path("compare") / f"{preset.name}{suffix}").resolve()
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    echo(f"compare {preset.name}: {preset.description}; {rounds} rounds, {len(runs)} runs, "
+         f"engine {engine} -> {out}")
+    progress = Progress(rounds * len(runs), echo)
+    for index, (label, keys) in enumerate(wanted, start=1):
+        run_dir = out / "runs" / slug(label)
+        if reusable(run_dir, keys, engine):
+            progress.start(index, len(runs), label, " (finished earlier: reused)")
+            progress.skip(rounds)
+            continue
+        progress.start(index, len(runs), label, f": {table.keys_text(dict(runs[index - 1][1]))}")
+        if engine == "simulation":
+            run_inprocess(label, keys, preset.clients, run_dir, progress)
+        else:
+            run_launcher(engine, label, keys, preset.clients, run_dir, progress)
+    results = [(label, dict(keys), read_run(out / "runs" / slug(label))[1])
+               for label, keys in runs]
+    rows = table.compare_rows(results)
+    title = (f"fedsqueeze compare {preset.name} ({engine}): {preset.description}"
+             + ("" if rounds == preset.rounds else f" (here {rounds} rounds)"))
+    (out / "table.md").write_text(table.markdown(rows, title))
+    table.write_csv(rows, out / "table.csv")
+    table.plot([(label, r) for label, _, r in results], rows, out)
+    echo((out / "table.md").read_text())
+    echo(f"written: {out / 'table.md'}, table.csv, accuracy_vs_bytes.png, bytes_to_target.png")
+    return out

@@ -1,0 +1,127 @@
+"""`fedsqueeze compare`: the table's figures follow from rounds.jsonl; finished runs are
+reused; bad presets, labels and keys fail before anything runs."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+
+import pytest
+
+from fedsqueeze.deploy.cli import main
+from fedsqueeze.deploy.compare import PRESETS, Preset, compare, config_text, preset_named
+from fedsqueeze.server.compare import compare_rows, reached
+from fedsqueeze.server.results import read_run
+from fedsqueeze.strategies.settings import ConfigError
+
+
+def _row(t, acc, up, down, wire=None):
+    return {"round": t, "accuracy": acc, "message_up": up, "message_down": down,
+            "payload_up": up - 10, "payload_down": down - 10, "wire_up": wire,
+            "wire_down": wire, "seconds": 1.0}
+
+
+def test_targets_rounds_bytes_and_ratios_by_hand():
+    reference = [_row(1, 0.50, 100, 100), _row(2, 0.70, 100, 100), _row(3, 0.80, 100, 100)]
+    other = [_row(1, 0.76, 10, 20), _row(2, None, 10, 20), _row(3, 0.795, 10, 20)]
+    rows = compare_rows([("ref", {}, reference), ("other", {"k": 1}, other)],
+                        drops=(0.01, 0.05))
+    assert [h.target for h in rows[0].reached] == pytest.approx([0.79, 0.75])
+    assert [(h.round, h.message_bytes) for h in rows[0].reached] == [(3, 600), (3, 600)]
+    # other: 0.795 >= 0.79 first at round 3 (round 2 was not evaluated), 0.76 >= 0.75 at 1
+    assert [(h.round, h.message_bytes, h.upload_bytes) for h in rows[1].reached] == \
+        [(3, 90, 30), (1, 30, 10)]
+    assert rows[1].ratios == pytest.approx([600 / 90, 600 / 30])
+    assert rows[1].totals["payload_up"] == 0 and rows[1].totals["wire_up"] is None
+    assert reached(other, 0.9).round is None
+
+
+def test_the_wire_to_target_counts_both_directions():
+    rows = [_row(1, 0.1, 10, 10, wire=50), _row(2, 0.9, 10, 10, wire=60)]
+    assert reached(rows, 0.5).wire_bytes == 2 * 50 + 2 * 60
+
+
+TINY = Preset("tiny", "3 clients iid fc2", clients=3, rounds=2,
+              setting={"partitioner": "iid", "model": "fc2", "min-nodes": 2},
+              runs=(("fedavg", {"method": "fedavg"}),
+                    ("topk-ef-0.99", {"method": "topk-ef"}),
+                    ("fedpara x qsgd", {"method": "qsgd", "model-transform": "fedpara"})))
+
+
+def test_the_table_is_what_rounds_jsonl_says_and_finished_runs_are_reused(tmp_path):
+    lines: list[str] = []
+    out = compare(TINY, out=tmp_path / "cmp", echo=lines.append)
+    for name in ("table.md", "table.csv", "accuracy_vs_bytes.png", "bytes_to_target.png"):
+        assert (out / name).stat().st_size > 0
+    with open(out / "table.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["label"] for r in table] == ["fedavg", "topk-ef-0.99", "fedpara x qsgd"]
+    _, ref_rows, _ = read_run(out / "runs" / "fedavg")
+    target = [r["accuracy"] for r in ref_rows if r["accuracy"] is not None][-1] - 0.01
+    for entry in table:
+        _, rows, summary = read_run(out / "runs" / entry["label"].replace(" ", "_"))
+        assert summary["status"] == "completed"
+        spent, hit = 0, None
+        for r in rows:  # recomputed here, independently of server/compare.py
+            spent += r["message_up"] + r["message_down"]
+            if r["accuracy"] is not None and r["accuracy"] >= target:
+                hit = (r["round"], spent)
+                break
+        assert float(entry["target1"]) == pytest.approx(target)
+        assert (entry["target1_round"], entry["target1_message_bytes"]) == \
+            (("", "") if hit is None else (str(hit[0]), str(hit[1])))
+        assert int(entry["message_up"]) == sum(r["message_up"] for r in rows)
+        assert float(entry["final_accuracy"]) == rows[-1]["accuracy"]
+    assert "fedavg" in (out / "table.md").read_text()
+    assert any("round 2/2" in line for line in lines)
+
+    before = (out / "runs" / "topk-ef-0.99" / "rounds.jsonl").stat().st_mtime_ns
+    again: list[str] = []
+    compare(TINY, out=tmp_path / "cmp", echo=again.append, only=["topk-ef-0.99"])
+    assert sum("reused" in line for line in again) == 2  # the reference and topk-ef
+    assert (out / "runs" / "topk-ef-0.99" / "rounds.jsonl").stat().st_mtime_ns == before
+
+
+def test_a_run_of_other_keys_is_not_reused(tmp_path):
+    compare(dataclasses.replace(TINY, runs=TINY.runs[:1]), out=tmp_path / "c", echo=print)
+    changed = dataclasses.replace(TINY, runs=(("fedavg", {"method": "fedavg", "lr": 0.05}),))
+    lines: list[str] = []
+    compare(changed, out=tmp_path / "c", echo=lines.append)
+    assert not any("reused" in line for line in lines)
+    config, _, _ = read_run(tmp_path / "c" / "runs" / "fedavg")
+    assert config["run_config"]["lr"] == 0.05
+
+
+def test_bad_presets_labels_and_keys_fail_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match="unknown compare preset 'nope'"):
+        preset_named("nope")
+    with pytest.raises(ConfigError, match="not in preset 'tiny'"):
+        compare(TINY, only=["topk"], out=tmp_path / "x")
+    broken = dataclasses.replace(TINY, runs=(*TINY.runs, ("bad", {"method": "resfed",
+                                                                  "model-transform": "pfedpara"})))
+    with pytest.raises(ConfigError, match="run 'bad'.*pfedpara"):
+        compare(broken, out=tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+
+
+def test_every_preset_run_is_a_valid_run_config():
+    from fedsqueeze.deploy.config_check import checked_run_config, find_app_dir
+
+    for preset in PRESETS.values():
+        for _, keys in preset.runs:
+            checked_run_config(find_app_dir(), {**preset.setting, **keys})
+        assert len(set(preset.labels())) == len(preset.runs)
+
+
+def test_config_text_is_flower_run_config_syntax():
+    from fedsqueeze.deploy.config_check import parse_overrides
+
+    keys = {"method": "qsgd", "qsgd.bits": 2, "qsgd.error-feedback": True, "lr": 0.02}
+    assert parse_overrides([config_text(keys)]) == keys
+
+
+def test_the_command_lists_presets_and_rejects_an_unknown_one(capsys):
+    assert main(["compare", "--list"]) == 0
+    assert "fmnist-fc2" in capsys.readouterr().out
+    assert main(["compare", "nope"]) == 2
+    assert "unknown compare preset" in capsys.readouterr().err
