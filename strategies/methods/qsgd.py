@@ -10,8 +10,10 @@ E[||u_b|| sign(u_i) l_i / s] = u_i (unbiased). The 2s + 1 = 2^bits - 1 signed le
 as entropy-coded symbols (the paper's Elias coding, replaced by the codecs' rANS/zstd/raw
 choice: never more than `bits` bits per entry plus a table). Rounding is seeded by the
 client's (seed, round, partition) seed, so runs repeat exactly. Down: the global model,
-dense fp32. Server: global + decoded update, averaged by Flower's FedAvg
-(`strategies/updates.py`). With error feedback the quantization error stays with the client.
+dense fp32, or with `downlink = "compressed"` QSGD of the global model's change to synced
+clients (the server's own error memory). Server: global + decoded update, averaged by
+Flower's FedAvg (`strategies/updates.py`). With error feedback the quantization error stays
+with the client.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
 from fedsqueeze.strategies.training import ClientData
-from fedsqueeze.strategies.updates import UpdateClient, UpdateStrategy
+from fedsqueeze.strategies.updates import (
+    UpdateClient,
+    UpdateCoder,
+    UpdateStrategy,
+    check_downlink,
+)
 
 SYMBOLS = get_codec("entropy")
 NORMS = get_codec("dense")
@@ -41,10 +48,12 @@ class QSGDConfig(MethodConfig):
     bits: int = 4                 # bits per entry: sign + level, s = 2^(bits-1) - 1 levels
     bucket: int = 512             # entries per norm (the paper's bucket size d)
     error_feedback: bool = False  # keep the quantization error and add it next round
+    downlink: str = "dense"       # dense (the model) or compressed (QSGD of its change)
 
     def __post_init__(self) -> None:
         self.check({"bits": (lambda v: 2 <= v <= 8, "must be in 2..8"),
                     "bucket": (lambda v: v >= 1, "must be >= 1")})
+        check_downlink(self)
 
     @property
     def levels(self) -> int:
@@ -77,18 +86,28 @@ def dequantize(norms: np.ndarray, signed: np.ndarray, levels: int, bucket: int) 
     return (per_entry * (signed.astype(np.float32) / np.float32(levels))).astype(np.float32)
 
 
-class QSGDStrategy(UpdateStrategy):
-    def decode_update(self, server_round: int, node_id: int, content: RecordDict,
-                      size: int) -> np.ndarray:
-        config: QSGDConfig = self.method.config
-        buckets = -(-size // config.bucket)
+class QSGDCoder(UpdateCoder):
+    def __init__(self, config: QSGDConfig) -> None:
+        self.config = config
+
+    def encode(self, update: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
+        c = self.config
+        norms, signed = quantize(update, c.levels, c.bucket, np.random.default_rng([seed, 0x05D]))
+        symbols = (signed + c.levels).astype(np.uint8)
+        records = {PAYLOAD_RECORD: pack(SYMBOLS.stype, SYMBOLS.encode(
+                       [symbols], alphabet=2 * c.levels + 1)),
+                   NORMS_RECORD: pack(NORMS.stype, NORMS.encode([norms], dtype="fp32"))}
+        return records, dequantize(norms, signed, c.levels, c.bucket)
+
+    def decode(self, content: RecordDict, size: int) -> np.ndarray:
+        c = self.config
         (symbols,) = SYMBOLS.decode(unpack(content, SYMBOLS.stype), [(size,)],
-                                    alphabet=2 * config.levels + 1)
-        (norms,) = NORMS.decode(unpack(content, NORMS.stype, NORMS_RECORD), [(buckets,)])
+                                    alphabet=2 * c.levels + 1)
+        (norms,) = NORMS.decode(unpack(content, NORMS.stype, NORMS_RECORD),
+                                [(-(-size // c.bucket),)])
         if not np.all(np.isfinite(norms)) or np.any(norms < 0):
             raise CodecError("qsgd: bucket norms must be finite and >= 0")
-        signed = symbols.astype(np.int64) - config.levels
-        return dequantize(norms, signed, config.levels, config.bucket)
+        return dequantize(norms, symbols.astype(np.int64) - c.levels, c.levels, c.bucket)
 
 
 class QSGDClient(UpdateClient):
@@ -102,23 +121,16 @@ class QSGDClient(UpdateClient):
         return super().train(model, data, state, seed)
 
     def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
-        config: QSGDConfig = self.method.config
         if self.rounding_seed is None:
             raise RuntimeError("qsgd: send before train (the rounding seed is set by train)")
-        update = self.update(model, state)
-        rng = np.random.default_rng([self.rounding_seed, 0x05D])
-        norms, signed = quantize(update, config.levels, config.bucket, rng)
-        self.keep_remainder(state, update,
-                            dequantize(norms, signed, config.levels, config.bucket))
-        symbols = (signed + config.levels).astype(np.uint8)
-        return RecordDict({
-            PAYLOAD_RECORD: pack(SYMBOLS.stype, SYMBOLS.encode([symbols],
-                                                              alphabet=2 * config.levels + 1)),
-            NORMS_RECORD: pack(NORMS.stype, NORMS.encode([norms], dtype="fp32"))})
+        return self.send_update(model, state, self.rounding_seed)
 
 
 @register("qsgd")
 class QSGD(Method):
     Config = QSGDConfig
-    Strategy = QSGDStrategy
+    Strategy = UpdateStrategy
     Client = QSGDClient
+
+    def coder(self) -> QSGDCoder:
+        return QSGDCoder(self.config)

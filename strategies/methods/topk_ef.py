@@ -9,7 +9,9 @@ computed is lost, only delayed: sent_t + e_t = u_t + e_(t-1) entry by entry (in 
 kept entries are sent as they are, or the value coding's rounding error stays in e). The
 update plumbing (error memory, server-side "global + update") is the framework's
 `strategies/updates.py`. With
-`error-feedback = false` the remainder is dropped (plain top-k). Every travelling tensor is in
+`error-feedback = false` the remainder is dropped (plain top-k). `downlink = "compressed"`
+sends synced clients the top-k of the global model's change instead of the model, with the
+server's own error memory (`strategies/updates.py`). Every travelling tensor is in
 the update, BatchNorm running statistics included.
 """
 
@@ -27,7 +29,12 @@ from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
 from fedsqueeze.strategies.tensors import top_k_count, top_k_indices
-from fedsqueeze.strategies.updates import UpdateClient, UpdateStrategy
+from fedsqueeze.strategies.updates import (
+    UpdateClient,
+    UpdateCoder,
+    UpdateStrategy,
+    check_downlink,
+)
 
 SPARSE = get_codec("sparse")
 ERROR_RECORD = "topk-ef.error"
@@ -39,10 +46,12 @@ class TopKConfig(MethodConfig):
     sparsity: float = 0.99        # fraction of the update's entries not sent each round
     error_feedback: bool = True   # keep the unsent remainder and add it next round
     values: str = "fp32"          # value format of the sent entries
+    downlink: str = "dense"       # dense (the model) or compressed (top-k of its change)
 
     def __post_init__(self) -> None:
         self.check({"sparsity": (lambda v: 0 <= v < 1, "must be in [0, 1)")})
         self.check_choice("values", VALUES)
+        check_downlink(self)
 
 
 def sparsify(update: np.ndarray, sparsity: float, values: str
@@ -55,9 +64,17 @@ def sparsify(update: np.ndarray, sparsity: float, values: str
     return payload, sent.indices.astype(np.int64), sent.values
 
 
-class TopKStrategy(UpdateStrategy):
-    def decode_update(self, server_round: int, node_id: int, content: RecordDict,
-                      size: int) -> np.ndarray:
+class TopKCoder(UpdateCoder):
+    def __init__(self, config: TopKConfig) -> None:
+        self.config = config
+
+    def encode(self, update: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
+        payload, idx, values = sparsify(update, self.config.sparsity, self.config.values)
+        delivered = np.zeros_like(update)
+        delivered[idx] = values
+        return {PAYLOAD_RECORD: pack(SPARSE.stype, payload)}, delivered
+
+    def decode(self, content: RecordDict, size: int) -> np.ndarray:
         return decode_sparse_parts(unpack(content, SPARSE.stype), [(size,)])[0].to_dense()
 
 
@@ -65,17 +82,14 @@ class TopKClient(UpdateClient):
     error_record = ERROR_RECORD
 
     def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
-        config: TopKConfig = self.method.config
-        update = self.update(model, state)
-        payload, idx, values = sparsify(update, config.sparsity, config.values)
-        delivered = np.zeros_like(update)
-        delivered[idx] = values
-        self.keep_remainder(state, update, delivered)
-        return RecordDict({PAYLOAD_RECORD: pack(SPARSE.stype, payload)})
+        return self.send_update(model, state, seed=0)  # top-k is deterministic
 
 
 @register("topk-ef")
 class TopKEF(Method):
     Config = TopKConfig
-    Strategy = TopKStrategy
+    Strategy = UpdateStrategy
     Client = TopKClient
+
+    def coder(self) -> TopKCoder:
+        return TopKCoder(self.config)
