@@ -53,7 +53,8 @@ class Preset:
 
 def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]:
     """Every registered method (two settings of each lossy one), the baselines users pick
-    instead, and compositions; `gwpf_steps` = GWPF's local steps, one epoch of a client."""
+    instead (the update coders also with their compressed downlink), and compositions;
+    `gwpf_steps` = GWPF's local steps, one epoch of a client."""
     fedpara = {"model-transform": "fedpara", "fedpara.gamma": 0.3}
     return (
         ("fedavg", {"method": "fedavg"}),
@@ -68,8 +69,10 @@ def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]
         ("topk-ef-0.99", {"method": "topk-ef"}),
         ("topk-ef-0.999-fp16", {"method": "topk-ef", "topk-ef.sparsity": 0.999,
                                 "topk-ef.values": "fp16"}),
+        ("topk-ef-0.99-both", {"method": "topk-ef", "topk-ef.downlink": "compressed"}),
         ("qsgd-4bit", {"method": "qsgd"}),
         ("qsgd-2bit-ef", {"method": "qsgd", "qsgd.bits": 2, "qsgd.error-feedback": True}),
+        ("qsgd-4bit-both", {"method": "qsgd", "qsgd.downlink": "compressed"}),
         ("gwpf-0.5", {"method": "gwpf", "gwpf.local-steps": gwpf_steps}),
         ("gwpf-0.9-apf", {"method": "gwpf", "gwpf.local-steps": gwpf_steps,
                           "gwpf.tau-freeze": 0.9, "gwpf.thaw-quorum": 10,
@@ -80,8 +83,10 @@ def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]
         ("fedpara-0.3", {"method": "fedpara", "fedpara.gamma": 0.3}),
         ("pfedpara-0.5", {"method": "pfedpara"}),  # central acc: the global factors, init W2
         ("fedpara x resfed-0.95", {"method": "resfed", **fedpara}),
-        ("fedpara x topk-ef-0.99", {"method": "topk-ef", **fedpara}),
-        ("fedpara x qsgd-4bit", {"method": "qsgd", **fedpara}),
+        ("fedpara x topk-ef-0.99-both", {"method": "topk-ef", "topk-ef.downlink": "compressed",
+                                         **fedpara}),
+        ("fedpara x qsgd-4bit-both", {"method": "qsgd", "qsgd.downlink": "compressed",
+                                      **fedpara}),
     )
 
 

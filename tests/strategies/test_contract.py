@@ -185,13 +185,14 @@ def test_node_mirrors_commit_only_what_was_decoded():
     assert nodes.resyncs == 1 and nodes.get(1) is None
 
 
-@pytest.mark.parametrize("name", method_names())
-def test_exported_state_resumes_every_method_to_the_same_round(name, tmp_path):
+@pytest.mark.parametrize("name,keys", [(n, {}) for n in method_names()] + [
+    ("topk-ef", {"topk-ef.downlink": "compressed"}), ("qsgd", {"qsgd.downlink": "compressed"})])
+def test_exported_state_resumes_every_method_to_the_same_round(name, keys, tmp_path):
     """Run 3 rounds; separately, restore round 2's server state (through files), client states
     and global model into a fresh federation and run round 3: the same bytes, accuracy and
     global model."""
     overrides = {"method": name, "num-server-rounds": 3, "num-partitions": 60, "seed": 4,
-                 "fraction-train": 0.75, "min-nodes": 1}
+                 "fraction-train": 0.75, "min-nodes": 1, **keys}
     fed = Federation(overrides, clients=4, results_dir=tmp_path / "a")
     fed.run(2)
     fed.strategy.export_state().save(tmp_path / "state")
