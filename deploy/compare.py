@@ -6,7 +6,8 @@ transform). Every run goes to `<out>/runs/<label>/` (a normal results directory)
 directory already holds a completed run of the same keys and rounds is reused, not run
 again, so an interrupted comparison picks up where it stopped. Then the table
 (`server/compare.py`: bytes to FedAvg's final accuracy minus 1, 3 and 5 points) goes to
-`<out>/table.md` and `table.csv`, with `accuracy_vs_bytes.png` and `bytes_to_target.png`.
+`<out>/table.md` and `table.csv`, with `accuracy_vs_bytes.png` and `bytes_to_target.png`,
+and `claims.md`: each seed paper's headline claim beside what these runs measured.
 
 Engines: `simulation` (default): the ServerApp round loop and the ClientApp in this process,
 every message serialized as on the wire (`deploy/inprocess.py`; the same accuracies as
@@ -283,6 +284,12 @@ def compare(preset: Preset, *, engine: str = "simulation", rounds: int | None = 
     (out / "table.md").write_text(table.markdown(rows, title))
     table.write_csv(rows, out / "table.csv")
     table.plot([(label, r) for label, _, r in results], rows, out)
+    (out / "claims.md").write_text(table.claims_markdown(
+        table.paper_claims(results, rows),
+        f"Paper claims beside this comparison ({preset.name}, {engine}, {rounds} rounds; the "
+        "settings differ: see each row)"))
     echo((out / "table.md").read_text())
-    echo(f"written: {out / 'table.md'}, table.csv, accuracy_vs_bytes.png, bytes_to_target.png")
+    echo((out / "claims.md").read_text())
+    echo(f"written: {out / 'table.md'}, table.csv, claims.md, accuracy_vs_bytes.png, "
+         "bytes_to_target.png")
     return out

@@ -221,3 +221,124 @@ def plot(runs: Sequence[tuple[str, list[dict[str, Any]]]], rows: list[CompareRow
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
     return paths
+
+
+# ----------------------------------------------------------------------------- paper claims
+@dataclasses.dataclass
+class Claim:
+    paper: str
+    claim: str
+    setting: str
+    ours: str
+    verdict: str
+
+
+def _accuracy_within(rows: list[dict[str, Any]], upload_cap: int) -> float | None:
+    """The last evaluated accuracy whose cumulative upload (message layer) is <= the cap."""
+    spent, best = 0, None
+    for row in rows:
+        spent += row["message_up"]
+        if spent > upload_cap:
+            break
+        if row["accuracy"] is not None:
+            best = row["accuracy"]
+    return best
+
+
+def _first_label(rows_by: dict[str, CompareRow], prefix: str) -> str | None:
+    return next((label for label in rows_by if label.startswith(prefix)), None)
+
+
+def paper_claims(results: Sequence[tuple[str, dict[str, Any], list[dict[str, Any]]]],
+                 rows: list[CompareRow]) -> list[Claim]:
+    """Each seed paper's headline next to what these runs measured (from rounds.jsonl);
+    a claim whose runs are not in this comparison says so."""
+    raw = {label: r for label, _, r in results}
+    by = {r.label: r for r in rows}
+    ref = rows[0]
+    claims = []
+
+    def missing(paper, claim, setting, *labels):
+        claims.append(Claim(paper, claim, setting, "-", "not measured: runs "
+                            + ", ".join(labels) + " are not in this comparison"))
+
+    sp = _first_label(by, "fedsparsify-global")
+    paper, claim = "FedSparsify", "x3.04 less communication at sparsity 0.9 (473 -> 155 M params)"
+    setting = "FashionMNIST non-IID(2), 10 clients, 784-128-128-10, E = 4, T = 200"
+    if sp:
+        r = by[sp]
+        ratio = ref.message_total / r.message_total
+        claims.append(Claim(paper, claim, setting, f"{sp}: x{ratio:.2f} fewer message bytes "
+                            f"(up + down) over {r.rounds} rounds, accuracy "
+                            f"{_acc(r.final_accuracy)} vs {_acc(ref.final_accuracy)}",
+                            "holds" if ratio >= 3.04 else "does not hold"))
+    else:
+        missing(paper, claim, setting, "fedsparsify-global-*")
+
+    rf = _first_label(by, "resfed-0.99") or _first_label(by, "resfed")
+    paper, claim = "ResFed", ">700x per round; to 70% accuracy 587.61 -> 6.79 Mb up per client"
+    setting = "CIFAR-10 CNN (1,020,160 params), 10 clients non-IID, s = 0.995 under a formula"
+    if rf:
+        per_round = max(a["message_up"] / b["message_up"] for a, b in
+                        zip(raw[ref.label], raw[rf]) if b["message_up"])
+        to70 = [reached(raw[label], 0.70).upload_bytes for label in (ref.label, rf)]
+        seventy = (f"to 70%: {_mb(to70[0])} -> {_mb(to70[1])} MB up"
+                   if None not in to70 else "70% not reached by both")
+        ok = per_round >= 700
+        claims.append(Claim(paper, claim, setting, f"{rf}: up to x{per_round:.0f} fewer upload "
+                            f"bytes in a round; {seventy}",
+                            "holds" if ok else "does not hold (per round)"))
+    else:
+        missing(paper, claim, setting, "resfed-*")
+
+    fps = [label for label in by if label.startswith("fedpara-")]
+    paper, claim = "FedPara", "2.8-10.1x less communication at comparable accuracy"
+    setting = "VGG16-GN, CIFAR-10, 100 clients Dirichlet(0.5), 200 rounds, gamma 0.1"
+    if fps:
+        best = max(fps, key=lambda label: by[label].ratios[0] or 0)
+        ratio = by[best].ratios[0]
+        claims.append(Claim(paper, claim, setting, f"{best}: "
+                            + ("never reached FedAvg's final accuracy - 1 point" if ratio is None
+                               else f"x{ratio:.1f} fewer bytes to FedAvg's final accuracy "
+                               "- 1 point"),
+                            "holds" if ratio and ratio >= 2.8 else "does not hold"))
+    else:
+        missing(paper, claim, setting, "fedpara-*")
+
+    gw = [label for label in by if label.startswith("gwpf")]
+    paper, claim = "GWPF", "up to 48.73% less communication than APF, +2.01% accuracy"
+    setting = "MNIST CNN (582,026 params), Dirichlet(1), 10 clients"
+    if gw:
+        parts = [f"{label}: {by[label].message_total / ref.message_total:.3f} of FedAvg's "
+                 f"bytes, accuracy {_acc(by[label].final_accuracy)}" for label in gw]
+        claims.append(Claim(paper, claim, setting, "; ".join(parts),
+                            "not checkable here: no APF baseline (gwpf.unfreeze = apf is GWPF "
+                            "with APF's unfreezing, not APF)"))
+    else:
+        missing(paper, claim, setting, "gwpf-*")
+
+    dst, avgm = _first_label(by, "feddst"), _first_label(by, "fedavgm")
+    paper, claim = "FedDST", "+10% accuracy over FedAvgM at any fixed upload cap"
+    setting = "CIFAR-10, 400 clients x 2 shards, 20 per round, E = 10, S = 0.8"
+    if dst and avgm:
+        cap = by[dst].totals["message_up"] or 0
+        theirs = _accuracy_within(raw[avgm], cap)
+        gain = None if theirs is None or by[dst].final_accuracy is None else \
+            by[dst].final_accuracy - theirs
+        claims.append(Claim(paper, claim, setting, f"{dst} {_acc(by[dst].final_accuracy)} vs "
+                            f"{avgm} {_acc(theirs)} at {dst}'s upload ({_mb(cap)} MB)"
+                            + ("" if gain is None else f": {gain * 100:+.1f} points"),
+                            f"not measurable: {avgm} has no evaluated round within that "
+                            "upload" if gain is None else
+                            "holds" if gain >= 0.10 else "does not hold"))
+    else:
+        missing(paper, claim, setting, "feddst-*, fedavgm")
+    return claims
+
+
+def claims_markdown(claims: list[Claim], title: str) -> str:
+    lines = [title, "", "| paper | claim | paper's setting | measured here | verdict |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {c.paper} | {c.claim} | {c.setting} | {c.ours} | {c.verdict} |"
+              for c in claims]
+    return "\n".join(lines) + "\n"

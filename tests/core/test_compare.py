@@ -125,3 +125,31 @@ def test_the_command_lists_presets_and_rejects_an_unknown_one(capsys):
     assert "fmnist-fc2" in capsys.readouterr().out
     assert main(["compare", "nope"]) == 2
     assert "unknown compare preset" in capsys.readouterr().err
+
+
+def test_paper_claims_are_computed_from_the_runs_and_say_what_is_missing():
+    from fedsqueeze.server.compare import paper_claims
+
+    def run(accs, up, down):
+        return [_row(t + 1, a, up, down) for t, a in enumerate(accs)]
+
+    results = [("fedavg", {}, run([0.6, 0.72, 0.80], 1000, 1000)),
+               ("fedsparsify-global-0.9", {}, run([0.6, 0.7, 0.79], 200, 200)),
+               ("resfed-0.99", {}, run([0.6, 0.71, 0.78], 1, 100)),
+               ("fedpara-0.1", {}, run([0.62, 0.79, 0.80], 250, 250)),
+               ("feddst-0.8", {}, run([0.5, 0.6, 0.75], 300, 300)),
+               ("fedavgm", {}, run([0.6, 0.62, 0.7], 1000, 1000))]
+    claims = {c.paper: c for c in paper_claims(results, compare_rows(results))}
+    assert claims["FedSparsify"].verdict == "holds"          # 6000 / 1200 = x5
+    assert "x5.00" in claims["FedSparsify"].ours
+    assert claims["ResFed"].verdict == "holds" and "x1000" in claims["ResFed"].ours
+    assert "0.00 -> 0.00 MB up" in claims["ResFed"].ours      # 70%: 2 kB vs 2 B
+    # target 0.79: FedAvg at round 3 (6000 B), fedpara-0.1 at round 2 (1000 B)
+    assert claims["FedPara"].verdict == "holds" and "x6.0" in claims["FedPara"].ours
+    assert claims["GWPF"].verdict.startswith("not measured")
+    # FedDST's upload is 900 B: FedAvgM spent 1000 B in its first round already
+    assert claims["FedDST"].verdict.startswith("not measurable")
+    results[-1] = ("fedavgm", {}, run([0.6, 0.62, 0.7], 100, 1000))
+    claims = {c.paper: c for c in paper_claims(results, compare_rows(results))}
+    assert claims["FedDST"].verdict == "does not hold"          # 0.75 vs 0.70 at 900 B up
+    assert "+5.0 points" in claims["FedDST"].ours
