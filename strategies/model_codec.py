@@ -1,4 +1,4 @@
-"""The whole model as one dense codec payload: what FedAvg-like methods send both ways."""
+"""The whole model as one codec payload: what FedAvg-like methods send both ways."""
 
 from __future__ import annotations
 
@@ -11,12 +11,19 @@ from fedsqueeze.codecs import get_codec
 from .payload import PAYLOAD_RECORD, pack, unpack
 from .tensors import Arrays, keyed
 
+#: value formats of the whole model: raw floats (dense codec) or uniform b-bit per tensor
+#: (quant codec: min-max affine, nearest rounding, entropy-coded symbols)
+MODEL_VALUES = ("fp32", "fp16", "bf16", *(f"q{b}" for b in range(1, 9)))
+
 
 class DenseModelCodec:
-    """Every travelling tensor, canonical order, values as `dtype` (fp32, fp16 or bf16)."""
+    """Every travelling tensor, canonical order, values as `dtype` (one of MODEL_VALUES)."""
 
     def __init__(self, dtype: str = "fp32") -> None:
-        self.codec = get_codec("dense")
+        if dtype not in MODEL_VALUES:
+            raise ValueError(f"model value format {dtype!r}: one of {', '.join(MODEL_VALUES)}")
+        self.quantized = dtype.startswith("q")
+        self.codec = get_codec("quant" if self.quantized else "dense")
         self.dtype = dtype
 
     @property
@@ -24,7 +31,9 @@ class DenseModelCodec:
         return self.codec.stype
 
     def encode(self, arrays: Arrays) -> RecordDict:
-        payload = self.codec.encode(list(arrays.values()), dtype=self.dtype)
+        values = list(arrays.values())
+        payload = self.codec.encode(values, int(self.dtype[1:])) if self.quantized else \
+            self.codec.encode(values, dtype=self.dtype)
         return RecordDict({PAYLOAD_RECORD: pack(self.codec.stype, payload)})
 
     def decode(self, content: RecordDict, keys: Sequence[str],

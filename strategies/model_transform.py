@@ -18,6 +18,7 @@ from torch import nn
 
 from fedsqueeze.models.fedpara import LAYER_CHOICES, fedpara_transform
 
+from .model_codec import MODEL_VALUES
 from .settings import ConfigError, MethodConfig, RunSettings, UserValue, from_run_config
 
 TRANSFORMS = ("", "fedpara", "pfedpara")
@@ -36,7 +37,7 @@ class FedParaConfig(MethodConfig):
     def __post_init__(self) -> None:
         self.check({"gamma": (lambda v: 0 <= v <= 1, "must be in [0, 1]")})
         self.check_choice("layers", LAYER_CHOICES)
-        self.check_choice("dtype", ("fp32", "fp16", "bf16"))
+        self.check_choice("dtype", MODEL_VALUES)
 
 
 @dataclasses.dataclass(frozen=True)

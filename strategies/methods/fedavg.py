@@ -6,16 +6,16 @@ from __future__ import annotations
 import dataclasses
 
 from fedsqueeze.strategies.base import Method
-from fedsqueeze.strategies.model_codec import DenseModelCodec
+from fedsqueeze.strategies.model_codec import MODEL_VALUES, DenseModelCodec
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
 
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = MODEL_VALUES
 
 
 @dataclasses.dataclass(frozen=True)
 class FedAvgConfig(MethodConfig):
-    dtype: str = "fp32"  # value format on the wire, both directions
+    dtype: str = "fp32"  # value format on the wire, both directions (fp*, bf16 or q1..q8)
 
     def __post_init__(self) -> None:
         self.check_choice("dtype", DTYPES)

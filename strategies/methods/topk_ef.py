@@ -23,7 +23,7 @@ import numpy as np
 from flwr.app import RecordDict
 from torch import nn
 
-from fedsqueeze.codecs import decode_sparse_parts, encode_sparse_parts, get_codec
+from fedsqueeze.codecs import VALUE_SPECS, decode_sparse_parts, encode_sparse_parts, get_codec
 from fedsqueeze.strategies.base import Method
 from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
@@ -38,7 +38,7 @@ from fedsqueeze.strategies.updates import (
 
 SPARSE = get_codec("sparse")
 ERROR_RECORD = "topk-ef.error"
-VALUES = ("fp32", "fp16", "bf16")
+VALUES = VALUE_SPECS  # fp32, fp16, bf16, q1..q8 (uniform b-bit, entropy-coded), ternary
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,3 +77,30 @@ def test_missing_payload_record_is_a_codec_error():
     strategy = method.server(build_run_model(method.settings))
     with pytest.raises(CodecError, match="no 'payload'"):
         strategy.decode_up(1, 7, RecordDict({"other": ArrayRecord()}))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_uniform_b_bit_model_values_travel_as_quant_payloads_within_their_step(bits):
+    from fedsqueeze.codecs import get_codec
+
+    method = _method(f"q{bits}")
+    model = build_run_model(method.settings)
+    strategy, client = method.server(model), method.client()
+    arrays = model_arrays(model)
+    content = strategy.encode_down(1, 7, arrays)
+    assert content[PAYLOAD_RECORD]["bytes"].stype == get_codec("quant").stype
+    size = len(content[PAYLOAD_RECORD]["bytes"].data)
+    n = sum(a.size for a in arrays.values())
+    assert size <= n * bits / 8 + 64 * len(arrays) + 1024  # b bits per value at most
+    fresh = build_run_model(RunSettings(seed=123))
+    client.receive(content, RecordDict(), fresh)
+    for (key, a), b in zip(arrays.items(), model_arrays(fresh).values()):
+        step = (a.max() - a.min()) / (2 ** bits - 1)
+        assert np.abs(a - b).max() <= step / 2 + 1e-6, key
+
+
+def test_an_unknown_model_value_format_is_refused():
+    from fedsqueeze.strategies.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="fedavg.dtype"):
+        _method("q9")

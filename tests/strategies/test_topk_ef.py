@@ -90,3 +90,19 @@ def test_keys_are_validated():
     with pytest.raises(ConfigError, match="topk-ef.values"):
         get_method("topk-ef")(RunSettings(), {"topk-ef.values": "int3"})
     torch.manual_seed(0)
+
+
+def test_quantized_values_are_what_the_server_adds_and_shrink_the_uplink():
+    sizes = {}
+    for values in ("fp32", "q4"):
+        method = get_method("topk-ef")(RunSettings(), {"topk-ef.values": values})
+        strategy = method.server(build_run_model(method.settings))
+        g = flatten(list(strategy.round_arrays.values()))
+        state = RecordDict()
+        update, sent, server_model, reply = _round(method, strategy, state,
+                                                   np.random.default_rng(4), 1)
+        assert np.array_equal(server_model, np.add(g, sent, dtype=F))
+        remainder = load_array_list(state, "topk-ef.error")[0][0]
+        np.testing.assert_allclose(sent + remainder, update, atol=1e-6)
+        sizes[values] = len(reply[PAYLOAD_RECORD]["bytes"].data)
+    assert sizes["q4"] < 0.5 * sizes["fp32"]
