@@ -12,6 +12,7 @@ from fedsqueeze.deploy.cli import main
 from fedsqueeze.deploy.compare import PRESETS, Preset, compare, config_text, preset_named
 from fedsqueeze.server.compare import compare_rows, reached
 from fedsqueeze.server.results import read_run
+from fedsqueeze.strategies.registry import method_names
 from fedsqueeze.strategies.settings import ConfigError
 
 
@@ -111,6 +112,7 @@ def test_every_preset_run_is_a_valid_run_config():
         for _, keys in preset.runs:
             checked_run_config(find_app_dir(), {**preset.setting, **keys})
         assert len(set(preset.labels())) == len(preset.runs)
+        assert {keys["method"] for _, keys in preset.runs} == set(method_names())
 
 
 def test_config_text_is_flower_run_config_syntax():
