@@ -13,8 +13,9 @@ keys in pyproject's `[tool.flwr.app.config]`, plus its tests::
     @register("topk-ef")
     class TopKEF(Method):
         Config = TopKConfig                  # default: MethodConfig (no keys)
-        Strategy = TopKStrategy              # default: SqueezeStrategy (dense model both ways)
+        Strategy = UpdateStrategy            # default: SqueezeStrategy (dense model both ways)
         Client = TopKClient                  # default: ClientSide (dense model both ways)
+        def coder(self) -> TopKCoder: ...    # update methods only (`updates.py`)
         def model_codec(self) -> DenseModelCodec: ...   # default: fp32
         model_transform = ""                 # a transform it needs ("fedpara"); default: the
                                              # run config's `model-transform`
@@ -65,7 +66,9 @@ it itself.
 hook raises). Replies get the metrics ("num-examples", ...) and the identity record from the
 core. Every metric key must be the same for every client of a round.
 
-Shared pieces every method may use: `model_codec` (the dense model payload), `tensors`
+Shared pieces every method may use: `model_codec` (the whole model as one payload: fp32,
+fp16, bf16 or uniform b-bit), `updates` (update-uplink methods: error memory, "sent model +
+update", the compressed downlink of the broadcast model's change), `tensors`
 (canonical order, flatten/unflatten, global top-k), `state` (per-node state, versioned server
 mirrors, exported server state), `payload` (codec bytes in Flower records), `settings` (run
 config), `training` (local SGD and evaluation). A method never imports another method.
