@@ -309,12 +309,15 @@ def cmd_partitions(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    if args.list or not args.preset:
+    if args.list:
         for preset in PRESETS.values():
             print(f"{preset.name}: {preset.description}")
             for label, keys in preset.runs:
-                print(f"    {label:26s} {config_text(keys)}")
-        return 0 if args.list else 2
+                print(f"    {label:28s} {config_text(keys)}")
+        return 0
+    if not args.preset:
+        raise ConfigError(f"compare needs a PRESET: one of {', '.join(PRESETS)} (--list shows "
+                          "their runs)")
     only = [label.strip() for label in args.only.split(",") if label.strip()]
     compare(preset_named(args.preset), engine=args.engine, rounds=args.rounds, only=only,
             out=args.out, echo=lambda text: print(text, flush=True))

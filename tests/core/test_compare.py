@@ -127,6 +127,8 @@ def test_the_command_lists_presets_and_rejects_an_unknown_one(capsys):
     assert "fmnist-fc2" in capsys.readouterr().out
     assert main(["compare", "nope"]) == 2
     assert "unknown compare preset" in capsys.readouterr().err
+    assert main(["compare"]) == 2
+    assert "compare needs a PRESET" in capsys.readouterr().err
 
 
 def test_paper_claims_are_computed_from_the_runs_and_say_what_is_missing():
