@@ -13,6 +13,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
+	@free=$$(df -Pm . | awk 'NR==2 {print $$4}'); if [ "$$free" -lt 7000 ]; then \
+	  echo "warning: $$free MB free here; the venv takes about 6.5 GB (PyTorch's CUDA wheels)" >&2; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip          # the system pip 23 cannot resolve Flower's deps
 	$(PY) -m pip install -q -e '.[test]'
