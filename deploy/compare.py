@@ -224,12 +224,17 @@ def run_launcher(engine: str, label: str, keys: dict[str, UserValue], clients: i
     log = run_dir.parent / f"{run_dir.name}.log"
     with open(log, "w") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        while child.poll() is None or seen < _row_count(run_dir):
-            time.sleep(1.0)
-            rows = read_run(run_dir)[1] if (run_dir / "config.json").is_file() else []
-            for row in rows[seen:]:
-                progress.round(label, row, rounds, row["seconds"])
-            seen = max(seen, len(rows))
+        try:
+            while child.poll() is None or seen < _row_count(run_dir):
+                time.sleep(1.0)
+                rows = read_run(run_dir)[1] if (run_dir / "config.json").is_file() else []
+                for row in rows[seen:]:
+                    progress.round(label, row, rounds, row["seconds"])
+                seen = max(seen, len(rows))
+        except BaseException:  # Ctrl-C or SIGTERM here: the launcher stops what it started
+            child.terminate()
+            child.wait()
+            raise
     if child.returncode != 0:
         raise RuntimeError(f"{label}: `fedsqueeze {command[3]}` exited with "
                            f"{child.returncode}; its output: {log}")
