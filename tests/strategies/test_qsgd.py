@@ -148,3 +148,20 @@ def test_negative_norms_are_refused():
     with pytest.raises(CodecError, match="norms"):
         strategy.decode_update(1, 5, reply, N)
     assert PAYLOAD_RECORD in reply
+
+
+def test_error_feedback_memory_stays_bounded_only_with_the_contractive_scaling():
+    from fedsqueeze.strategies.methods.qsgd import QSGDConfig
+
+    def memory_norms(scale):
+        rng, e, norms = np.random.default_rng(0), np.zeros(4096, F), []
+        for _ in range(40):
+            a = (rng.standard_normal(4096) * 0.01).astype(F) + e
+            e = a - dequantize(*quantize(a, 1, 512, rng), 1, 512) * F(scale)
+            norms.append(float(np.linalg.norm(e)))
+        return norms
+
+    scaled = memory_norms(QSGDConfig(bits=2, error_feedback=True).scale)
+    assert max(scaled[20:]) < 1.5 * max(scaled[10:20])   # levels off (about 4x one update)
+    assert memory_norms(1.0)[-1] > 1000 * scaled[-1]      # unscaled 2-bit QSGD explodes
+    assert QSGDConfig(bits=2).scale == 1.0                 # unbiased without error feedback
