@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsqueeze.server import compare as table
+from fedsqueeze.server.loop import RunFailure
 from fedsqueeze.server.results import read_run
 from fedsqueeze.strategies.settings import ConfigError, UserValue
 
@@ -134,15 +135,20 @@ def run_keys(preset: Preset, keys: dict[str, UserValue], rounds: int) -> dict[st
     return {**preset.setting, **keys, "num-server-rounds": rounds}
 
 
-def reusable(run_dir: Path, wanted: dict[str, UserValue], engine: str) -> bool:
-    """Whether `run_dir` holds a completed run of exactly these keys on this engine."""
+def reusable(run_dir: Path, wanted: dict[str, UserValue], engine: str) -> str | None:
+    """How `run_dir` ended ("completed" or "failed") if it holds a finished run of exactly
+    these keys on this engine (runs are deterministic: a failed one would fail again; delete
+    its folder to run it anew), else None."""
     if not (run_dir / "config.json").is_file():
-        return False
+        return None
     config, rows, summary = read_run(run_dir)
     stored = config.get("run_config", {})
-    return (summary.get("status") == "completed" and len(rows) == wanted["num-server-rounds"]
-            and config.get("engine", stored.get("engine")) == _engine_name(engine)
+    status = summary.get("status")
+    finished = (status == "completed" and len(rows) == wanted["num-server-rounds"]) or \
+        status == "failed"
+    same = (config.get("engine", stored.get("engine")) == _engine_name(engine)
             and all(stored.get(k) == v for k, v in wanted.items()))
+    return status if finished and same else None
 
 
 def _engine_name(engine: str) -> str:
@@ -205,9 +211,16 @@ def run_inprocess(label: str, keys: dict[str, UserValue], clients: int, run_dir:
     try:
         fed = Federation(keys, clients=clients, results_dir=run_dir.parent,
                          run_name=run_dir.name)
-        for _ in range(int(keys["num-server-rounds"])):
-            row = fed.run_round()
-            progress.round(label, row, int(keys["num-server-rounds"]), row["seconds"])
+        rounds = int(keys["num-server-rounds"])
+        for _ in range(rounds):
+            try:
+                row = fed.run_round()
+            except RunFailure as err:  # the run ends here; the comparison goes on
+                fed.runner.writer.finish("failed", time.monotonic() - started, str(err))
+                progress.skip(rounds - fed.round + 1)
+                progress.echo(f"    {label}: failed in round {fed.round}: {err}")
+                return
+            progress.round(label, row, rounds, row["seconds"])
         fed.runner.writer.finish("completed", time.monotonic() - started)
     finally:
         flwr.setLevel(level)
@@ -236,8 +249,12 @@ def run_launcher(engine: str, label: str, keys: dict[str, UserValue], clients: i
             child.wait()
             raise
     if child.returncode != 0:
-        raise RuntimeError(f"{label}: `fedsqueeze {command[3]}` exited with "
-                           f"{child.returncode}; its output: {log}")
+        summary = read_run(run_dir)[2] if (run_dir / "config.json").is_file() else {}
+        if summary.get("status") != "failed":  # not the run failing: the launch did
+            raise RuntimeError(f"{label}: `fedsqueeze {command[3]}` exited with "
+                               f"{child.returncode}; its output: {log}")
+        progress.skip(rounds - _row_count(run_dir))
+        progress.echo(f"    {label}: failed: {summary.get('error')}")
 
 
 def _row_count(run_dir: Path) -> int:
@@ -272,8 +289,9 @@ def compare(preset: Preset, *, engine: str = "simulation", rounds: int | None = 
     progress = Progress(rounds * len(runs), echo)
     for index, (label, keys) in enumerate(wanted, start=1):
         run_dir = out / "runs" / slug(label)
-        if reusable(run_dir, keys, engine):
-            progress.start(index, len(runs), label, " (finished earlier: reused)")
+        ended = reusable(run_dir, keys, engine)
+        if ended:
+            progress.start(index, len(runs), label, f" ({ended} earlier: reused)")
             progress.skip(rounds)
             continue
         progress.start(index, len(runs), label, f": {table.keys_text(dict(runs[index - 1][1]))}")
@@ -281,9 +299,13 @@ def compare(preset: Preset, *, engine: str = "simulation", rounds: int | None = 
             run_inprocess(label, keys, preset.clients, run_dir, progress)
         else:
             run_launcher(engine, label, keys, preset.clients, run_dir, progress)
-    results = [(label, dict(keys), read_run(out / "runs" / slug(label))[1])
-               for label, keys in runs]
+    finished = {label: read_run(out / "runs" / slug(label)) for label, _ in runs}
+    results = [(label, dict(keys), finished[label][1]) for label, keys in runs]
     rows = table.compare_rows(results)
+    for row in rows:
+        summary = finished[row.label][2]
+        if summary.get("status") != "completed":
+            row.status = f"{summary.get('status')} after round {row.rounds}"
     title = (f"fedsqueeze compare {preset.name} ({engine}): {preset.description}"
              + ("" if rounds == preset.rounds else f" (here {rounds} rounds)"))
     (out / "table.md").write_text(table.markdown(rows, title))

@@ -49,6 +49,7 @@ class CompareRow:
     totals: dict[str, int | None]   # "<layer>_<direction>", None where not measured
     reached: list[Reached]
     ratios: list[float | None]      # reference bytes to target / this run's, per target
+    status: str = "completed"       # or how the run ended early ("failed after round 12")
 
     @property
     def message_total(self) -> int:
@@ -142,7 +143,8 @@ def markdown(rows: list[CompareRow], title: str, drops: Sequence[float] = TARGET
              "or above the target; vs ref = the reference's MB to that target / this run's.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
-        cells = [r.label, keys_text(r.keys), _acc(r.final_accuracy), _acc(r.best_accuracy),
+        label = r.label if r.status == "completed" else f"{r.label} ({r.status})"
+        cells = [label, keys_text(r.keys), _acc(r.final_accuracy), _acc(r.best_accuracy),
                  f"{r.seconds_per_round:.2f}", _mb(r.totals["message_up"]),
                  _mb(r.totals["message_down"]), _mb(r.message_total),
                  _mb((r.totals["payload_up"] or 0) + (r.totals["payload_down"] or 0))]
@@ -157,7 +159,7 @@ def markdown(rows: list[CompareRow], title: str, drops: Sequence[float] = TARGET
 
 
 def write_csv(rows: list[CompareRow], path: Path) -> None:
-    fields = ["label", "keys", "rounds", "final_accuracy", "best_accuracy",
+    fields = ["label", "keys", "status", "rounds", "final_accuracy", "best_accuracy",
               "seconds_per_round", *rows[0].totals]
     for i in range(len(rows[0].reached)):
         fields += [f"target{i + 1}", f"target{i + 1}_round", f"target{i + 1}_message_bytes",
@@ -167,7 +169,7 @@ def write_csv(rows: list[CompareRow], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(fields)
         for r in rows:
-            cells: list[Any] = [r.label, keys_text(r.keys), r.rounds, r.final_accuracy,
+            cells: list[Any] = [r.label, keys_text(r.keys), r.status, r.rounds, r.final_accuracy,
                                 r.best_accuracy, r.seconds_per_round, *r.totals.values()]
             for hit, ratio in zip(r.reached, r.ratios):
                 cells += [hit.target, hit.round, hit.message_bytes, hit.wire_bytes,

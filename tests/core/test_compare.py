@@ -157,3 +157,20 @@ def test_paper_claims_are_computed_from_the_runs_and_say_what_is_missing():
     claims = {c.paper: c for c in paper_claims(results, compare_rows(results))}
     assert claims["FedDST"].verdict == "does not hold"          # 0.75 vs 0.70 at 900 B up
     assert "+5.0 points" in claims["FedDST"].ours
+
+
+def test_a_failed_run_is_reported_and_the_comparison_goes_on(tmp_path):
+    failing = dataclasses.replace(TINY, runs=(
+        TINY.runs[0], ("broken", {"method": "fedavg", "fail-partitions": "0,1,2"}),
+        TINY.runs[1]))
+    lines: list[str] = []
+    out = compare(failing, out=tmp_path / "f", echo=lines.append)
+    assert any("broken: failed in round 1" in line for line in lines)
+    with open(out / "table.csv") as f:
+        status = {r["label"]: r["status"] for r in csv.DictReader(f)}
+    assert status == {"fedavg": "completed", "broken": "failed after round 0",
+                      "topk-ef-0.99": "completed"}
+    assert "broken (failed after round 0)" in (out / "table.md").read_text()
+    again: list[str] = []
+    compare(failing, out=tmp_path / "f", echo=again.append)
+    assert any("broken (failed earlier: reused)" in line for line in again)
