@@ -15,7 +15,7 @@ keys in pyproject's `[tool.flwr.app.config]`, plus its tests::
         Config = TopKConfig                  # default: MethodConfig (no keys)
         Strategy = UpdateStrategy            # default: SqueezeStrategy (dense model both ways)
         Client = TopKClient                  # default: ClientSide (dense model both ways)
-        def coder(self) -> TopKCoder: ...    # update methods only (`updates.py`)
+        def coder(self, memory) -> TopKCoder: ...   # update methods only (`updates.py`)
         def model_codec(self) -> DenseModelCodec: ...   # default: fp32
         model_transform = ""                 # a transform it needs ("fedpara"); default: the
                                              # run config's `model-transform`

@@ -2,9 +2,12 @@
 received) through a lossy coder, with optional error feedback (topk-ef, qsgd), and may
 receive the global model's change through the same coder.
 
-A method supplies an `UpdateCoder`: `encode(update, seed) -> (records, delivered)` (the
-records of a message and the dense float32 vector the receiver will decode, bit for bit) and
-`decode(content, size) -> vector`. Both sides use it.
+A method supplies `coder(memory) -> UpdateCoder`: `encode(update, seed) -> (records,
+delivered)` (the records of a message and the dense float32 vector the receiver will decode,
+bit for bit) and `decode(content, size) -> vector`; `memory` says whether its sender keeps an
+error memory (an unbiased coder must then be made contractive, or the memory grows without
+bound). Both sides build the same two: the uplink's (memory = `error-feedback`) and the
+downlink's (memory = True: the server always keeps one).
 
 Uplink. Client: `receive` remembers the received model as one flat float32 vector; the update
 is the local model minus it, plus the error memory kept in `context.state` when
@@ -80,7 +83,8 @@ class UpdateStrategy(SqueezeStrategy):
 
     def __init__(self, method, model: nn.Module) -> None:
         super().__init__(method, model)
-        self.coder: UpdateCoder = method.coder()
+        self.up_coder: UpdateCoder = method.coder(memory=self.config.error_feedback)
+        self.down_coder: UpdateCoder = method.coder(memory=True)
         self.compressed = self.config.downlink == "compressed"
         self.broadcast: Broadcast | None = None
         self.holders: NodeMirrors[bytes, bytes] = NodeMirrors()
@@ -98,7 +102,7 @@ class UpdateStrategy(SqueezeStrategy):
             self.broadcast = Broadcast(g.copy(), np.zeros_like(g))
         else:
             d = np.add(np.subtract(g, b.model, dtype=np.float32), b.error, dtype=np.float32)
-            records, delivered = self.coder.encode(
+            records, delivered = self.down_coder.encode(
                 d, derive_seed(self.settings.seed, server_round, 0xD0))
             previous = b.version
             model = np.add(b.model, delivered, dtype=np.float32)
@@ -124,7 +128,7 @@ class UpdateStrategy(SqueezeStrategy):
 
     def decode_update(self, server_round: int, node_id: int, content: RecordDict,
                       size: int) -> np.ndarray:
-        return self.coder.decode(content, size)
+        return self.up_coder.decode(content, size)
 
     def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
         update = self.decode_update(server_round, node_id, content, numel(self.shapes))
@@ -181,7 +185,8 @@ class UpdateClient(ClientSide):
 
     def __init__(self, method) -> None:
         super().__init__(method)
-        self.coder: UpdateCoder = method.coder()
+        self.up_coder: UpdateCoder = method.coder(memory=self.method.config.error_feedback)
+        self.down_coder: UpdateCoder = method.coder(memory=True)
         self._received = np.zeros(0, dtype=np.float32)
 
     def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
@@ -202,7 +207,7 @@ class UpdateClient(ClientSide):
             raise CodecError(f"the change applies to broadcast model {wanted}, this client "
                              f"holds {'none' if saved is None else digest(saved[0][0]).hex()}")
         held = saved[0][0]
-        change = self.coder.decode(content, held.size)
+        change = self.down_coder.decode(content, held.size)
         shapes = [a.shape for a in model_arrays(model).values()]
         return unflatten(np.add(held, change, dtype=np.float32), shapes)
 
@@ -219,7 +224,7 @@ class UpdateClient(ClientSide):
     def send_update(self, model: nn.Module, state: RecordDict, seed: int) -> RecordDict:
         """Code the update; keep update - delivered as the error memory (when on)."""
         update = self.update(model, state)
-        records, delivered = self.coder.encode(update, seed)
+        records, delivered = self.up_coder.encode(update, seed)
         if self.method.config.error_feedback:
             save_array_list(state, self.error_record,
                             [np.subtract(update, delivered, dtype=np.float32)])

@@ -13,7 +13,8 @@ decoded update is scaled by 1 / (1 + omega), omega = min(d / s^2, sqrt(d) / s) t
 variance bound for buckets of d entries: error feedback needs a contractive compressor
 (Stich and Karimireddy 2019; Beznosikov et al. 2020), and unscaled QSGD at few bits is not (its
 error is up to sqrt(d) / s times the update: measured, 2 bits diverged within 12 rounds on
-fc2). Without error feedback it stays unbiased. Rounding is seeded by the
+fc2). Without error feedback it stays unbiased. The compressed downlink always has a memory
+(the server's), so it is always scaled. Rounding is seeded by the
 client's (seed, round, partition) seed, so runs repeat exactly. Down: the global model,
 dense fp32, or with `downlink = "compressed"` QSGD of the global model's change to synced
 clients (the server's own error memory). Server: global + decoded update, averaged by
@@ -70,11 +71,11 @@ class QSGDConfig(MethodConfig):
         d, s = self.bucket, self.levels
         return min(d / s**2, d**0.5 / s)
 
-    @property
-    def scale(self) -> np.float32:
-        """1 / (1 + omega) with error feedback (it needs a contractive compressor: an
-        unscaled 2-bit QSGD's error outgrows the update, and the memory explodes), else 1."""
-        return np.float32(1 / (1 + self.variance_bound) if self.error_feedback else 1)
+    def scale(self, memory: bool) -> np.float32:
+        """1 / (1 + omega) for a sender with an error memory (it needs a contractive
+        compressor: unscaled QSGD's error outgrows the update, and the memory explodes),
+        else 1 (unbiased)."""
+        return np.float32(1 / (1 + self.variance_bound) if memory else 1)
 
 
 def bucket_norms(update: np.ndarray, bucket: int) -> np.ndarray:
@@ -104,8 +105,9 @@ def dequantize(norms: np.ndarray, signed: np.ndarray, levels: int, bucket: int) 
 
 
 class QSGDCoder(UpdateCoder):
-    def __init__(self, config: QSGDConfig) -> None:
+    def __init__(self, config: QSGDConfig, memory: bool) -> None:
         self.config = config
+        self.scale = config.scale(memory)
 
     def encode(self, update: np.ndarray, seed: int) -> tuple[dict, np.ndarray]:
         c = self.config
@@ -114,7 +116,7 @@ class QSGDCoder(UpdateCoder):
         records = {PAYLOAD_RECORD: pack(SYMBOLS.stype, SYMBOLS.encode(
                        [symbols], alphabet=2 * c.levels + 1)),
                    NORMS_RECORD: pack(NORMS.stype, NORMS.encode([norms], dtype="fp32"))}
-        return records, dequantize(norms, signed, c.levels, c.bucket) * c.scale
+        return records, dequantize(norms, signed, c.levels, c.bucket) * self.scale
 
     def decode(self, content: RecordDict, size: int) -> np.ndarray:
         c = self.config
@@ -124,7 +126,8 @@ class QSGDCoder(UpdateCoder):
                                 [(-(-size // c.bucket),)])
         if not np.all(np.isfinite(norms)) or np.any(norms < 0):
             raise CodecError("qsgd: bucket norms must be finite and >= 0")
-        return dequantize(norms, symbols.astype(np.int64) - c.levels, c.levels, c.bucket) * c.scale
+        return dequantize(norms, symbols.astype(np.int64) - c.levels, c.levels,
+                          c.bucket) * self.scale
 
 
 class QSGDClient(UpdateClient):
@@ -149,5 +152,5 @@ class QSGD(Method):
     Strategy = UpdateStrategy
     Client = QSGDClient
 
-    def coder(self) -> QSGDCoder:
-        return QSGDCoder(self.config)
+    def coder(self, memory: bool) -> QSGDCoder:
+        return QSGDCoder(self.config, memory)

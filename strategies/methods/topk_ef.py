@@ -91,5 +91,5 @@ class TopKEF(Method):
     Strategy = UpdateStrategy
     Client = TopKClient
 
-    def coder(self) -> TopKCoder:
-        return TopKCoder(self.config)
+    def coder(self, memory: bool) -> TopKCoder:
+        return TopKCoder(self.config)  # top-k is contractive: the same with a memory

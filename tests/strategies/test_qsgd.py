@@ -161,7 +161,7 @@ def test_error_feedback_memory_stays_bounded_only_with_the_contractive_scaling()
             norms.append(float(np.linalg.norm(e)))
         return norms
 
-    scaled = memory_norms(QSGDConfig(bits=2, error_feedback=True).scale)
+    scaled = memory_norms(QSGDConfig(bits=2).scale(memory=True))
     assert max(scaled[20:]) < 1.5 * max(scaled[10:20])   # levels off (about 4x one update)
     assert memory_norms(1.0)[-1] > 1000 * scaled[-1]      # unscaled 2-bit QSGD explodes
-    assert QSGDConfig(bits=2).scale == 1.0                 # unbiased without error feedback
+    assert QSGDConfig(bits=2).scale(memory=False) == 1.0   # unbiased without a memory
