@@ -181,7 +181,7 @@ def plot(runs: Sequence[tuple[str, list[dict[str, Any]]]], rows: list[CompareRow
          out_dir: Path) -> list[Path]:
     """accuracy_vs_bytes.png (up + down, and uplink only, log x) and bytes_to_target.png."""
     paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.5), sharey=True)
     for ax, directions, what in ((axes[0], DIRECTIONS, "up + down"), (axes[1], ("up",),
                                                                       "uplink only")):
         for i, (label, run_rows) in enumerate(runs):
@@ -198,7 +198,7 @@ def plot(runs: Sequence[tuple[str, list[dict[str, Any]]]], rows: list[CompareRow
                title=f"Accuracy vs bytes ({what})")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("central test accuracy")
-    axes[1].legend(fontsize=6, loc="lower right")
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     paths.append(out_dir / "accuracy_vs_bytes.png")
     fig.savefig(paths[-1], dpi=120)
