@@ -25,7 +25,7 @@ from . import quant as _quant  # noqa: F401
 from . import residual as _residual  # noqa: F401
 from . import sparse as _sparse  # noqa: F401
 from . import ternary as _ternary  # noqa: F401
-from .bounds import log2_binom, payload_bound
+from .bounds import log2_binom, observed_bound_bits, payload_bound
 from .framing import CODEC_IDS, FORMAT_VERSION, CodecError
 from .masked import decode_masked, decode_masked_values, encode_masked, mask_digest
 from .positions import Positions, choose_method, decode_positions, encode_positions, estimate_bytes
@@ -60,5 +60,5 @@ __all__ = [
     "decode_positions", "decode_sparse", "decode_sparse_parts", "encode_masked",
     "encode_positions", "encode_sparse", "encode_sparse_parts", "encode_values", "estimate_bytes",
     "get_codec", "get_codec_by_id", "log2_binom", "mask_digest", "median_quantize",
-    "payload_bound", "register_codec",
+    "observed_bound_bits", "payload_bound", "register_codec",
 ]

@@ -12,6 +12,11 @@
 ``payload_bound(payload, expected_shapes, masks=None)`` parses any fedsqueeze payload and
 returns ``(bytes, bound_bytes, ratio)`` with ratio = bytes / bound_bytes (inf if the bound is
 0 and bytes > 0, 1.0 if both are 0).
+
+``observed_bound_bits(payload)`` is the same bound for a meter that holds neither the
+receiver's shapes nor its masks (the shapes come from the payload's own header); it returns
+None where the bound needs the receiver's masks (``masked`` with quantized or ternary values,
+whose count k only the mask gives).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 from .framing import CODEC_IDS, DTYPE_NAMES, CodecError, Reader, peek_codec_id, unpack
 
 __all__ = ["log2_binom", "positions_bound_bits", "entropy_bits", "raw_bits", "payload_bound_bits",
-           "payload_bound"]
+           "payload_bound", "observed_bound_bits"]
 
 
 def log2_binom(n: int, k: int) -> float:
@@ -118,3 +123,35 @@ def payload_bound(payload: bytes, expected_shapes: Sequence[tuple[int, ...]],
     n = len(payload)
     ratio = n / b if b > 0 else (1.0 if n == 0 else math.inf)
     return n, b, ratio
+
+
+_FIXED_WIDTH_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
+
+
+def observed_bound_bits(payload: bytes) -> float | None:
+    """The bound in bits of a payload as seen on the way, without the receiver's expectation.
+
+    Shapes are read from the payload's header; a ``masked`` payload's kept count k is its
+    values section's length over the value width when the values are fixed-width (the
+    receiver's mask gives the same k, or it rejects the payload), else None. A ``residual``
+    payload is bounded by its own decoder (positions + entropy of its symbols + codebook).
+    Raises CodecError for a malformed payload."""
+    from .registry import get_codec_by_id
+
+    cid = peek_codec_id(payload)
+    codec = get_codec_by_id(cid)
+    frame = unpack(payload, codec_id=cid, codec_versions=codec.read_versions,
+                   max_elements=1 << 34)
+    shapes = [t.shape for t in frame.tensors]
+    if cid == CODEC_IDS["residual"]:
+        decoded = codec.decode(payload, shapes)
+        return 8 * (decoded.bound() - decoded.header_bytes)
+    if cid != CODEC_IDS["masked"]:
+        return payload_bound_bits(payload, shapes)
+    total = 0.0
+    for t, section in zip(frame.tensors, frame.sections):
+        width = _FIXED_WIDTH_BITS.get(DTYPE_NAMES.get(t.dtype, ""))
+        if width is None:
+            return None
+        total += 8 * len(section)
+    return total

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 DIRECTIONS = ("up", "down")
-LAYERS = ("payload", "message", "wire")
+LAYERS = ("payload", "bound", "message", "wire")
 TARGET_DROPS = (0.01, 0.03, 0.05)
 
 
@@ -54,6 +54,17 @@ class CompareRow:
     @property
     def message_total(self) -> int:
         return (self.totals["message_up"] or 0) + (self.totals["message_down"] or 0)
+
+    @property
+    def payload_over_bound(self) -> float | None:
+        """Payload bytes up + down over their information-theoretic bound (None where a round
+        has no bound: runs from before bounds were metered, masked quantized values)."""
+        t = self.totals
+        if t["bound_up"] is None or t["bound_down"] is None:
+            return None
+        bound = t["bound_up"] + t["bound_down"]
+        payload = (t["payload_up"] or 0) + (t["payload_down"] or 0)
+        return payload / bound if bound else None
 
 
 def _total(rows: list[dict[str, Any]], key: str) -> int | None:
@@ -133,21 +144,24 @@ def markdown(rows: list[CompareRow], title: str, drops: Sequence[float] = TARGET
              ) -> str:
     wire = any(r.totals["wire_up"] is not None for r in rows)
     head = ["run", "keys", "final acc", "best acc", "s/round", "up MB", "down MB",
-            "total MB", "payload MB"] + (["wire MB"] if wire else [])
+            "total MB", "payload MB", "payload/bound"] + (["wire MB"] if wire else [])
     for drop in drops:
         head += [f"-{drop * 100:g} pt: round", "MB", "vs ref"]
     lines = [title, "",
              f"Targets: the reference's ({rows[0].label}) final accuracy "
              f"{_acc(rows[0].final_accuracy)} minus " + ", ".join(f"{d * 100:g}" for d in drops)
              + " points; MB = message layer, up + down, until the first evaluated round at "
-             "or above the target; vs ref = the reference's MB to that target / this run's.", "",
+             "or above the target; vs ref = the reference's MB to that target / this run's; "
+             "payload/bound = codec payload bytes over their information-theoretic bound "
+             "(fedsqueeze.codecs.bounds).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for r in rows:
         label = r.label if r.status == "completed" else f"{r.label} ({r.status})"
         cells = [label, keys_text(r.keys), _acc(r.final_accuracy), _acc(r.best_accuracy),
                  f"{r.seconds_per_round:.2f}", _mb(r.totals["message_up"]),
                  _mb(r.totals["message_down"]), _mb(r.message_total),
-                 _mb((r.totals["payload_up"] or 0) + (r.totals["payload_down"] or 0))]
+                 _mb((r.totals["payload_up"] or 0) + (r.totals["payload_down"] or 0)),
+                 "-" if r.payload_over_bound is None else f"{r.payload_over_bound:.3f}"]
         if wire:
             cells.append("-" if r.totals["wire_up"] is None else
                          _mb(r.totals["wire_up"] + (r.totals["wire_down"] or 0)))

@@ -3,6 +3,8 @@
 `MeteredGrid` wraps the ServerApp's Grid. Every message it pushes (down) and every reply it
 pulls (up) is measured twice:
 - payload: `len(bytes)` of the codec payloads it carries (arrays whose stype is ours);
+- bound: the information-theoretic bound of those payloads (`payload_bound_bytes`; None
+  for the messages whose payload cannot be bounded without the receiver's masks);
 - message: the serialized size of the whole Flower message as Flower ships it, i.e. the sum of
   the deflated sizes of all objects of its object tree (message, record dict, records, arrays,
   array chunks; Flower transfers messages object by object and `flwr ls` counts the same).
@@ -13,6 +15,7 @@ It also replaces Flower's 3-second reply poll by a short one (`poll_interval`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -22,7 +25,7 @@ from flwr.app import Error, Message
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-from fedsqueeze.strategies.payload import payload_bytes
+from fedsqueeze.strategies.payload import payload_bound_bytes, payload_bytes
 
 UP, DOWN = "up", "down"
 
@@ -37,11 +40,14 @@ class Traffic:
     payload: int = 0
     message: int = 0
     messages: int = 0
+    bound: float | None = 0.0  # None once a payload could not be bounded
 
-    def add(self, payload: int, message: int, messages: int = 1) -> None:
+    def add(self, payload: int, message: int, messages: int = 1,
+            bound: float | None = 0.0) -> None:
         self.payload += payload
         self.message += message
         self.messages += messages
+        self.bound = None if self.bound is None or bound is None else self.bound + bound
 
 
 def attributed(reply: Message, sent: Message | None) -> Message:
@@ -77,7 +83,7 @@ class MeteredGrid:
     def _record(self, direction: str, node_id: int, message: Message) -> None:
         content = message.content if message.has_content() else None
         self._traffic[(self.phase, direction, node_id)].add(
-            payload_bytes(content), message_bytes(message))
+            payload_bytes(content), message_bytes(message), bound=payload_bound_bytes(content))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
@@ -109,15 +115,23 @@ class MeteredGrid:
         for (p, direction, node_id), traffic in self._traffic.items():
             if p in wanted:
                 result[node_id][direction].add(traffic.payload, traffic.message,
-                                               traffic.messages)
+                                               traffic.messages, traffic.bound)
         return dict(result)
 
     def totals(self, phases: Iterable[str] | None = None) -> dict[str, int]:
-        """Payload and message bytes per direction over some phases (all by default)."""
+        """Payload and message bytes per direction over some phases (all by default), and the
+        payloads' bound (`bound_<direction>`, bytes rounded up; None if one was unbounded)."""
         wanted = None if phases is None else set(phases)
-        out = {f"{layer}_{d}": 0 for layer in ("payload", "message") for d in (UP, DOWN)}
+        out: dict[str, int | None] = {
+            f"{layer}_{d}": 0 for layer in ("payload", "message") for d in (UP, DOWN)}
+        bounds: dict[str, float | None] = {UP: 0.0, DOWN: 0.0}
         for (p, direction, _), traffic in self._traffic.items():
             if wanted is None or p in wanted:
                 out[f"payload_{direction}"] += traffic.payload
                 out[f"message_{direction}"] += traffic.message
+                b = bounds[direction]
+                bounds[direction] = None if b is None or traffic.bound is None \
+                    else b + traffic.bound
+        for direction, b in bounds.items():
+            out[f"bound_{direction}"] = None if b is None else math.ceil(b)
         return out

@@ -21,7 +21,7 @@ SUMMARY_KEYS = ("method", "engine", "transport", "flwr_version", "rounds", "fina
                 "best_accuracy", "payload_up", "payload_down", "message_up", "message_down",
                 "wire_up", "wire_down", "seconds")
 BYTE_TOTALS = ("payload_up", "payload_down", "message_up", "message_down", "wire_up",
-               "wire_down")
+               "wire_down", "bound_up", "bound_down")
 
 
 def default_results_dir() -> Path:

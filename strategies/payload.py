@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedsqueeze.codecs import CodecError
+from fedsqueeze.codecs import CodecError, observed_bound_bits
 
 PAYLOAD_RECORD = "payload"
 PAYLOAD_ARRAY = "bytes"
@@ -51,6 +51,25 @@ def payload_bytes(content: RecordDict | None) -> int:
         for array in record.values()
         if array.stype.startswith(STYPE_PREFIX)
     )
+
+
+def payload_bound_bytes(content: RecordDict | None) -> float | None:
+    """The information-theoretic bound of the codec payloads a message carries, in bytes
+    (`fedsqueeze.codecs.bounds`), or None when one of them cannot be bounded on the way (it
+    needs the receiver's masks, or it is malformed: the receiver rejects it)."""
+    total = 0.0
+    for record in (content.array_records.values() if content is not None else ()):
+        for array in record.values():
+            if not array.stype.startswith(STYPE_PREFIX):
+                continue
+            try:
+                bits = observed_bound_bits(bytes(array.data))
+            except (CodecError, ValueError):
+                return None
+            if bits is None:
+                return None
+            total += bits / 8
+    return total
 
 
 def identity_of(content: RecordDict) -> int:

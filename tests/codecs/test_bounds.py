@@ -47,3 +47,36 @@ def test_payload_bound_for_each_codec():
 def test_payload_bound_empty():
     assert (payload_bound(get_codec("positions").encode([np.zeros(10, bool)]), [(10,)])[2]
             == float("inf"))
+
+
+def test_the_bound_seen_on_the_way_is_the_receivers_bound():
+    """A meter holds neither shapes nor masks: it reads shapes from the header and, for
+    fixed-width masked values, k from the section; where k needs the mask it says None."""
+    from fedsqueeze.codecs import ResidualHeader, get_codec_by_id, observed_bound_bits
+    from fedsqueeze.codecs.framing import CODEC_IDS
+
+    rng = np.random.default_rng(1)
+    x = np.where(rng.random(50_000) < 0.1, rng.standard_normal(50_000), 0).astype(np.float32)
+    b = np.ones(7, np.float32)
+    m = [x != 0, None]
+    both = [x.shape, b.shape]
+    for payload, shapes, masks in (
+            (get_codec("dense").encode([x, b]), both, None),
+            (get_codec("dense").encode([x], "fp16"), [x.shape], None),
+            (get_codec("sparse").encode([x], values="fp32"), [x.shape], None),
+            (get_codec("positions").encode([x]), [x.shape], None),
+            (get_codec("quant").encode([x, b], 4), both, None),
+            (encode_masked([x, b], m, values="fp16"), both, m),
+            (encode_masked([x, b], m, values="fp32"), both, m)):
+        _, bound, _ = payload_bound(payload, shapes, masks=masks)
+        assert observed_bound_bits(payload) / 8 == pytest.approx(bound)
+    assert observed_bound_bits(encode_masked([x], m[:1], values="q4")) is None
+
+    codec = get_codec_by_id(CODEC_IDS["residual"])
+    header = ResidualHeader(True, False, "median", 3, bytes(8), [bytes(8), bytes(8)])
+    idx = np.flatnonzero(x)
+    payload = codec.encode_residual(x.size, idx, x[idx], header, qe=1)
+    decoded = codec.decode(payload, [x.shape])
+    assert observed_bound_bits(payload) / 8 == pytest.approx(
+        decoded.bound() - decoded.header_bytes)
+    assert observed_bound_bits(payload) / 8 < len(payload)

@@ -72,7 +72,13 @@ def test_the_table_is_what_rounds_jsonl_says_and_finished_runs_are_reused(tmp_pa
         assert (entry["target1_round"], entry["target1_message_bytes"]) == \
             (("", "") if hit is None else (str(hit[0]), str(hit[1])))
         assert int(entry["message_up"]) == sum(r["message_up"] for r in rows)
+        assert int(entry["bound_up"]) == sum(r["bound_up"] for r in rows)
+        payload = int(entry["payload_up"]) + int(entry["payload_down"])
+        # near the bound (positions of clustered top-k entries can code below log2 C(n, k))
+        assert 0.95 < payload / (int(entry["bound_up"]) + int(entry["bound_down"])) < 1.1
         assert float(entry["final_accuracy"]) == rows[-1]["accuracy"]
+    for r in read_run(out / "runs" / "fedavg")[1]:  # dense fp32: 32 bits per value
+        assert r["bound_up"] == r["bound_down"] == 4 * r["params"] * len(r["clients"])
     assert "fedavg" in (out / "table.md").read_text()
     assert any("round 2/2" in line for line in lines)
 
