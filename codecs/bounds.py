@@ -128,20 +128,21 @@ def payload_bound(payload: bytes, expected_shapes: Sequence[tuple[int, ...]],
 _FIXED_WIDTH_BITS = {"fp32": 32, "fp16": 16, "bf16": 16}
 
 
-def observed_bound_bits(payload: bytes) -> float | None:
+def observed_bound_bits(payload: bytes, max_elements: int) -> float | None:
     """The bound in bits of a payload as seen on the way, without the receiver's expectation.
 
     Shapes are read from the payload's header; a ``masked`` payload's kept count k is its
     values section's length over the value width when the values are fixed-width (the
     receiver's mask gives the same k, or it rejects the payload), else None. A ``residual``
     payload is bounded by its own decoder (positions + entropy of its symbols + codebook).
-    Raises CodecError for a malformed payload."""
+    Raises CodecError for a malformed payload or one of more than ``max_elements`` values
+    (the meter's cap: a header may not make it decode more than a model's worth)."""
     from .registry import get_codec_by_id
 
     cid = peek_codec_id(payload)
     codec = get_codec_by_id(cid)
     frame = unpack(payload, codec_id=cid, codec_versions=codec.read_versions,
-                   max_elements=1 << 34)
+                   max_elements=max_elements)
     shapes = [t.shape for t in frame.tensors]
     if cid == CODEC_IDS["residual"]:
         decoded = codec.decode(payload, shapes)

@@ -100,7 +100,9 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
     def nonzeros_of(arrays: dict) -> tuple[int, int]:
         return count_nonzeros(arrays, trainable)
 
-    metered = MeteredGrid(grid, poll_interval=settings.server_poll_interval)
+    model_values = sum(int(a.size) for a in model_arrays(model).values())
+    metered = MeteredGrid(grid, poll_interval=settings.server_poll_interval,
+                          max_payload_elements=2 * model_values)  # no payload holds more
     runner = RoundRunner(metered, strategy, settings, writer, evaluator, nonzeros_of,
                          first_round=first_round)
     try:

@@ -70,9 +70,13 @@ def attributed(reply: Message, sent: Message | None) -> Message:
 class MeteredGrid:
     """A Grid proxy that measures what it sends and receives, grouped by phase."""
 
-    def __init__(self, grid: Grid, poll_interval: float = 0.05) -> None:
+    def __init__(self, grid: Grid, poll_interval: float = 0.05,
+                 max_payload_elements: int = 1 << 28) -> None:
+        """`max_payload_elements`: the most values one payload may declare to be bounded (a
+        hostile header must not make the meter decode more than a model's worth)."""
         self._grid = grid
         self.poll_interval = poll_interval
+        self.max_payload_elements = max_payload_elements
         self.phase = "setup"
         # (phase, direction, node_id) -> Traffic
         self._traffic: dict[tuple[str, str, int], Traffic] = defaultdict(Traffic)
@@ -83,7 +87,8 @@ class MeteredGrid:
     def _record(self, direction: str, node_id: int, message: Message) -> None:
         content = message.content if message.has_content() else None
         self._traffic[(self.phase, direction, node_id)].add(
-            payload_bytes(content), message_bytes(message), bound=payload_bound_bytes(content))
+            payload_bytes(content), message_bytes(message),
+            bound=payload_bound_bytes(content, self.max_payload_elements))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:

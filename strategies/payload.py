@@ -53,17 +53,18 @@ def payload_bytes(content: RecordDict | None) -> int:
     )
 
 
-def payload_bound_bytes(content: RecordDict | None) -> float | None:
+def payload_bound_bytes(content: RecordDict | None, max_elements: int) -> float | None:
     """The information-theoretic bound of the codec payloads a message carries, in bytes
     (`fedsqueeze.codecs.bounds`), or None when one of them cannot be bounded on the way (it
-    needs the receiver's masks, or it is malformed: the receiver rejects it)."""
+    needs the receiver's masks, it declares more than `max_elements` values, or it is
+    malformed: the receiver rejects it)."""
     total = 0.0
     for record in (content.array_records.values() if content is not None else ()):
         for array in record.values():
             if not array.stype.startswith(STYPE_PREFIX):
                 continue
             try:
-                bits = observed_bound_bits(bytes(array.data))
+                bits = observed_bound_bits(bytes(array.data), max_elements)
             except (CodecError, ValueError):
                 return None
             if bits is None:

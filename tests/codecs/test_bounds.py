@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fedsqueeze.codecs import encode_masked, get_codec
+from fedsqueeze.codecs import CodecError, encode_masked, get_codec
 from fedsqueeze.codecs.bounds import entropy_bits, log2_binom, payload_bound, raw_bits
 
 
@@ -69,14 +69,16 @@ def test_the_bound_seen_on_the_way_is_the_receivers_bound():
             (encode_masked([x, b], m, values="fp16"), both, m),
             (encode_masked([x, b], m, values="fp32"), both, m)):
         _, bound, _ = payload_bound(payload, shapes, masks=masks)
-        assert observed_bound_bits(payload) / 8 == pytest.approx(bound)
-    assert observed_bound_bits(encode_masked([x], m[:1], values="q4")) is None
+        assert observed_bound_bits(payload, x.size + 7) / 8 == pytest.approx(bound)
+    assert observed_bound_bits(encode_masked([x], m[:1], values="q4"), x.size) is None
+    with pytest.raises(CodecError, match="max_elements"):  # a header may not declare more
+        observed_bound_bits(get_codec("dense").encode([x]), x.size - 1)
 
     codec = get_codec_by_id(CODEC_IDS["residual"])
     header = ResidualHeader(True, False, "median", 3, bytes(8), [bytes(8), bytes(8)])
     idx = np.flatnonzero(x)
     payload = codec.encode_residual(x.size, idx, x[idx], header, qe=1)
     decoded = codec.decode(payload, [x.shape])
-    assert observed_bound_bits(payload) / 8 == pytest.approx(
+    assert observed_bound_bits(payload, x.size) / 8 == pytest.approx(
         decoded.bound() - decoded.header_bytes)
-    assert observed_bound_bits(payload) / 8 < len(payload)
+    assert observed_bound_bits(payload, x.size) / 8 < len(payload)
