@@ -4,7 +4,10 @@ A preset is one setting (dataset, model, split, clients, rounds, local work) and
 runs, each a label and the run-config keys that make it (method, its keys, a model
 transform). Every run goes to `<out>/runs/<label>/` (a normal results directory); a run whose
 directory already holds a completed run of the same keys and rounds is reused, not run
-again, so an interrupted comparison picks up where it stopped. Then the table
+again, so an interrupted comparison picks up where it stopped. A run being written holds
+`<out>/runs/<label>.lock`: comparisons started side by side on one folder (`--only` halves,
+one per core) never write the same run; one that needs a run another is writing waits for
+it and reuses it. Then the table
 (`server/compare.py`: bytes to FedAvg's final accuracy minus 1, 3 and 5 points) goes to
 `<out>/table.md` and `table.csv`, with `accuracy_vs_bytes.png` and `bytes_to_target.png`,
 and `claims.md`: each seed paper's headline claim beside what these runs measured.
@@ -18,14 +21,17 @@ deploy`), which adds the wire bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +263,28 @@ def run_launcher(engine: str, label: str, keys: dict[str, UserValue], clients: i
         progress.echo(f"    {label}: failed: {summary.get('error')}")
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path, echo: Callable[[str], None]) -> Iterator[None]:
+    """Hold `<run dir>.lock` (flock) while deciding on and writing one run; a comparison that
+    finds it held says by whom and waits."""
+    with open(run_dir.parent / f"{run_dir.name}.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            echo(f"    {run_dir.name}: being written by {holder}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _row_count(run_dir: Path) -> int:
     path = run_dir / "rounds.jsonl"
     return sum(1 for line in path.read_text().splitlines() if line.strip()) \
@@ -289,16 +317,18 @@ def compare(preset: Preset, *, engine: str = "simulation", rounds: int | None = 
     progress = Progress(rounds * len(runs), echo)
     for index, (label, keys) in enumerate(wanted, start=1):
         run_dir = out / "runs" / slug(label)
-        ended = reusable(run_dir, keys, engine)
-        if ended:
-            progress.start(index, len(runs), label, f" ({ended} earlier: reused)")
-            progress.skip(rounds)
-            continue
-        progress.start(index, len(runs), label, f": {table.keys_text(dict(runs[index - 1][1]))}")
-        if engine == "simulation":
-            run_inprocess(label, keys, preset.clients, run_dir, progress)
-        else:
-            run_launcher(engine, label, keys, preset.clients, run_dir, progress)
+        with run_lock(run_dir, echo):
+            ended = reusable(run_dir, keys, engine)
+            if ended:
+                progress.start(index, len(runs), label, f" ({ended} earlier: reused)")
+                progress.skip(rounds)
+                continue
+            progress.start(index, len(runs), label,
+                           f": {table.keys_text(dict(runs[index - 1][1]))}")
+            if engine == "simulation":
+                run_inprocess(label, keys, preset.clients, run_dir, progress)
+            else:
+                run_launcher(engine, label, keys, preset.clients, run_dir, progress)
     finished = {label: read_run(out / "runs" / slug(label)) for label, _ in runs}
     results = [(label, dict(keys), finished[label][1]) for label, keys in runs]
     rows = table.compare_rows(results)

@@ -180,3 +180,34 @@ def test_a_failed_run_is_reported_and_the_comparison_goes_on(tmp_path):
     again: list[str] = []
     compare(failing, out=tmp_path / "f", echo=again.append)
     assert any("broken (failed earlier: reused)" in line for line in again)
+
+
+def test_a_run_another_comparison_is_writing_is_waited_for_then_reused(tmp_path):
+    """Two comparisons on one folder (say `--only` halves, one per core) never write the same
+    run: the second waits for the first's lock and reuses what it wrote."""
+    import fcntl
+    import shutil
+    import threading
+
+    one = dataclasses.replace(TINY, runs=TINY.runs[:1])
+    written = compare(one, out=tmp_path / "first", echo=print) / "runs" / "fedavg"
+    runs = tmp_path / "c" / "runs"
+    runs.mkdir(parents=True)
+    lines: list[str] = []
+    with open(runs / "fedavg.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 12345 (the test)")
+        held.flush()
+        second = threading.Thread(target=compare, args=(one,),
+                                  kwargs={"out": tmp_path / "c", "echo": lines.append})
+        second.start()
+        for _ in range(300):  # it reports the holder and blocks
+            if any("waiting for it" in line for line in lines):
+                break
+            second.join(0.1)
+        assert any("fedavg: being written by pid 12345 (the test)" in line for line in lines)
+        assert second.is_alive() and not (runs / "fedavg").exists()
+        shutil.copytree(written, runs / "fedavg")  # what the holder writes, then lets go
+        fcntl.flock(held, fcntl.LOCK_UN)
+    second.join(120)
+    assert any("reused" in line for line in lines)
