@@ -35,6 +35,11 @@ def message_bytes(message: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
+def _plus(a: float | None, b: float | None) -> float | None:
+    """A sum that stays None once a term is unknown (a payload that could not be bounded)."""
+    return None if a is None or b is None else a + b
+
+
 @dataclass
 class Traffic:
     payload: int = 0
@@ -47,7 +52,7 @@ class Traffic:
         self.payload += payload
         self.message += message
         self.messages += messages
-        self.bound = None if self.bound is None or bound is None else self.bound + bound
+        self.bound = _plus(self.bound, bound)
 
 
 def attributed(reply: Message, sent: Message | None) -> Message:
@@ -134,9 +139,7 @@ class MeteredGrid:
             if wanted is None or p in wanted:
                 out[f"payload_{direction}"] += traffic.payload
                 out[f"message_{direction}"] += traffic.message
-                b = bounds[direction]
-                bounds[direction] = None if b is None or traffic.bound is None \
-                    else b + traffic.bound
+                bounds[direction] = _plus(bounds[direction], traffic.bound)
         for direction, b in bounds.items():
             out[f"bound_{direction}"] = None if b is None else math.ceil(b)
         return out
