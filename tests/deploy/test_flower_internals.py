@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,10 @@ def test_a_missing_attribute_is_reported_by_name(monkeypatch):
         fi.patch_pull_backoff(fi.Waits())
     with pytest.raises(fi.FlowerInternalsError, match="run_clientapp"):
         fi.clientapp_entry()
+    empty.run_clientapp = lambda runtime_api_address, token, insecure, certificates, \
+        parent_pid: None
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'install_from_fab'"):
+        fi.clientapp_entry()
     with pytest.raises(fi.FlowerInternalsError, match="HEARTBEAT_MIN_INTERVAL"):
         fi.patch_heartbeat(fi.Waits())
 
@@ -57,3 +63,28 @@ def test_another_flower_version_is_refused_or_falls_back_with_one_warning(monkey
     assert fi.apply_waits(fi.Waits(), supernode=False, fallback=True) is False
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "keeping Flower's stock waits" in lines[0]
+
+
+def test_an_installed_fab_is_not_extracted_again_and_a_new_one_is(monkeypatch, tmp_path):
+    from flwr.cli.build import build_fab_from_disk
+    from flwr.cli.install import install_from_fab
+
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr"))
+    app = Path(__file__).resolve().parents[2]
+    changed = tmp_path / "changed"
+    shutil.copytree(app, changed, ignore=shutil.ignore_patterns(
+        ".*", "results", "compare", "tests", "docs", "bench"))
+    (changed / "client" / "extra.py").write_text("X = 1\n")
+    calls = []
+
+    def flower_install(*args):
+        calls.append(args)
+        return install_from_fab(*args)
+
+    install = fi._skipping_installed(flower_install)
+    fab = build_fab_from_disk(app)
+    first = install(fab, None, True)
+    assert (first / "pyproject.toml").is_file() and len(calls) == 1
+    assert install(fab, None, True) == first and len(calls) == 1  # installed: no extraction
+    assert install(build_fab_from_disk(changed), None, True) != first  # another hash
+    assert len(calls) == 2
