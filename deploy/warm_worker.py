@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import json
 import os
 import shutil
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if waits is not None and not apply_waits(waits, supernode=False, fallback=args.fallback):
         waits = None
     _warm_imports()
+    gc.freeze()  # the imported objects leave the collector's lists: children do not copy them
     slot_dir = args.slot_dir or Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))
     slot_dir.mkdir(parents=True, exist_ok=True)
     slots = Slots(slot_dir, args.max_running) if args.max_running > 0 else None
