@@ -18,7 +18,7 @@ from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD, ident
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
-from fedsqueeze.strategies.training import derive_seed, evaluate
+from fedsqueeze.strategies.training import derive_seed, evaluate, seed_torch
 
 from .runtime import (
     client_data,
@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
     exchange = str(msg.content[CONFIG_RECORD]["exchange"])
     data = client_data(settings, context.node_config, device)
     seed = derive_seed(settings.seed, side.server_round, partition_id)
-    torch.manual_seed(seed)
+    seed_torch(seed, device)
     model = build_run_model(settings, side.method.transform)
 
     if exchange == TRAIN:

@@ -28,6 +28,16 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def seed_torch(seed: int, device: torch.device) -> None:
+    """`torch.manual_seed` for the devices a client computes on: the CPU generator always,
+    CUDA's only on a CUDA device. (`torch.manual_seed` also queues lazy seeds, each with a
+    stack trace, for every accelerator backend torch was built with: milliseconds per call
+    in a client that never uses one.)"""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+
+
 def sgd_epochs(
     model: nn.Module,
     data: ClientData,
