@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsqueeze.server.doorbell import ENV as DOORBELLS
+
 from .auth import make_node_key, register
 from .faults import FaultInjector, Kill
 from .flower import (
@@ -25,6 +27,7 @@ from .flower import (
     flower_command,
     flower_env,
     free_port,
+    shim_commands,
     start_superlink,
     write_connection,
 )
@@ -35,9 +38,11 @@ from .wire_meter import WireMeter
 from .wire_results import add_wire_bytes
 
 # Public latency knob of Flower 1.39: how often a SuperExec polls for new tasks (default 1 s).
-# Stock executor: a fixed 0.05 s; warm worker: 0.01 s, its own idle back-off doing the rest.
+# Stock executor: a fixed 0.05 s; warm worker: 0.01 s, its own idle back-off (and doorbell)
+# doing the rest; the SuperLink's SuperExec, which only starts the ServerApp: 0.5 s.
 TUNED_SUPEREXEC_POLL = "0.05"
 WARM_SUPEREXEC_POLL = "0.01"
+LINK_SUPEREXEC_POLL = "0.5"
 
 
 def poll_cap(supernodes: int) -> float:
@@ -103,8 +108,10 @@ def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
     if options.executor == "warm":
         flower_args += ["--isolation", "process"]  # our worker serves its ClientApp API
     if options.tuned_latency:
+        bell = (["--executor-bell", f"127.0.0.1:{runtime_port}"]
+                if options.executor == "warm" else [])
         command = [sys.executable, "-m", "fedsqueeze.deploy.supernode_main",
-                   "--poll-cap", str(poll_cap(options.clients)), "--", *flower_args]
+                   "--poll-cap", str(poll_cap(options.clients)), *bell, "--", *flower_args]
     else:
         command = [flower_command("flower-supernode"), *flower_args]
     started = group.start(f"supernode-{index}", command, node_env)
@@ -194,9 +201,13 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     work = launch_dir(results_dir)
     logs = results_dir / "logs"
     env = flower_env(work / "flwr-home")
+    group = ProcessGroup(logs)
+    link_env = env
     if options.tuned_latency:
         env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
-    group = ProcessGroup(logs)
+        env[DOORBELLS] = f"fedsqueeze/{group.launch_id}"
+        shim_commands(env, work / "bin", {"flwr-serverapp": "fedsqueeze.deploy.serverapp_main"})
+        link_env = {**env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": LINK_SUPEREXEC_POLL}
     meters: list[WireMeter] = []
     status: dict = {}
     run_id = 0
@@ -206,8 +217,9 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     try:
         with sigterm_as_interrupt():
             tls = make_certificates(work / "tls") if options.tls else None
-            link = start_superlink(group, env, simulation=False, tls=tls,
-                                   extra=("--enable-supernode-auth",) if options.auth else ())
+            link = start_superlink(group, link_env, simulation=False, tls=tls,
+                                   extra=("--enable-supernode-auth",) if options.auth else (),
+                                   rings=options.tuned_latency)
             security = tls.supernode_args() if tls else ["--insecure"]
             keys = _node_keys(group, env, link, options, work)
             nodes = []

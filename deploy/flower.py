@@ -61,6 +61,18 @@ def flower_command(name: str) -> str:
     return found
 
 
+def shim_commands(env: dict[str, str], directory: Path, modules: dict[str, str]) -> None:
+    """Put executables named like Flower's console scripts first on `env`'s PATH, each running
+    one of our modules with this interpreter: Flower starts some processes by bare name (the
+    SuperLink's SuperExec starts `flwr-serverapp`), and this is how ours run instead."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, module in modules.items():
+        shim = directory / name
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+        shim.chmod(0o755)
+    env["PATH"] = str(directory) + os.pathsep + env["PATH"]
+
+
 def write_connection(flwr_home: Path, link: SuperLink) -> None:
     """The `flwr` CLI's connection to `link` (TLS with its CA, or insecure)."""
     security = (f'root-certificates = "{link.ca_cert}"\n' if link.ca_cert
@@ -98,11 +110,14 @@ class SuperLink:
 
 def start_superlink(group: ProcessGroup, env: dict[str, str], *, simulation: bool,
                     tls: TlsFiles | None = None, extra: tuple[str, ...] = (),
-                    fleet_host: str = "127.0.0.1") -> SuperLink:
+                    fleet_host: str = "127.0.0.1", rings: bool = False) -> SuperLink:
     """Start a SuperLink on free ports and wait until it answers /health; its control API is
-    on loopback, its Fleet API (what SuperNodes reach) on `fleet_host`."""
+    on loopback, its Fleet API (what SuperNodes reach) on `fleet_host`. `rings`: it rings
+    doorbells when it stores messages (`superlink_main`)."""
     http_port, fleet_port = free_port(), free_port()
-    command = [flower_command("flower-superlink"),
+    program = ([sys.executable, "-m", "fedsqueeze.deploy.superlink_main", "--"] if rings
+               else [flower_command("flower-superlink")])
+    command = [*program,
                *(tls.superlink_args() if tls else ["--insecure"]),
                "--host", "127.0.0.1", "--port", str(http_port),
                "--disable-runtime-dependency-installation", *extra]

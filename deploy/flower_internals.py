@@ -22,6 +22,14 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   tasks with (the warm worker's fork executor instead of a subprocess per task);
 * `flwr.supernode.runtime.run_clientapp.run_clientapp`: Flower's own ClientApp entry, which a
   forked child runs (token protocol, FAB, context.state and error replies stay Flower's);
+* doorbells (`fedsqueeze.server.doorbell`), so a poll happens when there is work, not on a
+  timer: in the SuperLink, `InMemoryLinkState.store_message_and_object_tree` rings the
+  destination SuperNode's bell (`node/<node id>`) for an instruction and the ServerApp's
+  (`serverapp/<run id>`) for a reply; in a SuperNode, `InMemoryNodeState.set_node_id` opens
+  the node's bell, `InMemoryNodeState.create_task` rings the bell of the SuperExec that serves
+  its ClientApps, and `InMemoryNodeState.store_message` / `InMemoryObjectStore.put` wake the
+  wait for the ClientApp's reply (the `time.sleep(0.5)` above, in the same process). With a
+  bell, the timed waits are fallbacks and back off to `Waits.bell_cap`;
 * `flwr.supernode.runtime.run_clientapp.install_from_fab`: Flower extracts the whole FAB to
   a temporary folder and hashes every file for every message, and only then sees the app is
   installed already and returns its folder (half a ClientApp child's CPU for fc2, measured);
@@ -36,17 +44,28 @@ warning line instead.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import inspect
+import io
 import sys
+import threading
 import time as _time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import flwr
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: Flower's own TOML parser
+    import tomli as tomllib
+
+from fedsqueeze.server.doorbell import Doorbell, bell_name, open_bell, ring
 
 SUPPORTED_FLOWER = "1.39."
 
@@ -57,6 +76,9 @@ SUPEREXEC = "flwr.supercore.superexec.run_superexec"
 CLIENTAPP_ENTRY = "flwr.supernode.runtime.run_clientapp"
 HEARTBEAT_MODULES = ("flwr.client.grpc_rere_client.connection", "flwr.supercore.heartbeat")
 HEARTBEAT_CONSTANT = "HEARTBEAT_DEFAULT_INTERVAL"
+LINK_STATE = ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState")
+NODE_STATE = ("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState")
+OBJECT_STORE = ("flwr.supercore.object_store.in_memory_object_store", "InMemoryObjectStore")
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
 
 
@@ -74,6 +96,8 @@ class Waits:
     pull_backoff: float = 0.01   # object pulls: first retry delay (Flower: 1, doubling)
     pull_backoff_cap: float = 0.2  # object pulls: largest retry delay (Flower: 10)
     heartbeat_interval: float = 10.0  # SuperNode heartbeats (Flower: 30; SuperLink's least: 10)
+    bell_cap: float = 2.0        # with a doorbell, idle polls are fallbacks: back off to this
+    reply_fallback: float = 0.1  # SuperNode: reply wait, woken when the reply is stored
 
 
 class IdleBackoff:
@@ -81,17 +105,29 @@ class IdleBackoff:
 
     Activity is seen as a gap: when more than `cap` passed since the last idle sleep ended,
     work happened in between (a message was handled), so the next sleep starts short again.
+    With a doorbell (`attach`), every sleep is the bell's own, longer cap, ended early by a
+    ring: the polls are then only the fallback for a ring that never comes.
     """
 
-    def __init__(self, first: float, cap: float) -> None:
+    def __init__(self, first: float, cap: float, bell: Doorbell | None = None,
+                 bell_cap: float = Waits.bell_cap) -> None:
         self.first, self.cap = first, max(cap, first)
+        self.bell: Doorbell | None = None
         self._next = first
         self._ended = 0.0
+        if bell is not None:
+            self.attach(bell, bell_cap)
+
+    def attach(self, bell: Doorbell, cap: float) -> None:
+        self.bell, self.cap = bell, max(cap, self.first)
 
     def reset(self) -> None:
         self._next = self.first
 
     def sleep(self) -> None:
+        if self.bell is not None:
+            self.bell.wait(self.cap)
+            return
         if _time.monotonic() - self._ended > self.cap:
             self._next = self.first
         _time.sleep(self._next)
@@ -120,17 +156,23 @@ def check_version() -> None:
 
 
 class _ScaledSleep:
-    """A stand-in for a module's `time`: the idle poll backs off, the reply wait shrinks."""
+    """A stand-in for a module's `time`: the idle poll backs off (and wakes on the node's
+    doorbell once it has one), the reply wait shrinks (and wakes when `replied` is set)."""
 
     def __init__(self, waits: Waits) -> None:
-        self._idle = IdleBackoff(waits.idle_poll, waits.poll_cap)
-        self._reply_wait = waits.reply_wait
+        self.waits = waits
+        self.idle = IdleBackoff(waits.idle_poll, waits.poll_cap)
+        self.replied: threading.Event | None = None
 
     def sleep(self, seconds: float) -> None:
         if seconds == STOCK_IDLE_POLL:
-            self._idle.sleep()
+            self.idle.sleep()
         elif seconds == STOCK_REPLY_WAIT:
-            _time.sleep(self._reply_wait)
+            if self.replied is None:
+                _time.sleep(self.waits.reply_wait)
+            else:
+                self.replied.wait(self.waits.reply_fallback)
+                self.replied.clear()  # the caller checks its state after this returns
         else:
             _time.sleep(seconds)
 
@@ -138,7 +180,7 @@ class _ScaledSleep:
         return getattr(_time, name)
 
 
-def patch_supernode_waits(waits: Waits) -> None:
+def patch_supernode_waits(waits: Waits) -> _ScaledSleep:
     module = _module(SUPERNODE_LOOP)
     source = inspect.getsource(module)
     for literal in (f"time.sleep({STOCK_IDLE_POLL})", f"time.sleep({STOCK_REPLY_WAIT})"):
@@ -148,6 +190,69 @@ def patch_supernode_waits(waits: Waits) -> None:
     if _attribute(module, "time") is not _time and not isinstance(module.time, _ScaledSleep):
         raise FlowerInternalsError(f"{SUPERNODE_LOOP}.time is not the time module")
     module.time = _ScaledSleep(waits)
+    return module.time
+
+
+def _class(where: tuple[str, str]) -> type:
+    return _attribute(_module(where[0]), where[1])
+
+
+def _call_after(cls: type, name: str, hook: Callable[..., None]) -> None:
+    """Make `cls.name` call `hook(result, *args)` after Flower's own method returns."""
+    original = _attribute(cls, name)
+    if getattr(original, "fedsqueeze_hook", None) is not None:
+        original = original.fedsqueeze_hook  # patched before in this process: re-patch
+
+    @functools.wraps(original)
+    def method(self, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        hook(result, *args, **kwargs)
+        return result
+
+    method.fedsqueeze_hook = original  # type: ignore[attr-defined]
+    setattr(cls, name, method)
+
+
+def patch_supernode_bells(waits: Waits, sleeper: _ScaledSleep, executor_bell: str | None
+                          ) -> None:
+    """Doorbells in a SuperNode: its own (`node/<node id>`, opened once the SuperLink gave it
+    an id), a ring for the SuperExec that serves its ClientApps (`executor_bell`) when a task
+    is created, and a wake-up of the reply wait when the ClientApp stores its reply or an
+    object of it."""
+    node_state, object_store = _class(NODE_STATE), _class(OBJECT_STORE)
+    replied = threading.Event()
+
+    def opened(_result: None, node_id: int | None) -> None:
+        bell = open_bell("node", node_id) if node_id is not None else None
+        if bell is not None:
+            sleeper.idle.attach(bell, waits.bell_cap)
+
+    def task_created(task_id: int | None, *args: Any, **kwargs: Any) -> None:
+        if task_id is not None:
+            ring(executor_bell)
+
+    _call_after(node_state, "set_node_id", opened)
+    _call_after(node_state, "create_task", task_created)
+    _call_after(node_state, "store_message", lambda *a, **k: replied.set())
+    _call_after(object_store, "put", lambda *a, **k: replied.set())
+    sleeper.replied = replied
+
+
+def patch_superlink_rings() -> None:
+    """In the SuperLink: ring the destination's doorbell when a message is stored (a
+    SuperNode's for an instruction, the ServerApp's for a reply)."""
+    superlink = _attribute(_module("flwr.common.constant"), "SUPERLINK_NODE_ID")
+
+    def stored(result: tuple[bool, list[str]], *args: Any, **kwargs: Any) -> None:
+        if not result[0]:
+            return
+        metadata = (args[0] if args else kwargs["message"]).metadata
+        if metadata.dst_node_id == superlink:
+            ring(bell_name("serverapp", metadata.run_id))
+        else:
+            ring(bell_name("node", metadata.dst_node_id))
+
+    _call_after(_class(LINK_STATE), "store_message_and_object_tree", stored)
 
 
 def patch_pull_backoff(waits: Waits) -> None:
@@ -175,13 +280,16 @@ def patch_heartbeat(waits: Waits) -> None:
         setattr(module, HEARTBEAT_CONSTANT, waits.heartbeat_interval)
 
 
-def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False) -> bool:
+def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
+                executor_bell: str | None = None) -> bool:
     """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
-    internal keeps Flower's stock waits and prints one warning line."""
+    internal keeps Flower's stock waits and prints one warning line. A SuperNode also gets
+    its doorbells (`executor_bell`: the name its SuperExec waits on, if any)."""
     try:
         check_version()
         if supernode:
-            patch_supernode_waits(waits)
+            sleeper = patch_supernode_waits(waits)
+            patch_supernode_bells(waits, sleeper, executor_bell)
             patch_heartbeat(waits)
         patch_pull_backoff(waits)
     except FlowerInternalsError as err:
@@ -222,15 +330,27 @@ def clientapp_entry() -> Callable[..., None]:
     return entry
 
 
+def _fab_project(fab: bytes) -> dict[str, Any]:
+    """A FAB's pyproject.toml, parsed but not validated. It only serves to find the folder of
+    an installed FAB with the same sha256, which Flower validated when it installed it;
+    Flower's own `get_fab_config` validates again, every dependency string included (most of
+    this check's time when it was used here)."""
+    with zipfile.ZipFile(io.BytesIO(fab)) as archive:
+        return tomllib.loads(archive.read("pyproject.toml").decode())
+
+
 def _skipping_installed(install: Callable[..., Path]) -> Callable[..., Path]:
     config = _module("flwr.common.config")
-    fab_config, metadata, project_dir = (_attribute(config, name) for name in (
-        "get_fab_config", "get_metadata_from_config", "get_project_dir"))
+    metadata, project_dir = (_attribute(config, name) for name in (
+        "get_metadata_from_config", "get_project_dir"))
 
     def install_from_fab(fab_file: Path | bytes, install_dir: Path | None = None,
                          skip_prompt: bool = False) -> Path:
         if isinstance(fab_file, bytes) and install_dir is None and skip_prompt:
-            fab_id, version = metadata(fab_config(fab_file))
+            try:
+                fab_id, version = metadata(_fab_project(fab_file))
+            except (KeyError, TypeError, ValueError, zipfile.BadZipFile):
+                return install(fab_file, install_dir, skip_prompt)  # Flower says what's wrong
             installed = project_dir(fab_id, version, hashlib.sha256(fab_file).hexdigest())
             if installed.is_dir():
                 return installed

@@ -32,6 +32,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsqueeze.server.doorbell import open_bell
+
 from .flower_internals import (
     IdleBackoff,
     Waits,
@@ -150,6 +152,8 @@ class ForkExecutor:
         certificates = self._certificates(spec.root_certificates_path, spec.insecure)
 
         def work() -> None:
+            if self._backoff is not None and self._backoff.bell is not None:
+                self._backoff.bell.close()  # the SuperExec's, not this task's
             if self._slots is not None:
                 self._slots.acquire()  # held until this child exits
             self._entry(runtime_api_address=spec.runtime_api_address, token=spec.token,
@@ -188,7 +192,8 @@ def _superexec(served: Served, insecure: bool, root_certificates: str | None,
                waits: Waits | None, slots: Slots | None) -> None:
     if served.gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = served.gpus
-    backoff = IdleBackoff(waits.idle_poll, waits.poll_cap) if waits else None
+    backoff = IdleBackoff(waits.idle_poll, waits.poll_cap, open_bell("exec", served.address),
+                          waits.bell_cap) if waits else None
     run_superexec = install_executor(lambda: ForkExecutor(backoff, slots))
     run_superexec(runtime_api_address=served.address, insecure=insecure,
                   root_certificates_path=root_certificates, parent_pid=served.parent_pid,

@@ -27,6 +27,7 @@ from fedsqueeze.strategies.tensors import (
 )
 
 from .checkpoint import latest_checkpoint
+from .doorbell import open_bell
 from .evaluation import CentralEvaluator
 from .loop import RoundRunner, RunFailure, discover_clients
 from .metering import MeteredGrid
@@ -102,7 +103,8 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
 
     model_values = sum(int(a.size) for a in model_arrays(model).values())
     metered = MeteredGrid(grid, poll_interval=settings.server_poll_interval,
-                          max_payload_elements=2 * model_values)  # no payload holds more
+                          max_payload_elements=2 * model_values,  # no payload holds more
+                          bell=open_bell("serverapp", run_id))
     runner = RoundRunner(metered, strategy, settings, writer, evaluator, nonzeros_of,
                          first_round=first_round)
     try:

@@ -10,7 +10,9 @@ pulls (up) is measured twice:
   array chunks; Flower transfers messages object by object and `flwr ls` counts the same).
 The wire layer (TCP bytes) is measured outside Flower, by the deployment launcher.
 
-It also replaces Flower's 3-second reply poll by a short one (`poll_interval`).
+It also replaces Flower's 3-second reply poll by a short one (`poll_interval`), or, with a
+doorbell the SuperLink rings when it stores a reply (deployment on one host, see
+`doorbell.py`), by a wait on that bell.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedsqueeze.strategies.payload import payload_bound_bytes, payload_bytes
 
+from .doorbell import Doorbell
+
 UP, DOWN = "up", "down"
+BELL_FALLBACK_POLL = 0.5  # with a doorbell, the reply poll is only a fallback (seconds)
 
 
 def message_bytes(message: Message) -> int:
@@ -76,11 +81,14 @@ class MeteredGrid:
     """A Grid proxy that measures what it sends and receives, grouped by phase."""
 
     def __init__(self, grid: Grid, poll_interval: float = 0.05,
-                 max_payload_elements: int = 1 << 28) -> None:
+                 max_payload_elements: int = 1 << 28, bell: Doorbell | None = None) -> None:
         """`max_payload_elements`: the most values one payload may declare to be bounded (a
-        hostile header must not make the meter decode more than a model's worth)."""
+        hostile header must not make the meter decode more than a model's worth); `bell`:
+        rung when a reply is stored, so replies are pulled when they come instead of every
+        `poll_interval` s."""
         self._grid = grid
         self.poll_interval = poll_interval
+        self.bell = bell
         self.max_payload_elements = max_payload_elements
         self.phase = "setup"
         # (phase, direction, node_id) -> Traffic
@@ -97,7 +105,8 @@ class MeteredGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
-        """Push, then pull replies every `poll_interval` s until all arrive or `timeout`."""
+        """Push, then pull replies (every `poll_interval` s, or when the bell rings) until all
+        arrive or `timeout`."""
         messages = list(messages)
         for message in messages:
             self._record(DOWN, message.metadata.dst_node_id, message)
@@ -114,7 +123,14 @@ class MeteredGrid:
                 replies.append(reply)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
-            time.sleep(self.poll_interval)
+            pause = self.poll_interval if self.bell is None else max(self.poll_interval,
+                                                                     BELL_FALLBACK_POLL)
+            if deadline is not None:
+                pause = min(pause, deadline - time.monotonic())
+            if self.bell is not None:
+                self.bell.wait(pause)
+            else:
+                time.sleep(max(pause, 0.0))
         return replies
 
     def traffic(self, *phases: str) -> dict[int, dict[str, Traffic]]:

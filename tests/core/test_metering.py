@@ -1,5 +1,7 @@
 """Payload and message byte layers: payload <= message for every message."""
 
+import time
+
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -67,3 +69,46 @@ def test_metered_grid_counts_both_directions_per_node_and_phase(flower_task):
     totals = grid.totals(["train:1"])
     assert totals["payload_down"] == 3072 <= totals["message_down"]
     assert grid.totals(["train:2"])["message_up"] == 0
+
+
+class SlowGrid(FakeGrid):
+    """Its replies are stored 0.3 s after the push, and then ring the ServerApp's bell."""
+
+    def __init__(self, bell_name):
+        super().__init__()
+        self.bell_name = bell_name
+
+    def push_messages(self, messages):
+        import threading
+
+        from fedsqueeze.server.doorbell import ring
+
+        ids = super().push_messages(messages)
+        self.stored_at = time.monotonic() + 0.3
+        threading.Timer(0.3, ring, args=(self.bell_name,)).start()
+        return ids
+
+    def pull_messages(self, ids):
+        if time.monotonic() < self.stored_at:
+            self.polls += 1
+            return []
+        return super().pull_messages(ids)
+
+
+def test_with_a_doorbell_replies_are_pulled_when_stored_not_on_a_timer(flower_task,
+                                                                       monkeypatch):
+    import uuid
+
+    from fedsqueeze.server import doorbell
+
+    monkeypatch.setenv(doorbell.ENV, f"fedsqueeze-test/{uuid.uuid4().hex}")
+    bell = doorbell.open_bell("serverapp", 1)
+    fake = SlowGrid(doorbell.bell_name("serverapp", 1))
+    grid = MeteredGrid(fake, poll_interval=10.0, bell=bell)  # a timer alone would wait 10 s
+    try:
+        started = time.monotonic()
+        replies = grid.send_and_receive([_message(256, 5)], timeout=30)
+        assert len(replies) == 1 and time.monotonic() - started < 5.0
+        assert fake.polls <= 3  # the first pull, the one the ring started, and its retry
+    finally:
+        bell.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -23,7 +24,10 @@ def test_the_installed_flower_has_every_internal_we_use():
             "assert u.pull_objects.__kwdefaults__['initial_backoff'] == Waits().pull_backoff; "
             "import flwr.client.grpc_rere_client.connection as c, flwr.supercore.heartbeat as h; "
             "assert c.HEARTBEAT_DEFAULT_INTERVAL == h.HEARTBEAT_DEFAULT_INTERVAL == 10; "
-            "assert callable(clientapp_entry()); print('ok')")
+            "assert callable(clientapp_entry()); patch_superlink_rings(); "
+            "from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState; "
+            "assert InMemoryLinkState.store_message_and_object_tree.fedsqueeze_hook; "
+            "print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.strip() == "ok", done.stderr
@@ -88,3 +92,95 @@ def test_an_installed_fab_is_not_extracted_again_and_a_new_one_is(monkeypatch, t
     assert install(fab, None, True) == first and len(calls) == 1  # installed: no extraction
     assert install(build_fab_from_disk(changed), None, True) != first  # another hash
     assert len(calls) == 2
+
+
+class FakeNodeState:
+    def set_node_id(self, node_id):
+        self.node_id = node_id
+
+    def create_task(self, task_type, run_id, fab_hash):
+        return 42
+
+    def store_message(self, message):
+        return "id"
+
+
+class FakeObjectStore:
+    def put(self, object_id, content):
+        pass
+
+
+class FakeLinkState:
+    def store_message_and_object_tree(self, message, object_tree, session_id):
+        return True, []
+
+
+def _fakes(monkeypatch, **classes):
+    monkeypatch.setattr(fi, "_class", lambda where: classes[where[1]])
+
+
+def _bells(monkeypatch):
+    import uuid
+
+    from fedsqueeze.server import doorbell
+
+    monkeypatch.setenv(doorbell.ENV, f"fedsqueeze-test/{uuid.uuid4().hex}")
+    return doorbell
+
+
+def test_a_supernode_opens_its_bell_rings_its_executor_and_wakes_on_a_reply(monkeypatch):
+    doorbell = _bells(monkeypatch)
+    _fakes(monkeypatch, InMemoryNodeState=type("S", (FakeNodeState,), {}),
+           InMemoryObjectStore=type("O", (FakeObjectStore,), {}))
+    executor = doorbell.open_bell("exec", "127.0.0.1:9")
+    sleeper = fi._ScaledSleep(fi.Waits(bell_cap=10.0, reply_fallback=10.0))
+    fi.patch_supernode_bells(fi.Waits(bell_cap=10.0), sleeper,
+                             doorbell.bell_name("exec", "127.0.0.1:9"))
+    state, store = fi._class(fi.NODE_STATE)(), fi._class(fi.OBJECT_STORE)()
+    try:
+        state.set_node_id(17)
+        assert sleeper.idle.bell is not None and sleeper.idle.cap == 10.0
+        assert doorbell.ring(doorbell.bell_name("node", 17))
+        started = time.monotonic()
+        sleeper.sleep(fi.STOCK_IDLE_POLL)  # rung: returns at once, not after 10 s
+        assert time.monotonic() - started < 5.0
+        assert state.create_task(task_type="clientapp", run_id=1, fab_hash="h") == 42
+        assert executor.wait(5.0)
+        store.put("object", b"x")
+        started = time.monotonic()
+        sleeper.sleep(fi.STOCK_REPLY_WAIT)
+        assert time.monotonic() - started < 5.0
+    finally:
+        executor.close()
+        sleeper.idle.bell.close()
+
+
+def test_the_superlink_rings_the_destination_of_each_stored_message(monkeypatch):
+    doorbell = _bells(monkeypatch)
+    _fakes(monkeypatch, InMemoryLinkState=type("L", (FakeLinkState,), {}))
+    node, server = doorbell.open_bell("node", 5), doorbell.open_bell("serverapp", 99)
+    fi.patch_superlink_rings()
+    state = fi._class(fi.LINK_STATE)()
+
+    def message(dst):
+        return types.SimpleNamespace(metadata=types.SimpleNamespace(dst_node_id=dst,
+                                                                    run_id=99))
+    try:
+        state.store_message_and_object_tree(message(5), None, "s")
+        assert node.wait(5.0) and not server.wait(0.01)
+        state.store_message_and_object_tree(message(1), None, "s")  # 1: the SuperLink
+        assert server.wait(5.0) and not node.wait(0.01)
+    finally:
+        node.close()
+        server.close()
+
+
+def test_a_missing_state_method_is_reported_by_name(monkeypatch):
+    _fakes(monkeypatch, InMemoryNodeState=type("S", (), {}),
+           InMemoryObjectStore=FakeObjectStore, InMemoryLinkState=type("L", (), {}))
+    sleeper = fi._ScaledSleep(fi.Waits())
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'set_node_id'"):
+        fi.patch_supernode_bells(fi.Waits(), sleeper, None)
+    with pytest.raises(fi.FlowerInternalsError,
+                       match="no attribute 'store_message_and_object_tree'"):
+        fi.patch_superlink_rings()

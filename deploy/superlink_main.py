@@ -1,0 +1,36 @@
+"""`flower-superlink` that rings doorbells when it stores a message (flower_internals.py).
+
+    python -m fedsqueeze.deploy.superlink_main [--fallback] -- FLOWER ARGS...
+
+Everything after `--` goes to Flower's own `flower-superlink` entry point unchanged. A stored
+instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so neither has to
+poll fast to pick them up soon. `--fallback`: if Flower's internals changed, warn and ring
+nothing (the others poll as with a stock SuperLink).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .flower_internals import FlowerInternalsError, check_version, patch_superlink_rings
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    ours, flower_args = (args[:args.index("--")], args[args.index("--") + 1:]) \
+        if "--" in args else ([], args)
+    try:
+        check_version()
+        patch_superlink_rings()
+    except FlowerInternalsError as err:
+        if "--fallback" not in ours:
+            raise
+        print(f"fedsqueeze: WARNING: the SuperLink rings no doorbells: {err}", file=sys.stderr)
+    from flwr.superlink.cli import flower_superlink
+
+    sys.argv = ["flower-superlink", *flower_args]
+    flower_superlink()
+
+
+if __name__ == "__main__":
+    main()
