@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from logging import INFO
 
 import numpy as np
@@ -50,6 +51,18 @@ def partition_identity(node_config: dict, settings: RunSettings) -> tuple[int, i
     return int(node_config["partition-id"]), int(num_partitions)
 
 
+# Set by a process that forks ClientApps (the warm worker) in each child it forks: called with
+# (settings, partition id, number of partitions) when that child read a partition into CPU
+# memory, so the forking process can `preload` it for the children it forks next.
+partition_loaded: Callable[[RunSettings, int, int], None] | None = None
+
+
+def preload(settings: RunSettings, partition_id: int, num_partitions: int) -> None:
+    """Read a partition into this process's CPU cache: processes forked from this one then
+    find it there (shared copy-on-write pages, which training only reads)."""
+    _client_data(settings, partition_id, num_partitions, torch.device("cpu"))
+
+
 @functools.lru_cache(maxsize=4)
 def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
                  device: torch.device) -> tuple[ClientData, ClientData | None]:
@@ -77,7 +90,10 @@ def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
         y = torch.from_numpy(labels[idx]).long().to(device)
         return ClientData(partition_id=partition_id, x=x, y=y)
 
-    return tensors(train), (tensors(test) if test is not None else None)
+    loaded = tensors(train), (tensors(test) if test is not None else None)
+    if partition_loaded is not None and device.type == "cpu":
+        partition_loaded(settings, partition_id, num_partitions)
+    return loaded
 
 
 def local_test_split(n: int, fraction: float, seed: int, partition_id: int

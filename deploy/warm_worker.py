@@ -19,6 +19,7 @@ started with the same death signal). SIGUSR1 makes the parent write a status lin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import gc
 import json
@@ -117,6 +118,56 @@ def _run_child(work) -> None:
         os._exit(code)
 
 
+class PartitionHints:
+    """A SuperExec holds the partition its ClientApps read, so those it forks later find it.
+
+    A child that read its partition into CPU memory (`client.runtime.partition_loaded`) writes
+    one JSON line to a pipe: the run settings and the partition. The SuperExec reads the same
+    partition (`client.runtime.preload`) before it forks the next child, which then shares
+    those pages instead of reading and converting its data again (about 35 ms of CPU per task
+    for fc2 on FashionMNIST). CPU data only: a SuperExec never touches CUDA."""
+
+    def __init__(self) -> None:
+        from fedsqueeze.client import runtime
+
+        self._runtime = runtime
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        self._pending = b""
+
+    def in_child(self) -> None:
+        """In a forked ClientApp child: report partitions read from now on."""
+        os.close(self._read)
+        os.set_blocking(self._write, False)  # a full pipe drops a hint, never blocks a task
+        self._runtime.partition_loaded = self._report
+
+    def _report(self, settings: object, partition_id: int, num_partitions: int) -> None:
+        line = json.dumps({"settings": dataclasses.asdict(settings),  # type: ignore[arg-type]
+                           "partition_id": partition_id, "num_partitions": num_partitions})
+        try:
+            os.write(self._write, line.encode() + b"\n")  # one write below PIPE_BUF: atomic
+        except BlockingIOError:
+            pass
+
+    def take(self) -> None:
+        """Preload every partition reported since the last call."""
+        from fedsqueeze.strategies.settings import RunSettings
+
+        while True:
+            try:
+                chunk = os.read(self._read, 1 << 16)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:
+            hint = json.loads(line)
+            self._runtime.preload(RunSettings(**hint["settings"]), hint["partition_id"],
+                                  hint["num_partitions"])
+
+
 class ForkExecutor:
     """A Flower SuperExec executor (its `Executor` protocol) that forks per task.
 
@@ -124,9 +175,11 @@ class ForkExecutor:
     (an idle back-off from `Waits.idle_poll` up to `poll_cap`), so idle SuperExecs poll their
     SuperNode a few times a second instead of twenty."""
 
-    def __init__(self, backoff: IdleBackoff | None = None, slots: Slots | None = None) -> None:
+    def __init__(self, backoff: IdleBackoff | None = None, slots: Slots | None = None,
+                 hints: PartitionHints | None = None) -> None:
         self._backoff = backoff
         self._slots = slots
+        self._hints = hints
         from flwr.supercore.superexec.executor.types import LaunchResult
         from flwr.supercore.tls import validate_and_resolve_root_certificates
 
@@ -151,9 +204,14 @@ class ForkExecutor:
                                         f"{spec.task_type}")
         certificates = self._certificates(spec.root_certificates_path, spec.insecure)
 
+        if self._hints is not None:
+            self._hints.take()
+
         def work() -> None:
             if self._backoff is not None and self._backoff.bell is not None:
                 self._backoff.bell.close()  # the SuperExec's, not this task's
+            if self._hints is not None:
+                self._hints.in_child()
             if self._slots is not None:
                 self._slots.acquire()  # held until this child exits
             self._entry(runtime_api_address=spec.runtime_api_address, token=spec.token,
@@ -170,7 +228,9 @@ class ForkExecutor:
         return self._results.accepted()
 
     def reconcile(self) -> None:
-        """Reap ClientApp children that ended."""
+        """Reap ClientApp children that ended (and hold the partitions they reported)."""
+        if self._hints is not None:
+            self._hints.take()
         for pid in list(self.children):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
@@ -194,7 +254,7 @@ def _superexec(served: Served, insecure: bool, root_certificates: str | None,
         os.environ["CUDA_VISIBLE_DEVICES"] = served.gpus
     backoff = IdleBackoff(waits.idle_poll, waits.poll_cap, open_bell("exec", served.address),
                           waits.bell_cap) if waits else None
-    run_superexec = install_executor(lambda: ForkExecutor(backoff, slots))
+    run_superexec = install_executor(lambda: ForkExecutor(backoff, slots, PartitionHints()))
     run_superexec(runtime_api_address=served.address, insecure=insecure,
                   root_certificates_path=root_certificates, parent_pid=served.parent_pid,
                   runtime_dependency_install=False)

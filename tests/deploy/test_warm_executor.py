@@ -111,3 +111,38 @@ def test_a_slot_is_held_until_its_holder_lets_go(tmp_path):
     os.close(held)  # what a child's exit does, however it ends
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.close(other)
+
+
+def test_a_superexec_holds_the_partition_its_child_read_for_the_next_children():
+    import os
+
+    import torch
+
+    from fedsqueeze.client import runtime
+    from fedsqueeze.deploy.warm_worker import PartitionHints
+    from fedsqueeze.strategies.settings import RunSettings
+
+    settings = RunSettings.from_run_config({"partitioner": "iid"})
+    node = {"partition-id": 1, "num-partitions": 7}
+    runtime._client_data.cache_clear()
+    hints = PartitionHints()
+    pid = os.fork()
+    if pid == 0:  # a ClientApp child: reads its partition, which reports it
+        code = 1
+        try:
+            hints.in_child()
+            runtime.client_data(settings, node, torch.device("cpu"))
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert runtime._client_data.cache_info().currsize == 0  # the child's reading stayed there
+    hints.take()
+    assert runtime._client_data.cache_info().currsize == 1
+    before = runtime._client_data.cache_info().hits
+    held = runtime.client_data(settings, node, torch.device("cpu"))  # what a child forked now
+    assert runtime._client_data.cache_info().hits == before + 1      # finds without reading
+    assert held.partition_id == 1 and held.num_examples > 0
+    hints.take()  # nothing new: nothing read again
+    assert runtime._client_data.cache_info().currsize == 1
+    runtime._client_data.cache_clear()
