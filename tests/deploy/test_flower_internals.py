@@ -94,28 +94,52 @@ def test_an_installed_fab_is_not_extracted_again_and_a_new_one_is(monkeypatch, t
     assert len(calls) == 2
 
 
+class FakeObjectStore:
+    """Objects by id: preregistered ones are b"" until put."""
+
+    contents: dict = {}
+    trees: dict = {}
+
+    def put(self, object_id, content):
+        self.contents[object_id] = content
+
+    def get(self, object_id):
+        return self.contents.get(object_id)
+
+    def get_object_tree(self, object_id):
+        return self.trees[object_id]
+
+
 class FakeNodeState:
+    object_store = FakeObjectStore()
+
     def set_node_id(self, node_id):
         self.node_id = node_id
 
-    def create_task(self, task_type, run_id, fab_hash):
-        return 42
-
     def store_message(self, message):
-        return "id"
-
-
-class FakeObjectStore:
-    def put(self, object_id, content):
-        pass
+        return message.metadata.message_id
 
 
 class FakeLinkState:
+    object_store = FakeObjectStore()
+
     def store_message_and_object_tree(self, message, object_tree, session_id):
         return True, []
 
 
+def _tree(root, *children):
+    from flwr.proto.message_pb2 import ObjectTree
+
+    return ObjectTree(object_id=root, children=[ObjectTree(object_id=c) for c in children])
+
+
+def _message(message_id, dst=5, reply_to=""):
+    return types.SimpleNamespace(metadata=types.SimpleNamespace(
+        message_id=message_id, dst_node_id=dst, run_id=99, reply_to_message_id=reply_to))
+
+
 def _fakes(monkeypatch, **classes):
+    FakeObjectStore.contents, FakeObjectStore.trees = {}, {}
     monkeypatch.setattr(fi, "_class", lambda where: classes[where[1]])
 
 
@@ -128,7 +152,8 @@ def _bells(monkeypatch):
     return doorbell
 
 
-def test_a_supernode_opens_its_bell_rings_its_executor_and_wakes_on_a_reply(monkeypatch):
+def test_a_supernode_rings_its_executor_once_an_instruction_and_its_objects_are_in(
+        monkeypatch):
     doorbell = _bells(monkeypatch)
     _fakes(monkeypatch, InMemoryNodeState=type("S", (FakeNodeState,), {}),
            InMemoryObjectStore=type("O", (FakeObjectStore,), {}))
@@ -137,6 +162,8 @@ def test_a_supernode_opens_its_bell_rings_its_executor_and_wakes_on_a_reply(monk
     fi.patch_supernode_bells(fi.Waits(bell_cap=10.0), sleeper,
                              doorbell.bell_name("exec", "127.0.0.1:9"))
     state, store = fi._class(fi.NODE_STATE)(), fi._class(fi.OBJECT_STORE)()
+    FakeObjectStore.contents = {"m": b"", "a": b""}  # preregistered, not yet pulled
+    FakeObjectStore.trees = {"m": _tree("m", "a")}
     try:
         state.set_node_id(17)
         assert sleeper.idle.bell is not None and sleeper.idle.cap == 10.0
@@ -144,43 +171,59 @@ def test_a_supernode_opens_its_bell_rings_its_executor_and_wakes_on_a_reply(monk
         started = time.monotonic()
         sleeper.sleep(fi.STOCK_IDLE_POLL)  # rung: returns at once, not after 10 s
         assert time.monotonic() - started < 5.0
-        assert state.create_task(task_type="clientapp", run_id=1, fab_hash="h") == 42
+        state.store_message(_message("m"))
+        store.put("a", b"1")
+        assert not executor.wait(0.05)  # the message's own object is still missing
+        store.put("m", b"2")
         assert executor.wait(5.0)
-        store.put("object", b"x")
         started = time.monotonic()
+        state.store_message(_message("r", reply_to="m"))  # the ClientApp's reply
         sleeper.sleep(fi.STOCK_REPLY_WAIT)
         assert time.monotonic() - started < 5.0
+        assert not executor.wait(0.05)  # a reply is not a task
     finally:
         executor.close()
         sleeper.idle.bell.close()
 
 
-def test_the_superlink_rings_the_destination_of_each_stored_message(monkeypatch):
+def test_the_superlink_rings_the_destination_once_a_message_and_its_objects_are_in(
+        monkeypatch):
     doorbell = _bells(monkeypatch)
-    _fakes(monkeypatch, InMemoryLinkState=type("L", (FakeLinkState,), {}))
+    _fakes(monkeypatch, InMemoryLinkState=type("L", (FakeLinkState,), {}),
+           InMemoryObjectStore=type("O", (FakeObjectStore,), {}))
     node, server = doorbell.open_bell("node", 5), doorbell.open_bell("serverapp", 99)
     fi.patch_superlink_rings()
-    state = fi._class(fi.LINK_STATE)()
-
-    def message(dst):
-        return types.SimpleNamespace(metadata=types.SimpleNamespace(dst_node_id=dst,
-                                                                    run_id=99))
+    state, store = fi._class(fi.LINK_STATE)(), fi._class(fi.OBJECT_STORE)()
+    FakeObjectStore.contents = {"m1": b"", "shared": b"", "r1": b""}
     try:
-        state.store_message_and_object_tree(message(5), None, "s")
+        state.store_message_and_object_tree(_message("m1", dst=5), _tree("m1", "shared"), "s")
+        store.put("m1", b"x")
+        assert not node.wait(0.05)
+        store.put("shared", b"y")
         assert node.wait(5.0) and not server.wait(0.01)
-        state.store_message_and_object_tree(message(1), None, "s")  # 1: the SuperLink
+        # a reply whose objects are all there already (deduplicated): rings at once
+        store.put("r1", b"z")
+        state.store_message_and_object_tree(_message("r1", dst=1), _tree("r1", "shared"), "s")
         assert server.wait(5.0) and not node.wait(0.01)
     finally:
         node.close()
         server.close()
 
 
+def test_a_message_whose_objects_never_come_is_forgotten_in_the_end():
+    complete = fi.WhenComplete()
+    store = types.SimpleNamespace(get=lambda oid: b"")
+    for i in range(fi.WhenComplete.MAX_PENDING + 5):
+        complete.expect(store, f"m{i}", [f"o{i}"], None)
+    assert len(complete._pending) == fi.WhenComplete.MAX_PENDING
+    assert "o0" not in complete._by_object and "o6" in complete._by_object
+
+
 def test_a_missing_state_method_is_reported_by_name(monkeypatch):
     _fakes(monkeypatch, InMemoryNodeState=type("S", (), {}),
            InMemoryObjectStore=FakeObjectStore, InMemoryLinkState=type("L", (), {}))
     sleeper = fi._ScaledSleep(fi.Waits())
-    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'set_node_id'"):
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'object_store'"):
         fi.patch_supernode_bells(fi.Waits(), sleeper, None)
-    with pytest.raises(fi.FlowerInternalsError,
-                       match="no attribute 'store_message_and_object_tree'"):
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'object_store'"):
         fi.patch_superlink_rings()
