@@ -98,8 +98,8 @@ def train(msg: Message, context: Context) -> Message:
         "num-examples": data.num_examples,
         "handler-seconds": time.monotonic() - started,  # whole message, incl. set-up
         "fit-seconds": fit_seconds,  # local training (or the exchange's work) alone
+        "partition-id": partition_id,  # the identity every reply carries (identity_of)
     })
-    reply[IDENTITY_RECORD] = identity_record(partition_id)
     return Message(reply, reply_to=msg)
 
 
@@ -121,7 +121,7 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
                                           build_run_model(settings, transform)).items()}
     reply = RecordDict({
         METRICS_RECORD: MetricRecord({"accuracy": accuracy, "loss": loss, **own,
-                                      "num-examples": test.num_examples}),
-        IDENTITY_RECORD: identity_record(partition_id),
+                                      "num-examples": test.num_examples,
+                                      "partition-id": partition_id}),
     })
     return Message(reply, reply_to=msg)

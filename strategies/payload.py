@@ -74,10 +74,15 @@ def payload_bound_bytes(content: RecordDict | None, max_elements: int) -> float 
 
 
 def identity_of(content: RecordDict) -> int:
-    """The partition id a client reports in every reply."""
-    record = content.config_records.get(IDENTITY_RECORD)
+    """The partition id a client reports in every reply: `partition-id` in the reply's
+    metrics record (a record of its own would be one more object for every reply to carry
+    through ClientApp, SuperNode, SuperLink and ServerApp, each a request of its own), or in
+    the identity record of its answer to the discovery query (which has no metrics)."""
+    record = content.metric_records.get(METRICS_RECORD)
+    if record is None:
+        record = content.config_records.get(IDENTITY_RECORD)
     if record is None or "partition-id" not in record:
-        raise CodecError("reply carries no partition-id identity record")
+        raise CodecError("reply carries no partition-id")
     return int(record["partition-id"])
 
 

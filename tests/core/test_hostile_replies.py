@@ -14,12 +14,12 @@ import copy
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord
+from flwr.app import Message, MetricRecord
 from flwr.app.message.message import make_message
 
 from fedsqueeze.deploy.inprocess import Federation, copy_recorddict
 from fedsqueeze.strategies.base import TRAIN, absurd_values, all_finite
-from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD
+from fedsqueeze.strategies.payload import METRICS_RECORD
 from fedsqueeze.strategies.registry import get_method, method_names
 from fedsqueeze.strategies.tensors import from_arrayrecord, to_arrayrecord
 
@@ -40,7 +40,8 @@ def _rebuilt(reply: Message, content, **metadata) -> Message:
 
 def _identity(reply: Message, partition_id: int) -> Message:
     content = copy_recorddict(reply.content)
-    content[IDENTITY_RECORD] = ConfigRecord({"partition-id": partition_id})
+    content[METRICS_RECORD] = MetricRecord({**content.metric_records[METRICS_RECORD],
+                                            "partition-id": partition_id})
     return _rebuilt(reply, content)
 
 
