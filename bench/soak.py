@@ -27,7 +27,9 @@ from fedsqueeze.deploy.deployment import DeployOptions, deploy
 from fedsqueeze.deploy.faults import Kill
 from fedsqueeze.server.results import read_run
 
-WATCHED = {"serverapp": "flwr-serverapp", "superlink": "flower-superlink"}
+# each as Flower names it, or as the launcher starts it (its entry points with short waits)
+WATCHED = {"serverapp": ("flwr-serverapp", "deploy.serverapp_main"),
+           "superlink": ("flower-superlink", "deploy.superlink_main")}
 
 
 class RssByRound(threading.Thread):
@@ -44,8 +46,8 @@ class RssByRound(threading.Thread):
         for proc in psutil.Process().children(recursive=True):
             try:
                 cmd = " ".join(proc.cmdline())
-                for name, needle in WATCHED.items():
-                    if needle in cmd and "ip netns" not in cmd:
+                for name, needles in WATCHED.items():
+                    if any(n in cmd for n in needles) and "ip netns" not in cmd:
                         found[name] = max(found.get(name, 0), proc.memory_info().rss)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass

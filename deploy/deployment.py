@@ -23,6 +23,7 @@ from fedsqueeze.server.doorbell import ENV as DOORBELLS
 from .auth import make_node_key, register
 from .faults import FaultInjector, Kill
 from .flower import (
+    SERVERAPP_ENTRY,
     SuperLink,
     flower_command,
     flower_env,
@@ -206,7 +207,7 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     if options.tuned_latency:
         env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
         env[DOORBELLS] = f"fedsqueeze/{group.launch_id}"
-        shim_commands(env, work / "bin", {"flwr-serverapp": "fedsqueeze.deploy.serverapp_main"})
+        shim_commands(env, work / "bin", {"flwr-serverapp": SERVERAPP_ENTRY})
         link_env = {**env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": LINK_SUPEREXEC_POLL}
     meters: list[WireMeter] = []
     status: dict = {}

@@ -222,7 +222,8 @@ def stop_local_superlink(http_port: int | None = None) -> int:
     return stop_tree(local_superlinks(http_port))
 
 
-APP_PROCESSES = ("flwr-serverapp", "flwr-simulation")
+SERVERAPP_ENTRY = "fedsqueeze.deploy.serverapp_main"  # what the launcher's flwr-serverapp runs
+APP_PROCESSES = ("flwr-serverapp", "flwr-simulation", SERVERAPP_ENTRY)
 
 
 class AppWatch:
@@ -243,7 +244,7 @@ class AppWatch:
         for child in children:
             try:
                 if any(any(part.endswith(name) for name in APP_PROCESSES)
-                       for part in child.cmdline()[:2]):
+                       for part in child.cmdline()[:3]):  # [python, -m, module]
                     return True
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass

@@ -51,8 +51,9 @@ def test_a_supernode_killed_mid_round_costs_its_reply_then_rejoins_and_resyncs(t
     assert summary["status"] == "completed"
 
 
-def _kill_when_a_round_is_written(results: Path, name: str) -> threading.Thread:
-    """Kill our own descendant whose command line names `name`, once round 1 is written."""
+def _kill_when_a_round_is_written(results: Path, names: tuple[str, ...]) -> threading.Thread:
+    """Kill our own descendant whose command line names one of `names`, once round 1 is
+    written."""
     me = psutil.Process()
 
     def kill() -> None:
@@ -64,24 +65,33 @@ def _kill_when_a_round_is_written(results: Path, name: str) -> threading.Thread:
             time.sleep(0.2)
         for proc in me.children(recursive=True):
             try:
-                if any(name in part for part in proc.cmdline()):
+                if any(name in part for part in proc.cmdline() for name in names):
                     proc.kill()
+                    thread.killed_at = time.monotonic()
             except psutil.NoSuchProcess:
                 pass
 
     thread = threading.Thread(target=kill, daemon=True)
+    thread.killed_at = None
     thread.start()
     return thread
 
 
-@pytest.mark.parametrize("victim, status", [("flower-superlink", "server-lost"),
-                                            ("flwr-serverapp", "server-lost")])
+# each as Flower starts it, or through the launcher's entry point with short waits
+@pytest.mark.parametrize("victim, status", [
+    (("flower-superlink", "deploy.superlink_main"), "server-lost"),
+    (("flwr-serverapp", "deploy.serverapp_main"), "server-lost")])
 def test_a_dead_superlink_or_serverapp_leaves_results_that_say_so(tmp_path, victim, status):
-    name = victim.split("-")[1]
+    name = victim[0].split("-")[1]
     killer = _kill_when_a_round_is_written(tmp_path / name, victim)
     result = deploy(APP, _config(tmp_path, name, **{"num-server-rounds": 30}),
                     tmp_path / name, DeployOptions(clients=2, echo=False))
+    noticed = time.monotonic()
     killer.join()
+    assert killer.killed_at is not None, f"no {victim} process was found to kill"
+    # the launcher notices within seconds (AppWatch, the SuperLink's exit), not after Flower's
+    # 60 s of task-heartbeat patience
+    assert noticed - killer.killed_at < 30
     assert not result.succeeded
     assert processes_of_launch(result.launch_id) == []
     _, rows, summary = read_run(result.results_dir)
