@@ -10,7 +10,9 @@ ClientApp once, never touching CUDA, then forks one SuperExec per `--serve`d Sup
 sets its `CUDA_VISIBLE_DEVICES`). For every task a SuperExec acquires, it forks a child
 that runs Flower's own `run_clientapp` (the token protocol, the FAB, `context.state` and error
 replies stay Flower's) and reaps it when it ends. Forked processes share the parent's
-imported pages copy-on-write, so N SuperNodes cost one set of imports. Every forked process
+imported pages copy-on-write, so N SuperNodes cost one set of imports; the parent first puts
+its anonymous memory in huge pages (`huge_pages.py`), so a fork and an exit handle a few
+page-table entries instead of hundreds of thousands. Every forked process
 gets SIGTERM when its parent dies (also when the launcher is SIGKILLed: the parent itself is
 started with the same death signal). SIGUSR1 makes the parent write a status line
 (`cuda_initialized`, its children) to its log.
@@ -42,6 +44,7 @@ from .flower_internals import (
     clientapp_entry,
     install_executor,
 )
+from .huge_pages import collapse_anonymous_memory
 from .processes import die_with_parent
 
 CLIENT_APP_TASK = "flwr-clientapp"
@@ -315,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of one launch (default: a temporary one of this worker)")
     parser.add_argument("--fallback", action="store_true",
                         help="if Flower's internals changed, warn and keep its stock waits")
+    parser.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
+                        help="leave the imported memory in 4 KB pages (forks cost more)")
     return parser
 
 
@@ -325,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         waits = None
     _warm_imports()
     gc.freeze()  # the imported objects leave the collector's lists: children do not copy them
+    collapsed = collapse_anonymous_memory() if args.huge_pages else 0
     slot_dir = args.slot_dir or Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))
     slot_dir.mkdir(parents=True, exist_ok=True)
     slots = Slots(slot_dir, args.max_running) if args.max_running > 0 else None
@@ -349,8 +355,8 @@ def main(argv: list[str] | None = None) -> int:
             _run_child(lambda s=served: _superexec(s, args.insecure, args.root_certificates,
                                                    waits, slots))
         children[pid] = served
-    print(f"warm worker {os.getpid()} serving " + ", ".join(s.address for s in args.serve),
-          flush=True)
+    print(f"warm worker {os.getpid()} serving " + ", ".join(s.address for s in args.serve)
+          + f"; {collapsed >> 20} MB of its memory in huge pages", flush=True)
     while children:
         try:
             pid, status = os.wait()
