@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
+import importlib
 import os
 import signal
 import subprocess
@@ -40,6 +42,17 @@ def die_with_parent() -> None:
 
 
 CHILD_SETUP = die_with_parent if sys.platform == "linux" else None
+
+
+def import_and_freeze(*modules: str) -> None:
+    """Import `modules`, then move every object so far out of the garbage collector's reach
+    (`gc.freeze`): the full collections of a long-running process then scan only what it
+    created since, not the hundreds of thousands of objects its imports made (measured in a
+    12-round 10-SuperNode fc2 deployment: the ServerApp's 6 full collections took 0.78 s of
+    CPU, the SuperLink's 0.35 s, each SuperNode's 0.15 s)."""
+    for module in modules:
+        importlib.import_module(module)
+    gc.freeze()
 
 
 def sigterm_as_interrupt() -> contextlib.AbstractContextManager[None]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import sys
 
 from .flower_internals import Waits, apply_waits
+from .processes import import_and_freeze
 
 
 def main(argv: list[str] | None = None) -> None:
     apply_waits(Waits(), supernode=False)
+    import_and_freeze("flwr.superlink.cli", "fedsqueeze.server.app")
     from flwr.superlink.cli import flwr_serverapp
 
     sys.argv = ["flwr-serverapp", *(sys.argv[1:] if argv is None else argv)]

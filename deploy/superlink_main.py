@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from .flower_internals import FlowerInternalsError, check_version, patch_superlink_rings
+from .processes import import_and_freeze
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
         if "--fallback" not in ours:
             raise
         print(f"fedsqueeze: WARNING: the SuperLink rings no doorbells: {err}", file=sys.stderr)
+    import_and_freeze("flwr.superlink.cli")
     from flwr.superlink.cli import flower_superlink
 
     sys.argv = ["flower-superlink", *flower_args]

@@ -18,6 +18,7 @@ import sys
 from fedsqueeze.server.doorbell import bell_name
 
 from .flower_internals import Waits, apply_waits
+from .processes import import_and_freeze
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     executor_bell = bell_name("exec", options.executor_bell) if options.executor_bell else None
     apply_waits(Waits(poll_cap=options.poll_cap), supernode=True, fallback=options.fallback,
                 executor_bell=executor_bell)
+    import_and_freeze("flwr.supernode.cli")
     from flwr.supernode.cli import flower_supernode
 
     sys.argv = ["flower-supernode", *flower_args]
