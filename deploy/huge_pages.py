@@ -2,17 +2,18 @@
 
 Forking copies the parent's page tables and exiting frees the child's, so both cost in
 proportion to the pages mapped: for a warm worker that imported torch (about 1 GB resident,
-470 MB anonymous) a fork took 15 ms of the parent's CPU and an empty child's exit 18 ms, and
-a ClientApp child that trained one fc2 epoch used 0.227 CPU-s. With the anonymous memory in
-2 MB pages (one page-table entry where there were 512), the same fork took 4.4 ms, and the
-training child 0.148 CPU-s (fewer page-table copies and TLB misses; a child's write still
-copies only the 4 KB it touches: its page faults stayed at about 5,200). Measured with
-`madvise(MADV_COLLAPSE)` on Linux 6.18, 2-core VM.
+470 MB anonymous) a fork took 11-15 ms of the parent's CPU and an empty child's exit 12-18
+ms. With 400 MB of the anonymous memory in 2 MB pages (one page-table entry where there were
+512), a fork took 4.2 ms and an empty child 6.2 ms; a child that trained one fc2 epoch used
+0.214 instead of 0.227 CPU-s, with the same page faults (its writes still copy 4 KB each).
+Measured with `madvise(MADV_COLLAPSE)`, Linux 6.18, 2-core VM.
 
-Linux only: `MADV_HUGEPAGE` marks each private anonymous region (and the heap) of at least one
-huge page, and `MADV_COLLAPSE` (Linux >= 6.1) rebuilds it in huge pages now rather than
-whenever khugepaged gets to it. Where either is refused (another kernel, THP off) the memory
-stays as it was: the worker is as correct, only slower to fork.
+Only memory that exists is collapsed (`MADV_COLLAPSE`, Linux >= 6.1, works whatever the
+system's THP setting short of "never"); the regions are not marked `MADV_HUGEPAGE`, so what
+the children allocate later stays in 4 KB pages (marked regions made every child fault in
+fresh 2 MB pages, zeroed and compacted on demand: slower on a loaded, fragmented box). Where
+the kernel refuses, the memory stays as it was: the worker is as correct, only slower to
+fork. Linux only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import sys
 from pathlib import Path
 
-MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25
 THP_SIZE = Path("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size")
 
@@ -66,8 +66,6 @@ def collapse_anonymous_memory() -> int:
     collapsed = 0
     maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     for start, length in anonymous_regions(maps, _huge_page_size()):
-        if libc.madvise(start, length, MADV_HUGEPAGE) != 0:
-            continue
         if libc.madvise(start, length, MADV_COLLAPSE) == 0:
             collapsed += length
     return collapsed
