@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -30,10 +31,51 @@ from .tls import TlsFiles
 CONNECTION = "fedsqueeze"
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+_random = random.SystemRandom()  # not the global generator, which runs may seed
+
+
+def ephemeral_ports() -> range | None:
+    """The kernel's range for the local ports of outgoing connections (Linux), else None."""
+    try:
+        low, high = map(int, EPHEMERAL_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return range(low, high + 1)
+
+
 def free_port() -> int:
+    """A port of 127.0.0.1 that is free now and was not handed out before, for a server that
+    binds it later. Picked below the kernel's ephemeral range where there is room: outgoing
+    connections (every SuperNode opens several) take their local ports from that range, so a
+    port picked there can be taken before its server binds it (seen with 50 SuperNodes:
+    `address already in use`)."""
+    ephemeral = ephemeral_ports()
+    candidates = range(10000, ephemeral.start) if ephemeral and ephemeral.start > 11000 else None
+    with _handed_out_lock:
+        for _ in range(200 if candidates else 0):
+            port = _random.choice(candidates)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+        while True:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
