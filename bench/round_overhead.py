@@ -14,15 +14,28 @@ the median over rounds 2..N.
 other in this invocation: Flower's stock ClientApp executor with Flower's own waits
 (`--executor stock --stock-latency`), then the warm worker with short waits (the default),
 and prints both and their ratio. Run it on an otherwise idle machine.
+
+While each compared run goes, a sampler reads the CPU time (user + system, with the reaped
+children's) of the launcher (its relays meter the wire) and of every process it started,
+twice a second; it prints the CPU-seconds per round each kind of process
+spent in rounds 2..N (also written to the run's `cpu.json`). On a box with C cores a round
+cannot be shorter than its CPU-seconds / C.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import tempfile
+import threading
+import time
+from collections import Counter
 from pathlib import Path
+
+import psutil
 
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
@@ -61,6 +74,100 @@ def print_table(paths: list[Path]) -> dict[Path, tuple[float, float, float] | No
     return found
 
 
+ROLES = (("SuperExecs and ClientApps", ("warm_worker", "flower-superexec", "flwr-clientapp")),
+         ("SuperNodes", ("supernode_main", "flower-supernode")),
+         ("SuperLink", ("superlink_main", "flower-superlink")),
+         ("ServerApp", ("serverapp_main", "flwr-serverapp")))
+
+
+def role_of(proc: psutil.Process) -> str:
+    if proc.pid == os.getpid():
+        return "launcher (relays)"
+    command = " ".join(proc.cmdline())
+    return next((role for role, names in ROLES if any(n in command for n in names)), "other")
+
+
+class CpuSampler(threading.Thread):
+    """CPU-seconds so far (own and reaped children's) of this launcher and each descendant,
+    zombies included, twice a second. A process's time is then always in exactly one place:
+    its own until it is reaped, its parent's reaped-children time after, so the change of the
+    sum over a window is the CPU the launch spent in it. Roles are chosen so that a child
+    belongs to its parent's (ClientApps to SuperExecs)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.samples: list[tuple[float, dict[tuple[int, float], tuple[str, float]]]] = []
+        self._roles: dict[tuple[int, float], str] = {}
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        me = psutil.Process()
+        seen = {}
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                key = (proc.pid, proc.create_time())
+                times = proc.cpu_times()
+                role = self._roles.get(key) or self._role(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            self._roles[key] = role
+            seen[key] = (role, times.user + times.system + times.children_user
+                         + times.children_system)
+        self.samples.append((time.time(), seen))
+
+    def _role(self, proc: psutil.Process) -> str:
+        try:
+            return role_of(proc)
+        except psutil.ZombieProcess:  # no command line left: its parent's role
+            parent = proc.ppid()
+            return next((role for (pid, _), role in self._roles.items() if pid == parent),
+                        "other")
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def per_role(self, start: float, end: float) -> dict[str, dict[str, float]]:
+        """CPU-seconds by role between the samples nearest `start` and `end`."""
+        if not self.samples:
+            return {}
+        first = min(self.samples, key=lambda s: abs(s[0] - start))[1]
+        last = min(self.samples, key=lambda s: abs(s[0] - end))[1]
+        cpu, count = Counter(), Counter()
+        for role, total in last.values():
+            cpu[role] += total
+            count[role] += 1
+        for role, total in first.values():
+            cpu[role] -= total
+        return {role: {"cpu_seconds": cpu[role], "processes": count[role]}
+                for role, _ in cpu.most_common()}
+
+
+def cpu_by_role(run_dir: Path, sampler: CpuSampler) -> dict:
+    """rounds 2..N's CPU-seconds by role, written to the run's cpu.json."""
+    _, rows, _ = read_run(run_dir)
+    later = rows[1:] or rows
+    table = {"rounds": [r["round"] for r in later],
+             "by_role": sampler.per_role(later[0]["started_unix"], later[-1]["ended_unix"])}
+    (run_dir / "cpu.json").write_text(json.dumps(table, indent=2) + "\n")
+    return table
+
+
+def print_cpu(name: str, table: dict) -> None:
+    rounds = len(table["rounds"]) or 1
+    total = sum(r["cpu_seconds"] for r in table["by_role"].values()) / rounds
+    cores = os.cpu_count() or 1
+    print(f"{name}: CPU-seconds per round (rounds {table['rounds'][0]}-{table['rounds'][-1]}) "
+          f"{total:.2f}, at least {total / cores:.2f} s per round on {cores} cores")
+    for role, row in table["by_role"].items():
+        print(f"  {role:28} {row['processes']:4d} processes {row['cpu_seconds'] / rounds:7.2f}")
+
+
 def _finished(run_dir: Path, rounds: int) -> bool:
     try:
         _, rows, summary = read_run(run_dir)
@@ -87,15 +194,24 @@ def compare(clients: int, rounds: int, results_dir: Path, reuse: bool = False) -
             paths.append(paths_of_run)
             continue
         print(f"running {name}: {clients} SuperNodes, {rounds} rounds ...", flush=True)
-        result = deploy(find_app_dir(), run_config, results_dir / run_name, options)
+        sampler = CpuSampler()
+        sampler.start()
+        try:
+            result = deploy(find_app_dir(), run_config, paths_of_run, options)
+        finally:
+            sampler.stop()
         if not result.succeeded:
             print(f"{name} failed: {result.status}", file=sys.stderr)
             return 1
-        paths.append(results_dir / run_name)
+        cpu_by_role(paths_of_run, sampler)
+        paths.append(paths_of_run)
     found = print_table(paths)
     stock, warm = (found[p] for p in paths)
     print(f"stock / warm: round time x{stock[1] / warm[1]:.1f}, "
           f"overhead x{stock[2] / warm[2]:.1f} (medians of rounds 2-{rounds})")
+    for name, path in zip(runs, paths):
+        if (path / "cpu.json").is_file():
+            print_cpu(name, json.loads((path / "cpu.json").read_text()))
     return 0
 
 

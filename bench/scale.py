@@ -24,7 +24,7 @@ import psutil
 
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.processes import LAUNCH_ID_VAR
+from fedsqueeze.deploy.processes import processes_of_launch
 from fedsqueeze.deploy.simulate import simulate
 from fedsqueeze.server.results import read_run
 
@@ -42,10 +42,8 @@ class MemorySampler(threading.Thread):
 
     def sample(self) -> dict[str, int]:
         pss = rss = count = 0
-        for proc in psutil.process_iter(["pid"]):
+        for proc in processes_of_launch():
             try:
-                if LAUNCH_ID_VAR not in proc.environ():
-                    continue
                 info = proc.memory_full_info()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue

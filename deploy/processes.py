@@ -152,12 +152,14 @@ class ProcessGroup:
         self.stop_all()
 
 
-def processes_of_launch(launch_id: str) -> list[psutil.Process]:
-    """Live processes whose environment carries this launch id (zombies excluded)."""
+def processes_of_launch(launch_id: str | None = None) -> list[psutil.Process]:
+    """Live processes whose environment carries this launch id, or any launch id when None
+    (zombies excluded)."""
     found = []
     for proc in psutil.process_iter(["pid"]):
         try:
-            if proc.environ().get(LAUNCH_ID_VAR) == launch_id:
+            tag = proc.environ().get(LAUNCH_ID_VAR)
+            if tag is not None and launch_id in (None, tag):
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             pass
