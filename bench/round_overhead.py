@@ -39,6 +39,7 @@ import psutil
 
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.flower import PROCESS_NAMES
 from fedsqueeze.server.results import read_run
 
 
@@ -74,10 +75,10 @@ def print_table(paths: list[Path]) -> dict[Path, tuple[float, float, float] | No
     return found
 
 
-ROLES = (("SuperExecs and ClientApps", ("warm_worker", "flower-superexec", "flwr-clientapp")),
-         ("SuperNodes", ("supernode_main", "flower-supernode")),
-         ("SuperLink", ("superlink_main", "flower-superlink")),
-         ("ServerApp", ("serverapp_main", "flwr-serverapp")))
+ROLES = (("SuperExecs and ClientApps", PROCESS_NAMES["clientapp"]),
+         ("SuperNodes", PROCESS_NAMES["supernode"]),
+         ("SuperLink", PROCESS_NAMES["superlink"]),
+         ("ServerApp", PROCESS_NAMES["serverapp"]))
 
 
 def role_of(proc: psutil.Process) -> str:

@@ -25,11 +25,10 @@ import psutil
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
 from fedsqueeze.deploy.faults import Kill
+from fedsqueeze.deploy.flower import PROCESS_NAMES
 from fedsqueeze.server.results import read_run
 
-# each as Flower names it, or as the launcher starts it (its entry points with short waits)
-WATCHED = {"serverapp": ("flwr-serverapp", "deploy.serverapp_main"),
-           "superlink": ("flower-superlink", "deploy.superlink_main")}
+WATCHED = {name: PROCESS_NAMES[name] for name in ("serverapp", "superlink")}
 
 
 class RssByRound(threading.Thread):

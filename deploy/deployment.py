@@ -24,6 +24,8 @@ from .auth import make_node_key, register
 from .faults import FaultInjector, Kill
 from .flower import (
     SERVERAPP_ENTRY,
+    SUPERNODE_ENTRY,
+    WARM_WORKER_ENTRY,
     SuperLink,
     flower_command,
     flower_env,
@@ -111,7 +113,7 @@ def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
     if options.tuned_latency:
         bell = (["--executor-bell", f"127.0.0.1:{runtime_port}"]
                 if options.executor == "warm" else [])
-        command = [sys.executable, "-m", "fedsqueeze.deploy.supernode_main",
+        command = [sys.executable, "-m", SUPERNODE_ENTRY,
                    "--poll-cap", str(poll_cap(options.clients)), *bell, "--", *flower_args]
     else:
         command = [flower_command("flower-supernode"), *flower_args]
@@ -124,7 +126,7 @@ def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[Sup
                        ) -> Started:
     """One worker for every SuperNode of this host (they share its imported pages); the
     workers of one launch share the --max-running slots."""
-    command = [sys.executable, "-m", "fedsqueeze.deploy.warm_worker", "--insecure",
+    command = [sys.executable, "-m", WARM_WORKER_ENTRY, "--insecure",
                "--poll-cap", str(poll_cap(options.clients)), "--slot-dir", str(slot_dir)]
     if not options.tuned_latency:
         command.append("--stock-latency")

@@ -30,6 +30,17 @@ from .tls import TlsFiles
 
 CONNECTION = "fedsqueeze"
 
+# The launcher's entry points around Flower's own (short waits, doorbells), and the names by
+# which a process of each kind is found, Flower's first (what `--stock-latency` starts).
+SUPERLINK_ENTRY = "fedsqueeze.deploy.superlink_main"
+SUPERNODE_ENTRY = "fedsqueeze.deploy.supernode_main"
+SERVERAPP_ENTRY = "fedsqueeze.deploy.serverapp_main"  # what the launcher's flwr-serverapp runs
+WARM_WORKER_ENTRY = "fedsqueeze.deploy.warm_worker"
+PROCESS_NAMES = {"superlink": ("flower-superlink", SUPERLINK_ENTRY),
+                 "supernode": ("flower-supernode", SUPERNODE_ENTRY),
+                 "serverapp": ("flwr-serverapp", SERVERAPP_ENTRY),
+                 "clientapp": ("flwr-clientapp", "flower-superexec", WARM_WORKER_ENTRY)}
+
 
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()
@@ -157,7 +168,7 @@ def start_superlink(group: ProcessGroup, env: dict[str, str], *, simulation: boo
     on loopback, its Fleet API (what SuperNodes reach) on `fleet_host`. `rings`: it rings
     doorbells when it stores messages (`superlink_main`)."""
     http_port, fleet_port = free_port(), free_port()
-    program = ([sys.executable, "-m", "fedsqueeze.deploy.superlink_main", "--"] if rings
+    program = ([sys.executable, "-m", SUPERLINK_ENTRY, "--"] if rings
                else [flower_command("flower-superlink")])
     command = [*program,
                *(tls.superlink_args() if tls else ["--insecure"]),
@@ -264,8 +275,7 @@ def stop_local_superlink(http_port: int | None = None) -> int:
     return stop_tree(local_superlinks(http_port))
 
 
-SERVERAPP_ENTRY = "fedsqueeze.deploy.serverapp_main"  # what the launcher's flwr-serverapp runs
-APP_PROCESSES = ("flwr-serverapp", "flwr-simulation", SERVERAPP_ENTRY)
+APP_PROCESSES = (*PROCESS_NAMES["serverapp"], "flwr-simulation")
 
 
 class AppWatch:

@@ -265,10 +265,12 @@ class WhenComplete:
                     del self._by_object[oid]
 
 
-def _tree_ids(tree: Any) -> list[str]:
+def _tree_ids_function() -> Callable[[Any], list[str]]:
+    """The ids of every object in a message's object tree (Flower's `iterate_object_tree`,
+    looked up when patching, so a Flower without it fails at start-up)."""
     iterate = _attribute(_module("flwr.supercore.inflatable.inflatable_object"),
                          "iterate_object_tree")
-    return [node.object_id for node in iterate(tree)]
+    return lambda tree: [node.object_id for node in iterate(tree)]
 
 
 def patch_supernode_bells(waits: Waits, sleeper: _ScaledSleep, executor_bell: str | None
@@ -280,6 +282,7 @@ def patch_supernode_bells(waits: Waits, sleeper: _ScaledSleep, executor_bell: st
     node_state, object_store = _class(NODE_STATE), _class(OBJECT_STORE)
     _attribute(node_state, "object_store")
     not_in_store = _attribute(_module("flwr.supercore.object_store"), "NoObjectInStoreError")
+    tree_ids = _tree_ids_function()
     replied = threading.Event()
     complete = WhenComplete()
 
@@ -294,7 +297,7 @@ def patch_supernode_bells(waits: Waits, sleeper: _ScaledSleep, executor_bell: st
             return
         store = state.object_store
         try:
-            objects = _tree_ids(store.get_object_tree(result))
+            objects = tree_ids(store.get_object_tree(result))
         except not_in_store:  # stored without its objects preregistered: ring at once
             ring(executor_bell)
             return
@@ -317,6 +320,7 @@ def patch_superlink_rings() -> WhenComplete:
     superlink = _attribute(_module("flwr.common.constant"), "SUPERLINK_NODE_ID")
     link_state, object_store = _class(LINK_STATE), _class(OBJECT_STORE)
     _attribute(link_state, "object_store")
+    tree_ids = _tree_ids_function()
     complete = WhenComplete()
 
     def stored(state: Any, result: tuple[bool, list[str]], *args: Any, **kwargs: Any) -> None:
@@ -327,7 +331,7 @@ def patch_superlink_rings() -> WhenComplete:
         metadata = message.metadata
         bell = (bell_name("serverapp", metadata.run_id) if metadata.dst_node_id == superlink
                 else bell_name("node", metadata.dst_node_id))
-        complete.expect(state.object_store, metadata.message_id, _tree_ids(object_tree), bell)
+        complete.expect(state.object_store, metadata.message_id, tree_ids(object_tree), bell)
 
     _call_after(link_state, "store_message_and_object_tree", stored)
     _call_after(object_store, "put", lambda _s, _r, object_id, *a: complete.arrived(object_id))

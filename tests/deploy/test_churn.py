@@ -14,6 +14,7 @@ import pytest
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
 from fedsqueeze.deploy.faults import Kill
+from fedsqueeze.deploy.flower import PROCESS_NAMES
 from fedsqueeze.deploy.processes import processes_of_launch
 from fedsqueeze.server.results import read_run
 
@@ -79,8 +80,8 @@ def _kill_when_a_round_is_written(results: Path, names: tuple[str, ...]) -> thre
 
 # each as Flower starts it, or through the launcher's entry point with short waits
 @pytest.mark.parametrize("victim, status", [
-    (("flower-superlink", "deploy.superlink_main"), "server-lost"),
-    (("flwr-serverapp", "deploy.serverapp_main"), "server-lost")])
+    (PROCESS_NAMES["superlink"], "server-lost"),
+    (PROCESS_NAMES["serverapp"], "server-lost")])
 def test_a_dead_superlink_or_serverapp_leaves_results_that_say_so(tmp_path, victim, status):
     name = victim[0].split("-")[1]
     killer = _kill_when_a_round_is_written(tmp_path / name, victim)
