@@ -6,7 +6,13 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from fedsqueeze.codecs import CodecError
-from fedsqueeze.strategies.payload import IDENTITY_RECORD, PAYLOAD_RECORD, identity_record, pack
+from fedsqueeze.strategies.payload import (
+    IDENTITY_RECORD,
+    PAYLOAD_RECORD,
+    identity_record,
+    pack,
+    read_payload,
+)
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
@@ -43,8 +49,8 @@ def test_server_download_loads_into_a_fresh_client_model():
 def test_dense_fp32_payload_is_four_bytes_per_value_plus_a_small_header():
     method = _method()
     model = build_run_model(method.settings)
-    payload = method.client().send(model, RecordDict())[PAYLOAD_RECORD]["bytes"]
-    assert 118_282 * 4 < len(payload.data) <= 118_282 * 4 + 64
+    _, payload = read_payload(method.client().send(model, RecordDict()))
+    assert 118_282 * 4 < len(payload) <= 118_282 * 4 + 64
 
 
 @pytest.mark.parametrize("mangle", [
@@ -58,7 +64,7 @@ def test_malformed_payload_is_rejected_with_codec_error(mangle):
     method = _method()
     model = build_run_model(method.settings)
     strategy = method.server(model)
-    good = bytes(method.client().send(model, RecordDict())[PAYLOAD_RECORD]["bytes"].data)
+    _, good = read_payload(method.client().send(model, RecordDict()))
     content = RecordDict({PAYLOAD_RECORD: pack(strategy.model_codec.stype, mangle(good))})
     with pytest.raises(CodecError):
         strategy.decode_up(1, 7, content)
@@ -88,8 +94,9 @@ def test_uniform_b_bit_model_values_travel_as_quant_payloads_within_their_step(b
     strategy, client = method.server(model), method.client()
     arrays = model_arrays(model)
     content = strategy.encode_down(1, 7, arrays)
-    assert content[PAYLOAD_RECORD]["bytes"].stype == get_codec("quant").stype
-    size = len(content[PAYLOAD_RECORD]["bytes"].data)
+    stype, payload = read_payload(content)
+    assert stype == get_codec("quant").stype
+    size = len(payload)
     n = sum(a.size for a in arrays.values())
     assert size <= n * bits / 8 + 64 * len(arrays) + 1024  # b bits per value at most
     fresh = build_run_model(RunSettings(seed=123))

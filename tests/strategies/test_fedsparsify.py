@@ -17,7 +17,7 @@ from fedsqueeze.strategies.methods.fedsparsify import (
     prune_global,
     vote_threshold,
 )
-from fedsqueeze.strategies.payload import PAYLOAD_RECORD
+from fedsqueeze.strategies.payload import read_payload
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
@@ -220,11 +220,11 @@ def _global_round_trip(sparsity):
 
 def test_global_uplink_is_values_only_and_decodes_with_the_sent_mask():
     strategy, pruned, reply = _global_round_trip(0.9)
-    array = reply[PAYLOAD_RECORD]["bytes"]
-    assert array.stype.startswith("fedsqueeze/masked@")
+    stype, data = read_payload(reply)
+    assert stype.startswith("fedsqueeze/masked@")
     nnz = sum(int(np.count_nonzero(a)) for a in pruned.values())
     # fp32 values only: 4 bytes per kept entry plus a small frame header (no positions)
-    assert nnz * 4 < len(array.data) <= nnz * 4 + 96
+    assert nnz * 4 < len(data) <= nnz * 4 + 96
     decoded = (strategy.decode_up(3, 7, reply))
     for key, value in decoded.items():
         assert np.array_equal(value, pruned[key])
@@ -237,7 +237,7 @@ def test_downlink_is_nonzero_values_plus_positions_and_never_dense():
     strategy = method.server(build_run_model(method.settings))
     pruned = _pruned_model(method, 0.9, strategy=strategy)
     content = strategy.encode_down(3, 7, pruned)
-    data = bytes(content[PAYLOAD_RECORD]["bytes"].data)
+    _, data = read_payload(content)
     shapes = [a.shape for a in pruned.values()]
     parts = decode_sparse_parts(data, shapes)
     nnz = sum(st.positions.k for st in parts)
@@ -310,7 +310,7 @@ def test_local_uplink_carries_values_and_the_local_mask():
     client.server_round = 5
     model = client.receive(content, RecordDict(), build_run_model(method.settings))
     reply = client.send(model, RecordDict())
-    assert reply[PAYLOAD_RECORD]["bytes"].stype.startswith("fedsqueeze/sparse@")
+    assert read_payload(reply)[0].startswith("fedsqueeze/sparse@")
     decoded = (strategy.decode_up(5, 7, reply))
     kept = strategy.kept(strategy.local_masks[7])
     assert kept == pytest.approx((1 - method.schedule.sparsity(5)) * 118_282, abs=2)

@@ -8,7 +8,7 @@ import torch
 from flwr.app import RecordDict
 
 from fedsqueeze.codecs import decode_sparse_parts, get_codec, log2_binom
-from fedsqueeze.strategies.payload import PAYLOAD_RECORD, unpack
+from fedsqueeze.strategies.payload import read_payload, unpack
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
@@ -70,7 +70,7 @@ def test_the_uplink_is_coded_positions_plus_values_near_the_bound():
     method = get_method("topk-ef")(RunSettings(), {"topk-ef.sparsity": 0.99})
     strategy = method.server(build_run_model(method.settings))
     *_, reply = _round(method, strategy, RecordDict(), np.random.default_rng(2), 1)
-    size = len(reply[PAYLOAD_RECORD]["bytes"].data)
+    size = len(read_payload(reply)[1])
     k = int(N * 0.01)
     bound = log2_binom(N, k) / 8 + 4 * k
     assert bound < size <= 1.05 * bound + 32
@@ -104,5 +104,5 @@ def test_quantized_values_are_what_the_server_adds_and_shrink_the_uplink():
         assert np.array_equal(server_model, np.add(g, sent, dtype=F))
         remainder = load_array_list(state, "topk-ef.error")[0][0]
         np.testing.assert_allclose(sent + remainder, update, atol=1e-6)
-        sizes[values] = len(reply[PAYLOAD_RECORD]["bytes"].data)
+        sizes[values] = len(read_payload(reply)[1])
     assert sizes["q4"] < 0.5 * sizes["fp32"]
