@@ -32,6 +32,14 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   once an instruction and its objects are stored, and wake the wait for the ClientApp's reply
   (the `time.sleep(0.5)` above, in the same process). With a bell, the timed waits are
   fallbacks and back off to `Waits.bell_cap`;
+* `flwr.superlink.main._get_middleware`: the SuperLink's HTTP app wraps every request in
+  four Control-API middlewares (`flwr.superlink.routers.control.middlewares`: sensitive
+  response, authentication, license, event log), each a Starlette `BaseHTTPMiddleware` with a
+  task group and memory streams per request, though on any other path they only call the
+  next layer (the event-log one also logs there when a plugin is configured). The ServerApp's
+  runtime requests (about a hundred per round) skip them: `ControlOnly` runs each for
+  `/v1/control/` paths only (and the event-log one wherever a plugin is set), so Control-API
+  requests see exactly Flower's stack;
 * `flwr.supernode.runtime.run_clientapp.install_from_fab`: Flower extracts the whole FAB to
   a temporary folder and hashes every file for every message, and only then sees the app is
   installed already and returns its folder (half a ClientApp child's CPU for fc2, measured);
@@ -81,6 +89,12 @@ HEARTBEAT_CONSTANT = "HEARTBEAT_DEFAULT_INTERVAL"
 LINK_STATE = ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState")
 NODE_STATE = ("flwr.supernode.nodestate.in_memory_nodestate", "InMemoryNodeState")
 OBJECT_STORE = ("flwr.supercore.object_store.in_memory_object_store", "InMemoryObjectStore")
+SUPERLINK_APP = "flwr.superlink.main"
+CONTROL_MIDDLEWARES = ("flwr.superlink.routers.control.middlewares",
+                       ("ControlSensitiveResponseMiddleware", "ControlAuthenticationMiddleware",
+                        "ControlLicenseMiddleware", "ControlEventLogMiddleware"))
+CONTROL_PATH_PREFIX = "/v1/control/"
+EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
 
 
@@ -336,6 +350,48 @@ def patch_superlink_rings() -> WhenComplete:
     _call_after(link_state, "store_message_and_object_tree", stored)
     _call_after(object_store, "put", lambda _s, _r, object_id, *a: complete.arrived(object_id))
     return complete
+
+
+class ControlOnly:
+    """An ASGI layer that runs one of the SuperLink's Control-API middlewares only where it
+    does anything: on `/v1/control/` paths, and for the event-log one (`logs_events`)
+    wherever the app has an event-log plugin. Every other request goes straight to the next
+    layer."""
+
+    def __init__(self, app: Any, control: type, logs_events: bool) -> None:
+        self.app, self.control, self.logs_events = app, control(app), logs_events
+
+    def _skips(self, scope: dict[str, Any]) -> bool:
+        if scope["type"] != "http" or scope["path"].startswith(CONTROL_PATH_PREFIX):
+            return False
+        return not self.logs_events or getattr(scope["app"].state, EVENT_LOG_STATE, None) is None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await (self.app if self._skips(scope) else self.control)(scope, receive, send)
+
+
+def patch_superlink_control_middleware() -> None:
+    """In the SuperLink: the Control-API middlewares run for Control-API requests only
+    (`ControlOnly`)."""
+    module = _module(SUPERLINK_APP)
+    stock = _attribute(module, "_get_middleware")
+    where, names = CONTROL_MIDDLEWARES
+    control = {_attribute(_module(where), name): name for name in names}
+    middleware_class = _attribute(_module("starlette.middleware"), "Middleware")
+
+    def get_middleware() -> list[Any]:
+        stack = stock()
+        found = {m.cls for m in stack} & control.keys()
+        if found != control.keys():
+            missing = sorted(control[c] for c in control.keys() - found)
+            raise FlowerInternalsError(f"Flower {flwr.__version__}: the SuperLink's middleware "
+                                       f"stack has no {', '.join(missing)}")
+        return [middleware_class(ControlOnly, control=m.cls,
+                                 logs_events=control[m.cls] == "ControlEventLogMiddleware")
+                if m.cls in control else m for m in stack]
+
+    get_middleware()  # the stack is checked now, not at the SuperLink's start
+    module._get_middleware = get_middleware
 
 
 def patch_pull_backoff(waits: Waits) -> None:

@@ -4,7 +4,8 @@
 
 Everything after `--` goes to Flower's own `flower-superlink` entry point unchanged. A stored
 instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so neither has to
-poll fast to pick them up soon. `--fallback`: if Flower's internals changed, warn and ring
+poll fast to pick them up soon. The Control API's middlewares run for Control-API requests
+only (`flower_internals.ControlOnly`). `--fallback`: if Flower's internals changed, warn and ring
 nothing (the others poll as with a stock SuperLink).
 """
 
@@ -12,7 +13,12 @@ from __future__ import annotations
 
 import sys
 
-from .flower_internals import FlowerInternalsError, check_version, patch_superlink_rings
+from .flower_internals import (
+    FlowerInternalsError,
+    check_version,
+    patch_superlink_control_middleware,
+    patch_superlink_rings,
+)
 from .processes import import_and_freeze
 
 
@@ -20,13 +26,17 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     ours, flower_args = (args[:args.index("--")], args[args.index("--") + 1:]) \
         if "--" in args else ([], args)
-    try:
-        check_version()
-        patch_superlink_rings()
-    except FlowerInternalsError as err:
-        if "--fallback" not in ours:
-            raise
-        print(f"fedsqueeze: WARNING: the SuperLink rings no doorbells: {err}", file=sys.stderr)
+    patches = ((patch_superlink_rings, "rings no doorbells"),
+               (patch_superlink_control_middleware,
+                "runs the Control-API middlewares on every request"))
+    for patch, without in patches:
+        try:
+            check_version()
+            patch()
+        except FlowerInternalsError as err:
+            if "--fallback" not in ours:
+                raise
+            print(f"fedsqueeze: WARNING: the SuperLink {without}: {err}", file=sys.stderr)
     import_and_freeze("flwr.superlink.cli")
     from flwr.superlink.cli import flower_superlink
 
