@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 from flwr.app import Error, Message
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
 
 from fedsqueeze.strategies.payload import payload_bound_bytes, payload_bytes
 
@@ -36,8 +39,14 @@ BELL_FALLBACK_POLL = 0.5  # with a doorbell, the reply poll is only a fallback (
 
 
 def message_bytes(message: Message) -> int:
-    """Serialized size of a message as Flower ships it (all objects of its tree)."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    """Serialized size of a message as Flower ships it (all objects of its tree).
+
+    Each object's id (a SHA-256 of its serialization) is computed once: Flower caches ids of
+    arrays by itself, but a ConfigRecord's id is recomputed on every access (a payload of
+    up to 5 MiB, serialized and hashed again for each parent that lists it) unless, as Flower's
+    own push does, the walk runs under `no_object_id_recompute`."""
+    with no_object_id_recompute():
+        return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
 def _plus(a: float | None, b: float | None) -> float | None:

@@ -23,6 +23,15 @@ def test_message_is_at_least_its_payload_and_overhead_is_small(flower_task):
         assert size < message_bytes(msg) < size + 2_000
 
 
+def test_message_bytes_counts_every_object_once_as_flower_serializes_it(flower_task):
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    msg = _message(25_600)
+    objects = get_all_nested_objects(msg)
+    assert len(objects) == 4   # message, record dict, payload record, config record
+    assert message_bytes(msg) == sum(len(o.deflate()) for o in objects.values())
+
+
 def test_arrays_without_our_stype_are_not_payload(flower_task):
     from flwr.app import Array, ArrayRecord
 
