@@ -27,6 +27,11 @@ def test_the_installed_flower_has_every_internal_we_use():
             "assert callable(clientapp_entry()); patch_superlink_rings(); "
             "from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState; "
             "assert InMemoryLinkState.store_message_and_object_tree.fedsqueeze_hook; "
+            "import flwr.superlink.main as sl; stock = sl._get_middleware(); "
+            "patch_superlink_control_middleware(); ours = sl._get_middleware(); "
+            "pairs = [(a.kwargs.get('control', a.cls), b.cls) for a, b in zip(ours, stock)]; "
+            "assert len(ours) == len(stock) and all(a is b for a, b in pairs); "
+            "assert sum(a.cls is ControlOnly for a in ours) == 4; "
             "print('ok')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
