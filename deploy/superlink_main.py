@@ -5,8 +5,9 @@
 Everything after `--` goes to Flower's own `flower-superlink` entry point unchanged. A stored
 instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so neither has to
 poll fast to pick them up soon. The Control API's middlewares run for Control-API requests
-only (`flower_internals.ControlOnly`). `--fallback`: if Flower's internals changed, warn and ring
-nothing (the others poll as with a stock SuperLink).
+only (`flower_internals.ControlOnly`). `--fallback`: where Flower's internals changed, warn
+and keep Flower's own behaviour for that part (without rings, the others poll as with a stock
+SuperLink).
 """
 
 from __future__ import annotations
