@@ -46,7 +46,11 @@ def message_bytes(message: Message) -> int:
     up to 5 MiB, serialized and hashed again for each parent that lists it) unless, as Flower's
     own push does, the walk runs under `no_object_id_recompute`."""
     with no_object_id_recompute():
-        return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+        return _tree_bytes(message)
+
+
+def _tree_bytes(message: Message) -> int:
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
 def _plus(a: float | None, b: float | None) -> float | None:
@@ -106,19 +110,22 @@ class MeteredGrid:
     def __getattr__(self, name: str):  # get_node_ids, run, create_message, ...
         return getattr(self._grid, name)
 
-    def _record(self, direction: str, node_id: int, message: Message) -> None:
-        content = message.content if message.has_content() else None
-        self._traffic[(self.phase, direction, node_id)].add(
-            payload_bytes(content), message_bytes(message),
-            bound=payload_bound_bytes(content, self.max_payload_elements))
+    def _record(self, direction: str, messages: list[tuple[int, Message]]) -> None:
+        """Measure (node id, message) pairs, under one `no_object_id_recompute`: a record the
+        messages share (a round's global model, sent to every node) is hashed once."""
+        with no_object_id_recompute():
+            for node_id, message in messages:
+                content = message.content if message.has_content() else None
+                self._traffic[(self.phase, direction, node_id)].add(
+                    payload_bytes(content), _tree_bytes(message),
+                    bound=payload_bound_bytes(content, self.max_payload_elements))
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
         """Push, then pull replies (every `poll_interval` s, or when the bell rings) until all
         arrive or `timeout`."""
         messages = list(messages)
-        for message in messages:
-            self._record(DOWN, message.metadata.dst_node_id, message)
+        self._record(DOWN, [(message.metadata.dst_node_id, message) for message in messages])
         ids = list(self._grid.push_messages(messages))
         sent = {i: m for i, m in zip(ids, messages) if i}
         pending = set(sent)
@@ -128,7 +135,7 @@ class MeteredGrid:
             for reply in self._grid.pull_messages(pending):
                 pending.discard(reply.metadata.reply_to_message_id)
                 reply = attributed(reply, sent.get(reply.metadata.reply_to_message_id))
-                self._record(UP, reply.metadata.src_node_id, reply)
+                self._record(UP, [(reply.metadata.src_node_id, reply)])
                 replies.append(reply)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedsqueeze.codecs import get_codec
 
@@ -25,16 +25,26 @@ class DenseModelCodec:
         self.quantized = dtype.startswith("q")
         self.codec = get_codec("quant" if self.quantized else "dense")
         self.dtype = dtype
+        # the arrays last encoded (the dict and its values, held) and their payload record
+        self._last: tuple[Arrays, list, ConfigRecord | ArrayRecord] | None = None
 
     @property
     def stype(self) -> str:
         return self.codec.stype
 
     def encode(self, arrays: Arrays) -> RecordDict:
+        """The arrays as one payload record. The same arrays again (the same dict holding the
+        same array objects: a round's global model, sent to every node) reuse the record,
+        encoded once: one encoding, and one object id for Flower and the meter to hash, per
+        round instead of per node. Records are never changed once built."""
         values = list(arrays.values())
-        payload = self.codec.encode(values, int(self.dtype[1:])) if self.quantized else \
-            self.codec.encode(values, dtype=self.dtype)
-        return RecordDict({PAYLOAD_RECORD: pack(self.codec.stype, payload)})
+        last = self._last
+        if last is None or last[0] is not arrays or len(last[1]) != len(values) \
+                or any(a is not b for a, b in zip(last[1], values)):
+            payload = self.codec.encode(values, int(self.dtype[1:])) if self.quantized else \
+                self.codec.encode(values, dtype=self.dtype)
+            last = self._last = (arrays, values, pack(self.codec.stype, payload))
+        return RecordDict({PAYLOAD_RECORD: last[2]})
 
     def decode(self, content: RecordDict, keys: Sequence[str],
                shapes: Sequence[tuple[int, ...]]) -> Arrays:

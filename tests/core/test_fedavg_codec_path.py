@@ -111,3 +111,18 @@ def test_an_unknown_model_value_format_is_refused():
 
     with pytest.raises(ConfigError, match="fedavg.dtype"):
         _method("q9")
+
+
+def test_the_same_global_model_is_encoded_once_for_every_node_of_a_round():
+    method = _method()
+    model = build_run_model(method.settings)
+    strategy = method.server(model)
+    arrays = model_arrays(model)
+    first, second = (strategy.encode_down(1, node, arrays) for node in (7, 8))
+    assert first is not second   # each message gets its own content (the core adds config)
+    assert first[PAYLOAD_RECORD] is second[PAYLOAD_RECORD]
+    changed = dict(arrays)
+    changed[next(iter(changed))] = changed[next(iter(changed))] + 1.0
+    third = strategy.encode_down(2, 7, changed)
+    assert third[PAYLOAD_RECORD] is not first[PAYLOAD_RECORD]
+    assert read_payload(third) != read_payload(first)

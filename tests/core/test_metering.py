@@ -80,6 +80,19 @@ def test_metered_grid_counts_both_directions_per_node_and_phase(flower_task):
     assert grid.totals(["train:2"])["message_up"] == 0
 
 
+def test_messages_sharing_a_payload_record_are_each_counted_whole(flower_task):
+    shared = pack("fedsqueeze/dense@1", bytes(range(256)) * 40)
+    messages = [Message(RecordDict({PAYLOAD_RECORD: shared,
+                                    "config": ConfigRecord({"server-round": 1})}),
+                        dst_node_id=node, message_type="train") for node in (5, 6)]
+    grid = MeteredGrid(FakeGrid(), poll_interval=0.0)
+    grid.send_and_receive(messages, timeout=5)
+    traffic = grid.traffic("setup")
+    for node, message in zip((5, 6), messages):
+        assert traffic[node][DOWN].payload == 10_240
+        assert traffic[node][DOWN].message == message_bytes(message)
+
+
 class SlowGrid(FakeGrid):
     """Its replies are stored 0.3 s after the push, and then ring the ServerApp's bell."""
 
