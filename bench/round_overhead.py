@@ -30,12 +30,12 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
+from periodic import Periodic  # bench/, the folder of this script
 
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
@@ -88,7 +88,7 @@ def role_of(proc: psutil.Process) -> str:
     return next((role for role, names in ROLES if any(n in command for n in names)), "other")
 
 
-class CpuSampler(threading.Thread):
+class CpuSampler(Periodic):
     """CPU-seconds so far (own and reaped children's) of this launcher and each descendant,
     zombies included, twice a second. A process's time is then always in exactly one place:
     its own until it is reaped, its parent's reaped-children time after, so the change of the
@@ -96,13 +96,11 @@ class CpuSampler(threading.Thread):
     belongs to its parent's (ClientApps to SuperExecs)."""
 
     def __init__(self, interval: float = 0.5) -> None:
-        super().__init__(daemon=True)
-        self.interval = interval
+        super().__init__(interval)
         self.samples: list[tuple[float, dict[tuple[int, float], tuple[str, float]]]] = []
         self._roles: dict[tuple[int, float], str] = {}
-        self._stop_event = threading.Event()
 
-    def sample(self) -> None:
+    def tick(self) -> None:
         me = psutil.Process()
         seen = {}
         for proc in [me, *me.children(recursive=True)]:
@@ -124,14 +122,6 @@ class CpuSampler(threading.Thread):
             parent = proc.ppid()
             return next((role for (pid, _), role in self._roles.items() if pid == parent),
                         "other")
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            self.sample()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
 
     def per_role(self, start: float, end: float) -> dict[str, dict[str, float]]:
         """CPU-seconds by role between the samples nearest `start` and `end`."""

@@ -16,11 +16,11 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
+from periodic import Periodic  # bench/, the folder of this script
 
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
@@ -31,14 +31,12 @@ from fedsqueeze.server.results import read_run
 GIB = 1024 ** 3
 
 
-class MemorySampler(threading.Thread):
+class MemorySampler(Periodic):
     """Peak total PSS and RSS of the launch's processes, sampled every `interval` s."""
 
     def __init__(self, interval: float = 1.0) -> None:
-        super().__init__(daemon=True)
-        self.interval = interval
+        super().__init__(interval)
         self.peak = {"pss": 0, "rss": 0, "processes": 0}
-        self._stop_event = threading.Event()
 
     def sample(self) -> dict[str, int]:
         pss = rss = count = 0
@@ -52,16 +50,10 @@ class MemorySampler(threading.Thread):
             count += 1
         return {"pss": pss, "rss": rss, "processes": count}
 
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            now = self.sample()
-            if now["pss"] > self.peak["pss"]:
-                self.peak = now
-
-    def stop(self) -> dict[str, int]:
-        self._stop_event.set()
-        self.join()
-        return self.peak
+    def tick(self) -> None:
+        now = self.sample()
+        if now["pss"] > self.peak["pss"]:
+            self.peak = now
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         result = simulate(find_app_dir(), run_config, out / name, clients=args.clients,
                           cpus_per_client=1, gpus_per_client=0.0, echo=False)
     wall = time.monotonic() - started
-    peak = sampler.stop()
+    sampler.stop()
+    peak = sampler.peak
     if not result.succeeded:
         print(f"{name} failed: {result.status}", file=sys.stderr)
         return 1

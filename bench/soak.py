@@ -15,12 +15,12 @@ import argparse
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+from periodic import Periodic  # bench/, the folder of this script
 
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.deployment import DeployOptions, deploy
@@ -31,14 +31,14 @@ from fedsqueeze.server.results import read_run
 WATCHED = {name: PROCESS_NAMES[name] for name in ("serverapp", "superlink")}
 
 
-class RssByRound(threading.Thread):
+class RssByRound(Periodic):
     """RSS of the ServerApp and the SuperLink (our descendants) each time a round is written."""
 
     def __init__(self, rounds_path: Path) -> None:
-        super().__init__(daemon=True)
+        super().__init__(0.5)
         self.rounds_path = rounds_path
         self.by_round: dict[int, dict[str, int]] = {}
-        self._halt = threading.Event()
+        self._seen = 0
 
     def _rss(self) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -52,20 +52,14 @@ class RssByRound(threading.Thread):
                 pass
         return found
 
-    def run(self) -> None:
-        seen = 0
-        while not self._halt.wait(0.5):
-            try:
-                done = len(self.rounds_path.read_text().splitlines())
-            except OSError:
-                continue
-            if done > seen:
-                seen = done
-                self.by_round[done] = self._rss()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=5)
+    def tick(self) -> None:
+        try:
+            done = len(self.rounds_path.read_text().splitlines())
+        except OSError:
+            return
+        if done > self._seen:
+            self._seen = done
+            self.by_round[done] = self._rss()
 
 
 def main() -> int:
