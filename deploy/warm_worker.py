@@ -270,15 +270,7 @@ def _warm_imports() -> None:
     its partition (the cache has it from then on), and with 50 SuperNodes that is 50
     children at once."""
     import numpy  # noqa: F401
-    import torch
-
-    # torch imports torch._dynamo (seconds of CPU) lazily, on the first optimizer a process
-    # builds: one throwaway SGD step here, so no ClientApp child pays for it (CPU only, CUDA
-    # stays untouched).
-    weight = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.SGD([weight], lr=0.1)
-    weight.sum().backward()
-    optimizer.step()
+    import torch  # noqa: F401  (CPU only: CUDA stays untouched)
 
     import fedsqueeze.client.app  # noqa: F401
     import fedsqueeze.data.partition  # noqa: F401  (flwr-datasets, HF datasets)
