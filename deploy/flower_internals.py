@@ -46,6 +46,13 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   the warm children return that folder at once when it exists for this FAB's hash, exactly
   what Flower's own early return gives, and install through Flower otherwise.
 
+* `flwr.supercore.telemetry.create_event`: with telemetry off (`FLWR_TELEMETRY_ENABLED=0`,
+  as the launcher sets it) and not logged, Flower still builds every event's payload, and
+  `platform.architecture()` and `platform.processor()` in it run the `file` and `uname`
+  programs: two events per ClientApp, each a fork and two program starts in the warm
+  children (about 1 % of a warm round's CPU, measured with perf). The warm worker makes
+  `create_event` return Flower's own "disabled" answer at once in that case.
+
 Each check names what it looked for; `FlowerInternalsError` says which internal is missing
 or changed. With `fallback=True` a missing internal leaves Flower's stock behaviour with one
 warning line instead.
@@ -94,6 +101,7 @@ CONTROL_MIDDLEWARES = ("flwr.superlink.routers.control.middlewares",
                        ("ControlSensitiveResponseMiddleware", "ControlAuthenticationMiddleware",
                         "ControlLicenseMiddleware", "ControlEventLogMiddleware"))
 CONTROL_PATH_PREFIX = "/v1/control/"
+TELEMETRY = "flwr.supercore.telemetry"
 EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
 
@@ -436,6 +444,19 @@ def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
             raise
         print(f"fedsqueeze: WARNING: keeping Flower's stock waits: {err}", file=sys.stderr)
         return False
+    return True
+
+
+def skip_disabled_telemetry() -> bool:
+    """With Flower's telemetry off and not logged, `create_event` answers "disabled" without
+    building the payload it would drop; True when that applies here."""
+    module = _module(TELEMETRY)
+    enabled, logged = (_attribute(module, name) for name in ("FLWR_TELEMETRY_ENABLED",
+                                                               "FLWR_TELEMETRY_LOGGING"))
+    _attribute(module, "create_event")
+    if enabled == "1" or logged == "1":
+        return False
+    module.create_event = lambda event_type, event_details=None: "disabled"
     return True
 
 

@@ -43,6 +43,7 @@ from .flower_internals import (
     apply_waits,
     clientapp_entry,
     install_executor,
+    skip_disabled_telemetry,
 )
 from .huge_pages import collapse_anonymous_memory
 from .processes import die_with_parent
@@ -321,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if waits is not None and not apply_waits(waits, supernode=False, fallback=args.fallback):
         waits = None
     _warm_imports()
+    skip_disabled_telemetry()
     gc.freeze()  # the imported objects leave the collector's lists: children do not copy them
     collapsed = collapse_anonymous_memory() if args.huge_pages else 0
     slot_dir = args.slot_dir or Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,9 +33,12 @@ def test_the_installed_flower_has_every_internal_we_use():
             "pairs = [(a.kwargs.get('control', a.cls), b.cls) for a, b in zip(ours, stock)]; "
             "assert len(ours) == len(stock) and all(a is b for a, b in pairs); "
             "assert sum(a.cls is ControlOnly for a in ours) == 4; "
+            "import flwr.supercore.telemetry as tm; assert skip_disabled_telemetry(); "
+            "assert tm.create_event(tm.EventType.FLWR_CLIENTAPP_RUN_ENTER, {}) == 'disabled'; "
             "print('ok')")
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_TELEMETRY_LOGGING": "0"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
     assert done.stdout.strip() == "ok", done.stderr
 
 
@@ -51,6 +55,22 @@ def test_a_missing_attribute_is_reported_by_name(monkeypatch):
         fi.clientapp_entry()
     with pytest.raises(fi.FlowerInternalsError, match="HEARTBEAT_MIN_INTERVAL"):
         fi.patch_heartbeat(fi.Waits())
+
+
+@pytest.mark.parametrize("enabled,logged,skipped", [("0", "0", True), ("1", "0", False),
+                                                     ("0", "1", False)])
+def test_telemetry_events_are_skipped_only_when_flower_would_drop_them(monkeypatch, enabled,
+                                                                       logged, skipped):
+    telemetry = types.ModuleType(fi.TELEMETRY)
+    telemetry.FLWR_TELEMETRY_ENABLED, telemetry.FLWR_TELEMETRY_LOGGING = enabled, logged
+    telemetry.create_event = stock = lambda event_type, event_details: "sent"
+    monkeypatch.setattr(fi, "_module", lambda name: telemetry)
+    assert fi.skip_disabled_telemetry() is skipped
+    assert (telemetry.create_event is stock) is not skipped
+    assert telemetry.create_event("ENTER", {}) == ("disabled" if skipped else "sent")
+    del telemetry.create_event
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'create_event'"):
+        fi.skip_disabled_telemetry()
 
 
 def test_a_heartbeat_below_what_the_superlink_accepts_is_refused():
@@ -83,7 +103,9 @@ def test_an_installed_fab_is_not_extracted_again_and_a_new_one_is(monkeypatch, t
     changed = tmp_path / "changed"
     shutil.copytree(app, changed, ignore=shutil.ignore_patterns(
         ".*", "results", "compare", "tests", "docs", "bench"))
-    (changed / "client" / "extra.py").write_text("X = 1\n")
+    pyproject = changed / "pyproject.toml"  # the FAB holds only this file (fab-include)
+    pyproject.write_text(pyproject.read_text().replace('method = "fedavg"',
+                                                       'method = "fedsparsify"'))
     calls = []
 
     def flower_install(*args):
