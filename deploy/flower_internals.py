@@ -46,6 +46,10 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   the warm children return that folder at once when it exists for this FAB's hash, exactly
   what Flower's own early return gives, and install through Flower otherwise.
 
+* `flwr.client.grpc_rere_client.connection.generate_key_pairs`: a SuperNode without a key
+  file (always so without TLS) makes a NIST P-384 pair and signs every Fleet call with it,
+  and the SuperLink verifies each signature; the launcher's SuperNodes make a P-256 pair
+  instead (`auth.py` says why: a tenth of the signing and verifying CPU, 128-bit security);
 * `flwr.supercore.telemetry.create_event`: with telemetry off (`FLWR_TELEMETRY_ENABLED=0`,
   as the launcher sets it) and not logged, Flower still builds every event's payload, and
   `platform.architecture()` and `platform.processor()` in it run the `file` and `uname`
@@ -102,6 +106,7 @@ CONTROL_MIDDLEWARES = ("flwr.superlink.routers.control.middlewares",
                         "ControlLicenseMiddleware", "ControlEventLogMiddleware"))
 CONTROL_PATH_PREFIX = "/v1/control/"
 TELEMETRY = "flwr.supercore.telemetry"
+FLEET_CONNECTION = "flwr.client.grpc_rere_client.connection"
 EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
 
@@ -427,17 +432,33 @@ def patch_heartbeat(waits: Waits) -> None:
         setattr(module, HEARTBEAT_CONSTANT, waits.heartbeat_interval)
 
 
+def patch_generated_node_key() -> None:
+    """A SuperNode that makes its own key pair makes a P-256 one (see `auth.py`)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    module = _module(FLEET_CONNECTION)
+    _attribute(module, "generate_key_pairs")
+
+    def generate_key_pairs() -> tuple[ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey]:
+        private_key = ec.generate_private_key(ec.SECP256R1())
+        return private_key, private_key.public_key()
+
+    module.generate_key_pairs = generate_key_pairs
+
+
 def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
                 executor_bell: str | None = None) -> bool:
     """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
     internal keeps Flower's stock waits and prints one warning line. A SuperNode also gets
-    its doorbells (`executor_bell`: the name its SuperExec waits on, if any)."""
+    its doorbells (`executor_bell`: the name its SuperExec waits on, if any) and, when it
+    makes its own key pair, a P-256 one."""
     try:
         check_version()
         if supernode:
             sleeper = patch_supernode_waits(waits)
             patch_supernode_bells(waits, sleeper, executor_bell)
             patch_heartbeat(waits)
+            patch_generated_node_key()
         patch_pull_backoff(waits)
     except FlowerInternalsError as err:
         if not fallback:

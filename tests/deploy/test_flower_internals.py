@@ -25,6 +25,7 @@ def test_the_installed_flower_has_every_internal_we_use():
             "assert u.pull_objects.__kwdefaults__['initial_backoff'] == Waits().pull_backoff; "
             "import flwr.client.grpc_rere_client.connection as c, flwr.supercore.heartbeat as h; "
             "assert c.HEARTBEAT_DEFAULT_INTERVAL == h.HEARTBEAT_DEFAULT_INTERVAL == 10; "
+            "assert c.generate_key_pairs()[0].curve.name == 'secp256r1'; "
             "assert callable(clientapp_entry()); patch_superlink_rings(); "
             "from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState; "
             "assert InMemoryLinkState.store_message_and_object_tree.fedsqueeze_hook; "
@@ -55,6 +56,8 @@ def test_a_missing_attribute_is_reported_by_name(monkeypatch):
         fi.clientapp_entry()
     with pytest.raises(fi.FlowerInternalsError, match="HEARTBEAT_MIN_INTERVAL"):
         fi.patch_heartbeat(fi.Waits())
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'generate_key_pairs'"):
+        fi.patch_generated_node_key()
 
 
 @pytest.mark.parametrize("enabled,logged,skipped", [("0", "0", True), ("1", "0", False),
