@@ -44,8 +44,15 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   a temporary folder and hashes every file for every message, and only then sees the app is
   installed already and returns its folder (half a ClientApp child's CPU for fc2, measured);
   the warm children return that folder at once when it exists for this FAB's hash, exactly
-  what Flower's own early return gives, and install through Flower otherwise.
-
+  what Flower's own early return gives, and install through Flower otherwise;
+* `flwr.supernode.main.create_app` and the SuperLink's `_get_middleware`: two more
+  `BaseHTTPMiddleware` layers wrap every request of both HTTP APIs, Flower's error
+  translation (`flwr.supercore.error.http.http_error_translator`) and protobuf translation
+  (`flwr.supercore.protobuf.translation.ProtobufTranslationMiddleware`); a SuperNode serves
+  about 13 runtime requests per ClientApp task, and those two layers took a quarter of its
+  API server's CPU (py-spy). `RuntimeUnary` runs each layer's own `dispatch` for the unary
+  runtime routes (`PROTOBUF_REQUEST_TYPES` under `/v1/runtime/`) without that machinery,
+  and every other request through Flower's middleware as it is;
 * `flwr.client.grpc_rere_client.connection.generate_key_pairs`: a SuperNode without a key
   file (always so without TLS) makes a NIST P-384 pair and signs every Fleet call with it,
   and the SuperLink verifies each signature; the launcher's SuperNodes make a P-256 pair
@@ -106,6 +113,10 @@ CONTROL_MIDDLEWARES = ("flwr.superlink.routers.control.middlewares",
                         "ControlLicenseMiddleware", "ControlEventLogMiddleware"))
 CONTROL_PATH_PREFIX = "/v1/control/"
 TELEMETRY = "flwr.supercore.telemetry"
+SUPERNODE_APP = "flwr.supernode.main"
+TRANSLATION = ("flwr.supercore.protobuf.translation", "ProtobufTranslationMiddleware")
+ERROR_TRANSLATOR = ("flwr.supercore.error.http", "http_error_translator")
+RUNTIME_PATH_PREFIX = "/v1/runtime/"
 FLEET_CONNECTION = "flwr.client.grpc_rere_client.connection"
 EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
@@ -383,14 +394,100 @@ class ControlOnly:
         await (self.app if self._skips(scope) else self.control)(scope, receive, send)
 
 
+class RuntimeUnary:
+    """An ASGI layer that runs one of Flower's `BaseHTTPMiddleware`s (given as its
+    `Middleware` entry) for unary runtime requests without the task group and memory
+    streams `BaseHTTPMiddleware` sets up per request: the middleware's own `dispatch` gets a
+    `call_next` that runs the rest of the app to its end and returns the response it sent
+    (for a protobuf route, Flower's empty placeholder or a JSON error), with the request
+    body replayed to it. Other requests go through Flower's middleware unchanged."""
+
+    def __init__(self, app: Any, stock: Any, unary_paths: frozenset[tuple[str, str]]) -> None:
+        self.app, self.unary_paths = app, unary_paths
+        self.stock = stock.cls(app, *stock.args, **stock.kwargs)
+        self.dispatch = self.stock.dispatch_func
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) not in self.unary_paths:
+            await self.stock(scope, receive, send)
+            return
+        from starlette.requests import Request
+
+        response = await self.dispatch(Request(scope, receive), self._call_next)
+        await response(scope, receive, send)
+
+    async def _call_next(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        body = await request.body()
+        pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            return pending.pop() if pending else await request.receive()
+
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await self.app(request.scope, receive, send)
+        if not start:
+            raise RuntimeError(f"{request.url.path}: the app sent no response")
+        response = Response(b"".join(chunks), status_code=start["status"])
+        response.raw_headers = list(start.get("headers", []))
+        return response
+
+
+def _runtime_unary_wrapper() -> Callable[[Any], Any]:
+    """Maps a `Middleware` entry to a `RuntimeUnary` one when it is Flower's protobuf or
+    error translation (checked to exist now), and leaves any other entry as it is."""
+    translation = _attribute(_module(TRANSLATION[0]), TRANSLATION[1])
+    translator = _attribute(_module(ERROR_TRANSLATOR[0]), ERROR_TRANSLATOR[1])
+    routes = _attribute(_module(TRANSLATION[0]), "PROTOBUF_REQUEST_TYPES")
+    unary = frozenset(key for key in routes if key[1].startswith(RUNTIME_PATH_PREFIX))
+    middleware_class = _attribute(_module("starlette.middleware"), "Middleware")
+
+    def wrap(entry: Any) -> Any:
+        if entry.cls is translation or entry.kwargs.get("dispatch") is translator:
+            return middleware_class(RuntimeUnary, stock=entry, unary_paths=unary)
+        return entry
+
+    return wrap
+
+
+def patch_supernode_runtime_unary() -> None:
+    """In a SuperNode: its runtime API's translation layers run as `RuntimeUnary`."""
+    module = _module(SUPERNODE_APP)
+    stock = _attribute(module, "create_app")
+    wrap = _runtime_unary_wrapper()
+
+    @functools.wraps(stock)
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        app = stock(*args, **kwargs)
+        wrapped = [wrap(entry) for entry in app.user_middleware]
+        if sum(e.cls is RuntimeUnary for e in wrapped) != 2:
+            raise FlowerInternalsError(f"Flower {flwr.__version__}: the SuperNode's app has no "
+                                       "protobuf and error translation middleware")
+        app.user_middleware = wrapped
+        return app
+
+    create_app(None)  # the stack is checked now, not at the SuperNode's start
+    module.create_app = create_app
+
+
 def patch_superlink_control_middleware() -> None:
     """In the SuperLink: the Control-API middlewares run for Control-API requests only
-    (`ControlOnly`)."""
+    (`ControlOnly`), the protobuf and error translation as `RuntimeUnary`."""
     module = _module(SUPERLINK_APP)
     stock = _attribute(module, "_get_middleware")
     where, names = CONTROL_MIDDLEWARES
     control = {_attribute(_module(where), name): name for name in names}
     middleware_class = _attribute(_module("starlette.middleware"), "Middleware")
+    wrap = _runtime_unary_wrapper()
 
     def get_middleware() -> list[Any]:
         stack = stock()
@@ -399,9 +496,13 @@ def patch_superlink_control_middleware() -> None:
             missing = sorted(control[c] for c in control.keys() - found)
             raise FlowerInternalsError(f"Flower {flwr.__version__}: the SuperLink's middleware "
                                        f"stack has no {', '.join(missing)}")
-        return [middleware_class(ControlOnly, control=m.cls,
-                                 logs_events=control[m.cls] == "ControlEventLogMiddleware")
-                if m.cls in control else m for m in stack]
+        patched = [middleware_class(ControlOnly, control=m.cls,
+                                    logs_events=control[m.cls] == "ControlEventLogMiddleware")
+                   if m.cls in control else wrap(m) for m in stack]
+        if sum(m.cls is RuntimeUnary for m in patched) != 2:
+            raise FlowerInternalsError(f"Flower {flwr.__version__}: the SuperLink's middleware "
+                                       "stack has no protobuf and error translation")
+        return patched
 
     get_middleware()  # the stack is checked now, not at the SuperLink's start
     module._get_middleware = get_middleware
@@ -450,8 +551,8 @@ def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
                 executor_bell: str | None = None) -> bool:
     """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
     internal keeps Flower's stock waits and prints one warning line. A SuperNode also gets
-    its doorbells (`executor_bell`: the name its SuperExec waits on, if any) and, when it
-    makes its own key pair, a P-256 one."""
+    its doorbells (`executor_bell`: the name its SuperExec waits on, if any), a P-256 key
+    pair when it makes its own, and its runtime API's translation layers as `RuntimeUnary`."""
     try:
         check_version()
         if supernode:
@@ -459,6 +560,7 @@ def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
             patch_supernode_bells(waits, sleeper, executor_bell)
             patch_heartbeat(waits)
             patch_generated_node_key()
+            patch_supernode_runtime_unary()
         patch_pull_backoff(waits)
     except FlowerInternalsError as err:
         if not fallback:

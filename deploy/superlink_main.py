@@ -5,9 +5,10 @@
 Everything after `--` goes to Flower's own `flower-superlink` entry point unchanged. A stored
 instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so neither has to
 poll fast to pick them up soon. The Control API's middlewares run for Control-API requests
-only (`flower_internals.ControlOnly`). `--fallback`: where Flower's internals changed, warn
-and keep Flower's own behaviour for that part (without rings, the others poll as with a stock
-SuperLink).
+only (`flower_internals.ControlOnly`), the protobuf and error translation of runtime requests
+without Starlette's per-request streams (`RuntimeUnary`). `--fallback`: where Flower's
+internals changed, warn and keep Flower's own behaviour for that part (without rings, the
+others poll as with a stock SuperLink).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
         if "--" in args else ([], args)
     patches = ((patch_superlink_rings, "rings no doorbells"),
                (patch_superlink_control_middleware,
-                "runs the Control-API middlewares on every request"))
+                "runs Flower's whole middleware stack on every request"))
     for patch, without in patches:
         try:
             check_version()

@@ -66,3 +66,51 @@ def test_a_missing_control_middleware_is_reported_by_name(monkeypatch):
     with pytest.raises(fi.FlowerInternalsError, match="no ControlLicenseMiddleware"):
         fi.patch_superlink_control_middleware()
     assert fake._get_middleware() == stack   # nothing was patched
+
+
+class BodyReader(BaseHTTPMiddleware):
+    """Reads the body before the app does, as Flower's protobuf translation does."""
+
+    async def dispatch(self, request, call_next):
+        body = await request.body()
+        response = await call_next(request)
+        response.headers["x-seen"] = str(len(body))
+        return response
+
+
+def test_runtime_unary_runs_the_dispatch_and_replays_the_body_to_the_app():
+    async def echo(request):
+        return PlainTextResponse((await request.body()).decode(), status_code=201,
+                                 headers={"x-app": "1"})
+
+    unary = frozenset({("POST", "/v1/runtime/pull-messages")})
+    app = Starlette(routes=[Route("/v1/runtime/pull-messages", echo, methods=["POST"]),
+                            Route("/v1/control/list-runs", echo, methods=["POST"])],
+                    middleware=[Middleware(fi.RuntimeUnary, stock=Middleware(BodyReader),
+                                           unary_paths=unary)])
+    client = TestClient(app)
+    for path in ("/v1/runtime/pull-messages", "/v1/control/list-runs"):  # fast and stock
+        response = client.post(path, content=b"hello")
+        assert (response.status_code, response.text) == (201, "hello")
+        assert response.headers["x-app"] == "1" and response.headers["x-seen"] == "5"
+
+
+def test_flowers_supernode_api_answers_the_same_through_runtime_unary(monkeypatch):
+    """Flower's own SuperNode app, its translation layers run by `RuntimeUnary` or not:
+    the same answers to a wrong media type, to a request without node state and to a
+    malformed protobuf body."""
+    import flwr.supernode.main as supernode
+
+    monkeypatch.setattr(supernode, "create_app", supernode.create_app)  # restored after
+    stock = TestClient(supernode.create_app(), raise_server_exceptions=False)
+    fi.patch_supernode_runtime_unary()
+    ours = TestClient(supernode.create_app(), raise_server_exceptions=False)
+    requests = [("/v1/runtime/send-task-heartbeat", "text/plain", b""),
+                ("/v1/runtime/send-task-heartbeat", "application/protobuf", b""),
+                ("/v1/runtime/pull-object", "application/protobuf", b"\xff\xff"),
+                ("/health", "application/json", b"")]
+    for path, media_type, body in requests:
+        answers = [client.post(path, content=body, headers={"content-type": media_type})
+                   for client in (stock, ours)]
+        assert answers[0].status_code == answers[1].status_code, path
+        assert answers[0].content == answers[1].content, path
