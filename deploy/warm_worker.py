@@ -275,9 +275,11 @@ def _warm_imports() -> None:
 
     import fedsqueeze.client.app  # noqa: F401
     import fedsqueeze.data.partition  # noqa: F401  (flwr-datasets, HF datasets)
-    from fedsqueeze.strategies.registry import method_names
+    from fedsqueeze.strategies.registry import get_method, method_names
+    from fedsqueeze.strategies.settings import RunSettings, field_types
 
-    method_names()  # imports every method module
+    for config in (RunSettings, *(get_method(name).Config for name in method_names())):
+        field_types(config)  # imports every method module and resolves its settings' types
 
 
 def _status(children: dict[int, Served]) -> str:
