@@ -53,6 +53,12 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   API server's CPU (py-spy). `RuntimeUnary` runs each layer's own `dispatch` for the unary
   runtime routes (`PROTOBUF_REQUEST_TYPES` under `/v1/runtime/`) without that machinery,
   and every other request through Flower's middleware as it is;
+* `fastapi.dependencies.utils.run_in_threadpool`: FastAPI runs every synchronous dependency
+  in a worker thread, and each runtime request resolves four or five of Flower's (runtime
+  state, handlers, task token, protobuf request, runtime version), each a few dictionary
+  lookups: the thread hops took a quarter of a SuperNode's API server CPU (py-spy).
+  `InlineDependencies` calls those (`INLINE_DEPENDENCIES`, checked to exist) in the event
+  loop, and everything else in the thread pool as before;
 * `flwr.client.grpc_rere_client.connection.generate_key_pairs`: a SuperNode without a key
   file (always so without TLS) makes a NIST P-384 pair and signs every Fleet call with it,
   and the SuperLink verifies each signature; the launcher's SuperNodes make a P-256 pair
@@ -117,6 +123,13 @@ SUPERNODE_APP = "flwr.supernode.main"
 TRANSLATION = ("flwr.supercore.protobuf.translation", "ProtobufTranslationMiddleware")
 ERROR_TRANSLATOR = ("flwr.supercore.error.http", "http_error_translator")
 RUNTIME_PATH_PREFIX = "/v1/runtime/"
+FASTAPI_DEPENDENCIES = "fastapi.dependencies.utils"
+INLINE_DEPENDENCIES = (
+    ("flwr.supercore.dependencies.runtime",
+     ("get_runtime_state", "get_runtime_handlers", "get_task", "SuperExecAuthDependency")),
+    ("flwr.supercore.dependencies.runtime_version", ("RuntimeVersionDependency",)),
+    ("flwr.supercore.protobuf.translation", ("get_protobuf_request",)),
+)
 FLEET_CONNECTION = "flwr.client.grpc_rere_client.connection"
 EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
@@ -459,6 +472,31 @@ def _runtime_unary_wrapper() -> Callable[[Any], Any]:
     return wrap
 
 
+class InlineDependencies:
+    """A stand-in for the `run_in_threadpool` FastAPI resolves synchronous dependencies with:
+    Flower's cheap ones (given as functions, or classes whose instances are the dependency)
+    run in the event loop, any other callable in the thread pool (`stock`)."""
+
+    def __init__(self, stock: Callable[..., Any], inline: set[Any]) -> None:
+        self.stock, self.inline = stock, inline
+
+    async def __call__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if func in self.inline or type(func) in self.inline:
+            return func(*args, **kwargs)
+        return await self.stock(func, *args, **kwargs)
+
+
+def patch_inline_dependencies() -> None:
+    """Flower's runtime dependencies run in the event loop (`InlineDependencies`)."""
+    module = _module(FASTAPI_DEPENDENCIES)
+    stock = _attribute(module, "run_in_threadpool")
+    if isinstance(stock, InlineDependencies):
+        return
+    inline = {_attribute(_module(where), name) for where, names in INLINE_DEPENDENCIES
+              for name in names}
+    module.run_in_threadpool = InlineDependencies(stock, inline)
+
+
 def patch_supernode_runtime_unary() -> None:
     """In a SuperNode: its runtime API's translation layers run as `RuntimeUnary`."""
     module = _module(SUPERNODE_APP)
@@ -552,7 +590,8 @@ def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
     """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
     internal keeps Flower's stock waits and prints one warning line. A SuperNode also gets
     its doorbells (`executor_bell`: the name its SuperExec waits on, if any), a P-256 key
-    pair when it makes its own, and its runtime API's translation layers as `RuntimeUnary`."""
+    pair when it makes its own, its runtime API's translation layers as `RuntimeUnary` and
+    Flower's runtime dependencies in the event loop (`InlineDependencies`)."""
     try:
         check_version()
         if supernode:
@@ -561,6 +600,7 @@ def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
             patch_heartbeat(waits)
             patch_generated_node_key()
             patch_supernode_runtime_unary()
+            patch_inline_dependencies()
         patch_pull_backoff(waits)
     except FlowerInternalsError as err:
         if not fallback:

@@ -6,9 +6,10 @@ Everything after `--` goes to Flower's own `flower-superlink` entry point unchan
 instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so neither has to
 poll fast to pick them up soon. The Control API's middlewares run for Control-API requests
 only (`flower_internals.ControlOnly`), the protobuf and error translation of runtime requests
-without Starlette's per-request streams (`RuntimeUnary`). `--fallback`: where Flower's
-internals changed, warn and keep Flower's own behaviour for that part (without rings, the
-others poll as with a stock SuperLink).
+without Starlette's per-request streams (`RuntimeUnary`), and Flower's runtime dependencies
+in the event loop (`InlineDependencies`). `--fallback`: where Flower's internals changed,
+warn and keep Flower's own behaviour for that part (without rings, the others poll as with a
+stock SuperLink).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from .flower_internals import (
     FlowerInternalsError,
     check_version,
+    patch_inline_dependencies,
     patch_superlink_control_middleware,
     patch_superlink_rings,
 )
@@ -30,7 +32,9 @@ def main(argv: list[str] | None = None) -> None:
         if "--" in args else ([], args)
     patches = ((patch_superlink_rings, "rings no doorbells"),
                (patch_superlink_control_middleware,
-                "runs Flower's whole middleware stack on every request"))
+                "runs Flower's whole middleware stack on every request"),
+               (patch_inline_dependencies,
+                "resolves Flower's runtime dependencies in worker threads"))
     for patch, without in patches:
         try:
             check_version()

@@ -95,22 +95,59 @@ def test_runtime_unary_runs_the_dispatch_and_replays_the_body_to_the_app():
         assert response.headers["x-app"] == "1" and response.headers["x-seen"] == "5"
 
 
-def test_flowers_supernode_api_answers_the_same_through_runtime_unary(monkeypatch):
-    """Flower's own SuperNode app, its translation layers run by `RuntimeUnary` or not:
-    the same answers to a wrong media type, to a request without node state and to a
-    malformed protobuf body."""
+def test_flowers_supernode_api_answers_the_same_with_our_patches(monkeypatch):
+    """Flower's own SuperNode app, stock and with its translation layers run by
+    `RuntimeUnary` and its runtime dependencies inline: the same answers to a wrong media
+    type, to a request without node state and to a malformed protobuf body."""
+    import fastapi.dependencies.utils as dependencies
     import flwr.supernode.main as supernode
 
-    monkeypatch.setattr(supernode, "create_app", supernode.create_app)  # restored after
-    stock = TestClient(supernode.create_app(), raise_server_exceptions=False)
-    fi.patch_supernode_runtime_unary()
-    ours = TestClient(supernode.create_app(), raise_server_exceptions=False)
     requests = [("/v1/runtime/send-task-heartbeat", "text/plain", b""),
                 ("/v1/runtime/send-task-heartbeat", "application/protobuf", b""),
                 ("/v1/runtime/pull-object", "application/protobuf", b"\xff\xff"),
                 ("/health", "application/json", b"")]
-    for path, media_type, body in requests:
-        answers = [client.post(path, content=body, headers={"content-type": media_type})
-                   for client in (stock, ours)]
-        assert answers[0].status_code == answers[1].status_code, path
-        assert answers[0].content == answers[1].content, path
+
+    def answers() -> list[tuple[int, bytes]]:
+        client = TestClient(supernode.create_app(), raise_server_exceptions=False)
+        return [(r.status_code, r.content) for r in (
+            client.post(path, content=body, headers={"content-type": media_type})
+            for path, media_type, body in requests)]
+
+    stock = answers()
+    monkeypatch.setattr(supernode, "create_app", supernode.create_app)  # restored after
+    monkeypatch.setattr(dependencies, "run_in_threadpool", dependencies.run_in_threadpool)
+    fi.patch_supernode_runtime_unary()
+    fi.patch_inline_dependencies()
+    assert isinstance(dependencies.run_in_threadpool, fi.InlineDependencies)
+    assert answers() == stock
+    assert {status for status, _ in stock} == {415, 503, 400, 405}
+
+
+def test_only_flowers_cheap_dependencies_run_inline():
+    import asyncio
+    import threading
+
+    class Cheap:
+        def __call__(self):
+            return threading.current_thread()
+
+    def costly():
+        return threading.current_thread()
+
+    async def in_pool(func, *args, **kwargs):
+        return await asyncio.to_thread(func, *args, **kwargs)
+
+    inline = fi.InlineDependencies(in_pool, {Cheap})
+    loop_thread = threading.current_thread()
+    assert asyncio.run(inline(Cheap())) is loop_thread
+    assert asyncio.run(inline(costly)) is not loop_thread
+
+
+def test_a_missing_inline_dependency_is_reported_by_name(monkeypatch):
+    monkeypatch.setattr(fi, "INLINE_DEPENDENCIES",
+                        (("flwr.supercore.dependencies.runtime", ("get_runtime_sate",)),))
+    import fastapi.dependencies.utils as dependencies
+
+    monkeypatch.setattr(dependencies, "run_in_threadpool", dependencies.run_in_threadpool)
+    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'get_runtime_sate'"):
+        fi.patch_inline_dependencies()

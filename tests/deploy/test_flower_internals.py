@@ -39,6 +39,8 @@ def test_the_installed_flower_has_every_internal_we_use():
             "assert sum(a.cls is RuntimeUnary for a in ours) == 2; "
             "import flwr.supernode.main as sn; "
             "assert sum(m.cls is RuntimeUnary for m in sn.create_app().user_middleware) == 2; "
+            "import fastapi.dependencies.utils as fd; "
+            "assert isinstance(fd.run_in_threadpool, InlineDependencies); "
             "import flwr.supercore.telemetry as tm; assert skip_disabled_telemetry(); "
             "assert tm.create_event(tm.EventType.FLWR_CLIENTAPP_RUN_ENTER, {}) == 'disabled'; "
             "print('ok')")
