@@ -1,5 +1,9 @@
 """`flower-supernode` with Flower's hard-coded waits shortened and doorbells (flower_internals.py).
 
+The same call (`apply_waits`) also makes the SuperNode's self-made key pair P-256 and serves
+its runtime API's unary requests without Starlette's per-request streams and worker-thread
+hops (`RuntimeUnary`, `InlineDependencies`).
+
     python -m fedsqueeze.deploy.supernode_main [--fallback] [--poll-cap S]
         [--executor-bell KEY] -- FLOWER ARGS...
 
