@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +49,8 @@ class PlainSgd:
     with a momentum buffer per parameter, so the result is bit-identical to
     `torch.optim.SGD(params, lr, momentum, weight_decay=...)` (a test)."""
 
-    def __init__(self, params, *, lr: float, momentum: float, weight_decay: float) -> None:
+    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, momentum: float,
+                 weight_decay: float) -> None:
         self.params = list(params)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.params)
