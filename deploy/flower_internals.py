@@ -89,7 +89,7 @@ import time as _time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any
 
 import flwr
@@ -455,19 +455,24 @@ class RuntimeUnary:
         return response
 
 
-def _runtime_unary_wrapper() -> Callable[[Any], Any]:
-    """Maps a `Middleware` entry to a `RuntimeUnary` one when it is Flower's protobuf or
-    error translation (checked to exist now), and leaves any other entry as it is."""
+def _runtime_unary_wrapper(owner: str) -> Callable[[list[Any]], list[Any]]:
+    """Maps a middleware stack (`Middleware` entries) to one where Flower's protobuf and
+    error translation (checked to exist now) are `RuntimeUnary` entries; a stack without
+    both is reported as `owner`'s."""
     translation = _attribute(_module(TRANSLATION[0]), TRANSLATION[1])
     translator = _attribute(_module(ERROR_TRANSLATOR[0]), ERROR_TRANSLATOR[1])
     routes = _attribute(_module(TRANSLATION[0]), "PROTOBUF_REQUEST_TYPES")
     unary = frozenset(key for key in routes if key[1].startswith(RUNTIME_PATH_PREFIX))
     middleware_class = _attribute(_module("starlette.middleware"), "Middleware")
 
-    def wrap(entry: Any) -> Any:
-        if entry.cls is translation or entry.kwargs.get("dispatch") is translator:
-            return middleware_class(RuntimeUnary, stock=entry, unary_paths=unary)
-        return entry
+    def wrap(stack: list[Any]) -> list[Any]:
+        wrapped = [middleware_class(RuntimeUnary, stock=entry, unary_paths=unary)
+                   if entry.cls is translation or entry.kwargs.get("dispatch") is translator
+                   else entry for entry in stack]
+        if sum(entry.cls is RuntimeUnary for entry in wrapped) != 2:
+            raise FlowerInternalsError(f"Flower {flwr.__version__}: the {owner}'s middleware "
+                                       "stack has no protobuf and error translation")
+        return wrapped
 
     return wrap
 
@@ -478,10 +483,16 @@ class InlineDependencies:
     run in the event loop, any other callable in the thread pool (`stock`)."""
 
     def __init__(self, stock: Callable[..., Any], inline: set[Any]) -> None:
-        self.stock, self.inline = stock, inline
+        self.stock, self.inline = stock, frozenset(inline)
+
+    def _is_inline(self, func: Callable[..., Any]) -> bool:
+        if type(func) in self.inline:
+            return True
+        # only plain functions are looked up by value: another callable may be unhashable
+        return isinstance(func, FunctionType) and func in self.inline
 
     async def __call__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if func in self.inline or type(func) in self.inline:
+        if self._is_inline(func):
             return func(*args, **kwargs)
         return await self.stock(func, *args, **kwargs)
 
@@ -501,16 +512,12 @@ def patch_supernode_runtime_unary() -> None:
     """In a SuperNode: its runtime API's translation layers run as `RuntimeUnary`."""
     module = _module(SUPERNODE_APP)
     stock = _attribute(module, "create_app")
-    wrap = _runtime_unary_wrapper()
+    wrap = _runtime_unary_wrapper("SuperNode")
 
     @functools.wraps(stock)
     def create_app(*args: Any, **kwargs: Any) -> Any:
         app = stock(*args, **kwargs)
-        wrapped = [wrap(entry) for entry in app.user_middleware]
-        if sum(e.cls is RuntimeUnary for e in wrapped) != 2:
-            raise FlowerInternalsError(f"Flower {flwr.__version__}: the SuperNode's app has no "
-                                       "protobuf and error translation middleware")
-        app.user_middleware = wrapped
+        app.user_middleware = wrap(app.user_middleware)
         return app
 
     create_app(None)  # the stack is checked now, not at the SuperNode's start
@@ -525,7 +532,7 @@ def patch_superlink_control_middleware() -> None:
     where, names = CONTROL_MIDDLEWARES
     control = {_attribute(_module(where), name): name for name in names}
     middleware_class = _attribute(_module("starlette.middleware"), "Middleware")
-    wrap = _runtime_unary_wrapper()
+    wrap = _runtime_unary_wrapper("SuperLink")
 
     def get_middleware() -> list[Any]:
         stack = stock()
@@ -534,13 +541,9 @@ def patch_superlink_control_middleware() -> None:
             missing = sorted(control[c] for c in control.keys() - found)
             raise FlowerInternalsError(f"Flower {flwr.__version__}: the SuperLink's middleware "
                                        f"stack has no {', '.join(missing)}")
-        patched = [middleware_class(ControlOnly, control=m.cls,
-                                    logs_events=control[m.cls] == "ControlEventLogMiddleware")
-                   if m.cls in control else wrap(m) for m in stack]
-        if sum(m.cls is RuntimeUnary for m in patched) != 2:
-            raise FlowerInternalsError(f"Flower {flwr.__version__}: the SuperLink's middleware "
-                                       "stack has no protobuf and error translation")
-        return patched
+        return wrap([middleware_class(ControlOnly, control=m.cls,
+                                      logs_events=control[m.cls] == "ControlEventLogMiddleware")
+                     if m.cls in control else m for m in stack])
 
     get_middleware()  # the stack is checked now, not at the SuperLink's start
     module._get_middleware = get_middleware

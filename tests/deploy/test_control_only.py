@@ -137,10 +137,21 @@ def test_only_flowers_cheap_dependencies_run_inline():
     async def in_pool(func, *args, **kwargs):
         return await asyncio.to_thread(func, *args, **kwargs)
 
-    inline = fi.InlineDependencies(in_pool, {Cheap})
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self):
+            return threading.current_thread()
+
+    def cheap_function():
+        return threading.current_thread()
+
+    inline = fi.InlineDependencies(in_pool, {Cheap, cheap_function})
     loop_thread = threading.current_thread()
     assert asyncio.run(inline(Cheap())) is loop_thread
+    assert asyncio.run(inline(cheap_function)) is loop_thread
     assert asyncio.run(inline(costly)) is not loop_thread
+    assert asyncio.run(inline(Unhashable())) is not loop_thread
 
 
 def test_a_missing_inline_dependency_is_reported_by_name(monkeypatch):
@@ -151,3 +162,9 @@ def test_a_missing_inline_dependency_is_reported_by_name(monkeypatch):
     monkeypatch.setattr(dependencies, "run_in_threadpool", dependencies.run_in_threadpool)
     with pytest.raises(fi.FlowerInternalsError, match="no attribute 'get_runtime_sate'"):
         fi.patch_inline_dependencies()
+
+
+def test_a_stack_without_flowers_translation_layers_is_reported():
+    wrap = fi._runtime_unary_wrapper("SuperNode")
+    with pytest.raises(fi.FlowerInternalsError, match="SuperNode's middleware stack has no"):
+        wrap([Middleware(Recorder)])
