@@ -626,6 +626,14 @@ def skip_disabled_telemetry() -> bool:
     return True
 
 
+def import_task_modules() -> None:
+    """Import Flower's SuperExec loop and ClientApp entry. The warm worker does this before it
+    forks its SuperExecs, which then share these modules (FastAPI and pydantic among them:
+    about 0.3 CPU-s and 12 MiB per SuperExec when each imported its own)."""
+    for name in (SUPEREXEC, CLIENTAPP_ENTRY):
+        _module(name)
+
+
 def install_executor(make_executor: Callable[..., Any]) -> Callable[..., None]:
     """Make SuperExec launch tasks with `make_executor()`; returns Flower's `run_superexec`."""
     check_version()

@@ -146,3 +146,15 @@ def test_a_superexec_holds_the_partition_its_child_read_for_the_next_children():
     hints.take()  # nothing new: nothing read again
     assert runtime._client_data.cache_info().currsize == 1
     runtime._client_data.cache_clear()
+
+
+def test_a_superexec_imports_nothing_after_the_worker_forks_it():
+    code = ("import sys; from fedsqueeze.deploy import warm_worker as w; w._warm_imports(); "
+            "before = set(sys.modules); "
+            "from fedsqueeze.deploy.flower_internals import clientapp_entry, install_executor; "
+            "install_executor(w.ForkExecutor); w.ForkExecutor(); "
+            "print(sorted(set(sys.modules) - before))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # imported before the fork: shared, not per SuperExec
