@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from logging import INFO
 
 import numpy as np
@@ -56,6 +58,11 @@ def partition_identity(node_config: dict, settings: RunSettings) -> tuple[int, i
 # memory, so the forking process can `preload` it for the children it forks next.
 partition_loaded: Callable[[RunSettings, int, int], None] | None = None
 
+# Set by a process that forks ClientApps (the warm worker) in each child it forks: held while
+# that child reads a partition (the dataset, the partitioner and the conversion: the
+# memory-heavy part of a task), so that a host's many first tasks read a few at a time.
+reading_gate: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+
 
 def preload(settings: RunSettings, partition_id: int, num_partitions: int) -> None:
     """Read a partition into this process's CPU cache: processes forked from this one then
@@ -81,16 +88,17 @@ def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
                         data_dir=str(settings.data_dir or default_data_dir()),
                         scheme=settings.partitioner, num_partitions=num_partitions,
                         partition_id=partition_id, seed=settings.seed, **options)
-    images, labels = cached_partition(key, compute)
-    train, test = local_test_split(len(labels), settings.local_test_fraction, settings.seed,
-                                   partition_id)
 
     def tensors(idx: np.ndarray) -> ClientData:
         x = to_tensor(images[idx], scale=settings.input_scale).to(device)
         y = torch.from_numpy(labels[idx]).long().to(device)
         return ClientData(partition_id=partition_id, x=x, y=y)
 
-    loaded = tensors(train), (tensors(test) if test is not None else None)
+    with reading_gate():
+        images, labels = cached_partition(key, compute)
+        train, test = local_test_split(len(labels), settings.local_test_fraction,
+                                       settings.seed, partition_id)
+        loaded = tensors(train), (tensors(test) if test is not None else None)
     if partition_loaded is not None and device.type == "cpu":
         partition_loaded(settings, partition_id, num_partitions)
     return loaded

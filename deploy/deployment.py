@@ -125,7 +125,7 @@ def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[Sup
                        options: DeployOptions, slot_dir: Path, name: str = "warm-worker"
                        ) -> Started:
     """One worker for every SuperNode of this host (they share its imported pages); the
-    workers of one launch share the --max-running slots."""
+    workers of one launch share the --max-running and --max-reading slots."""
     command = [sys.executable, "-m", WARM_WORKER_ENTRY, "--insecure",
                "--poll-cap", str(poll_cap(options.clients)), "--slot-dir", str(slot_dir)]
     if not options.tuned_latency:

@@ -21,6 +21,7 @@ started with the same death signal). SIGUSR1 makes the parent write a status lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import gc
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +77,13 @@ class Served:
 
 
 class Slots:
-    """At most `count` ClientApps of this host run at once (the rest wait for a slot).
+    """At most `count` ClientApps of this host do something at once (the rest wait for a slot).
 
-    A slot is an exclusive `flock` on one of `count` files, held by the ClientApp child until
-    it exits: the kernel releases it however the child ends (SIGKILL included). Without it, 50
-    SuperNodes' first tasks run 50 children at once, each computing its partition: memory
-    and CPU thrash on a small box."""
+    A slot is an exclusive `flock` on one of `count` files, shared by the workers of a launch.
+    The kernel releases it however its holder ends (SIGKILL included)."""
 
-    def __init__(self, directory: Path, count: int) -> None:
-        self.paths = [directory / f"slot-{i}" for i in range(count)]
+    def __init__(self, directory: Path, count: int, kind: str = "slot") -> None:
+        self.paths = [directory / f"{kind}-{i}" for i in range(count)]
         for path in self.paths:
             path.touch()
 
@@ -98,6 +98,25 @@ class Slots:
                 except BlockingIOError:
                     os.close(fd)
             time.sleep(0.02)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        fd = self.acquire()
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a host's ClientApps may do at once. `reading`: read their partition (the
+    memory-heavy step; without a limit, 50 SuperNodes' first tasks computed 50 partitions at
+    once and filled this 24 GiB box). `running`: run at all (none by default, like Flower's
+    own executor: capping them on a 2-core box made each round wait on slots)."""
+
+    running: Slots | None = None
+    reading: Slots | None = None
 
 
 def _exit_code(err: SystemExit) -> int:
@@ -180,11 +199,14 @@ class ForkExecutor:
     (an idle back-off from `Waits.idle_poll` up to `poll_cap`), so idle SuperExecs poll their
     SuperNode a few times a second instead of twenty."""
 
-    def __init__(self, backoff: IdleBackoff | None = None, slots: Slots | None = None,
+    def __init__(self, backoff: IdleBackoff | None = None, limits: Limits = Limits(),
                  hints: PartitionHints | None = None) -> None:
         self._backoff = backoff
-        self._slots = slots
+        self._limits = limits
         self._hints = hints
+        from fedsqueeze.client import runtime
+
+        self._runtime = runtime
         from flwr.supercore.superexec.executor.types import LaunchResult
         from flwr.supercore.tls import validate_and_resolve_root_certificates
 
@@ -217,8 +239,10 @@ class ForkExecutor:
                 self._backoff.bell.close()  # the SuperExec's, not this task's
             if self._hints is not None:
                 self._hints.in_child()
-            if self._slots is not None:
-                self._slots.acquire()  # held until this child exits
+            if self._limits.reading is not None:
+                self._runtime.reading_gate = self._limits.reading.held
+            if self._limits.running is not None:
+                self._limits.running.acquire()  # held until this child exits
             self._entry(runtime_api_address=spec.runtime_api_address, token=spec.token,
                         insecure=spec.insecure, certificates=certificates,
                         parent_pid=spec.parent_pid,
@@ -254,12 +278,12 @@ class ForkExecutor:
 
 
 def _superexec(served: Served, insecure: bool, root_certificates: str | None,
-               waits: Waits | None, slots: Slots | None) -> None:
+               waits: Waits | None, limits: Limits) -> None:
     if served.gpus is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = served.gpus
     backoff = IdleBackoff(waits.idle_poll, waits.poll_cap, open_bell("exec", served.address),
                           waits.bell_cap) if waits else None
-    run_superexec = install_executor(lambda: ForkExecutor(backoff, slots, PartitionHints()))
+    run_superexec = install_executor(lambda: ForkExecutor(backoff, limits, PartitionHints()))
     run_superexec(runtime_api_address=served.address, insecure=insecure,
                   root_certificates_path=root_certificates, parent_pid=served.parent_pid,
                   runtime_dependency_install=False)
@@ -309,12 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep Flower's own object-pull back-off and task polling")
     parser.add_argument("--poll-cap", type=float, default=Waits().poll_cap,
                         help="idle task polls back off to this many seconds")
-    parser.add_argument("--max-running", type=int, default=2 * (os.cpu_count() or 1),
-                        help="ClientApps of this host running at once (default: 2 per core; "
-                        "0 = no limit)")
+    parser.add_argument("--max-running", type=int, default=0,
+                        help="ClientApps of this host running at once (default 0: no limit, "
+                        "like Flower's own executor)")
+    parser.add_argument("--max-reading", type=int, default=2 * (os.cpu_count() or 1),
+                        help="ClientApps of this host reading their partition at once "
+                        "(default: 2 per core; 0 = no limit)")
     parser.add_argument("--slot-dir", type=Path,
-                        help="directory of the --max-running lock files, shared by the workers "
-                        "of one launch (default: a temporary one of this worker)")
+                        help="directory of the --max-running and --max-reading lock files, "
+                        "shared by the workers of one launch (default: a temporary one of "
+                        "this worker)")
     parser.add_argument("--fallback", action="store_true",
                         help="if Flower's internals changed, warn and keep its stock waits")
     parser.add_argument("--no-huge-pages", dest="huge_pages", action="store_false",
@@ -333,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     collapsed = collapse_anonymous_memory() if args.huge_pages else 0
     slot_dir = args.slot_dir or Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))
     slot_dir.mkdir(parents=True, exist_ok=True)
-    slots = Slots(slot_dir, args.max_running) if args.max_running > 0 else None
+    limits = Limits(
+        running=Slots(slot_dir, args.max_running) if args.max_running > 0 else None,
+        reading=Slots(slot_dir, args.max_reading, "reading") if args.max_reading > 0 else None)
     children: dict[int, Served] = {}
     stopping = False
 
@@ -353,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = os.fork()
         if pid == 0:
             _run_child(lambda s=served: _superexec(s, args.insecure, args.root_certificates,
-                                                   waits, slots))
+                                                   waits, limits))
         children[pid] = served
     print(f"warm worker {os.getpid()} serving " + ", ".join(s.address for s in args.serve)
           + f"; {collapsed >> 20} MB of its memory in huge pages", flush=True)

@@ -113,6 +113,49 @@ def test_a_slot_is_held_until_its_holder_lets_go(tmp_path):
     os.close(other)
 
 
+def test_a_reading_slot_is_held_while_a_partition_is_read_and_only_then(tmp_path, monkeypatch):
+    import contextlib
+
+    import torch
+
+    from fedsqueeze.client import runtime
+    from fedsqueeze.deploy.warm_worker import Slots
+    from fedsqueeze.strategies.settings import RunSettings
+
+    slots = Slots(tmp_path, 1, "reading")
+    entered = []
+
+    @contextlib.contextmanager
+    def gate():
+        with slots.held():
+            entered.append(slots.paths[0].name)
+            yield
+
+    monkeypatch.setattr(runtime, "reading_gate", gate)
+    runtime._client_data.cache_clear()
+    settings = RunSettings.from_run_config({"partitioner": "iid"})
+    node = {"partition-id": 2, "num-partitions": 7}
+    runtime.client_data(settings, node, torch.device("cpu"))
+    runtime.client_data(settings, node, torch.device("cpu"))  # in this process's cache now
+    assert entered == ["reading-0"]
+    assert_free(slots.paths[0])  # released after the reading ...
+    with pytest.raises(RuntimeError), slots.held():
+        raise RuntimeError("a failed reading")
+    assert_free(slots.paths[0])  # ... and after a failed one
+    runtime._client_data.cache_clear()
+
+
+def assert_free(path):
+    import fcntl
+    import os
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if held
+    finally:
+        os.close(fd)
+
+
 def test_a_superexec_holds_the_partition_its_child_read_for_the_next_children():
     import os
 
