@@ -7,13 +7,15 @@
 Process tree: this process (the parent) imports Flower, numpy, torch and the fedsqueeze
 ClientApp once, never touching CUDA, then forks one SuperExec per `--serve`d SuperNode
 (Flower's own `run_superexec` loop; `parent=PID` makes it exit with that SuperNode, `gpus=`
-sets its `CUDA_VISIBLE_DEVICES`). For every task a SuperExec acquires, it forks a child
-that runs Flower's own `run_clientapp` (the token protocol, the FAB, `context.state` and error
-replies stay Flower's) and reaps it when it ends. Forked processes share the parent's
-imported pages copy-on-write, so N SuperNodes cost one set of imports; the parent first puts
-its anonymous memory in huge pages (`huge_pages.py`), so a fork and an exit handle a few
-page-table entries instead of hundreds of thousands. Every forked process
-gets SIGTERM when its parent dies (also when the launcher is SIGKILLed: the parent itself is
+sets its `CUDA_VISIBLE_DEVICES`). For every task a SuperExec acquires, it forks a child that
+runs Flower's own `run_clientapp` (the token protocol, the FAB, `context.state` and error
+replies stay Flower's) and reaps it when it ends; at most `--max-reading` children of a host
+read their data partition at once (file locks that the workers of a launch share); the
+children run without a cap unless `--max-running` sets one. Forked processes share the
+parent's imported pages copy-on-write, so N SuperNodes cost one set of imports; the parent
+first puts its anonymous memory in huge pages (`huge_pages.py`), so a fork and an exit
+handle a few page-table entries instead of hundreds of thousands. Every forked process gets
+SIGTERM when its parent dies (also when the launcher is SIGKILLed: the parent itself is
 started with the same death signal). SIGUSR1 makes the parent write a status line
 (`cuda_initialized`, its children) to its log.
 """
