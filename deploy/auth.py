@@ -35,10 +35,15 @@ class NodeKey:
         return ["--auth-supernode-private-key", str(self.private)]
 
 
+def new_private_key() -> ec.EllipticCurvePrivateKey:
+    """A SuperNode's key: P-256 (the module docstring says why)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
 def make_node_key(directory: Path, name: str) -> NodeKey:
     """Write `<name>` (private, 0600) and `<name>.pub` in OpenSSH format into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = new_private_key()
     private = directory / name
     private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                           serialization.PrivateFormat.OpenSSH,

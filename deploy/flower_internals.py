@@ -575,14 +575,16 @@ def patch_heartbeat(waits: Waits) -> None:
 
 
 def patch_generated_node_key() -> None:
-    """A SuperNode that makes its own key pair makes a P-256 one (see `auth.py`)."""
+    """A SuperNode that makes its own key pair makes the launcher's kind (`auth.py`: P-256)."""
     from cryptography.hazmat.primitives.asymmetric import ec
+
+    from .auth import new_private_key
 
     module = _module(FLEET_CONNECTION)
     _attribute(module, "generate_key_pairs")
 
     def generate_key_pairs() -> tuple[ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey]:
-        private_key = ec.generate_private_key(ec.SECP256R1())
+        private_key = new_private_key()
         return private_key, private_key.public_key()
 
     module.generate_key_pairs = generate_key_pairs

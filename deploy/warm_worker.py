@@ -84,7 +84,7 @@ class Slots:
     A slot is an exclusive `flock` on one of `count` files, shared by the workers of a launch.
     The kernel releases it however its holder ends (SIGKILL included)."""
 
-    def __init__(self, directory: Path, count: int, kind: str = "slot") -> None:
+    def __init__(self, directory: Path, count: int, kind: str) -> None:
         self.paths = [directory / f"{kind}-{i}" for i in range(count)]
         for path in self.paths:
             path.touch()
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     slot_dir = args.slot_dir or Path(tempfile.mkdtemp(prefix="fedsqueeze-slots-"))
     slot_dir.mkdir(parents=True, exist_ok=True)
     limits = Limits(
-        running=Slots(slot_dir, args.max_running) if args.max_running > 0 else None,
+        running=Slots(slot_dir, args.max_running, "running") if args.max_running > 0 else None,
         reading=Slots(slot_dir, args.max_reading, "reading") if args.max_reading > 0 else None)
     children: dict[int, Served] = {}
     stopping = False

@@ -103,7 +103,7 @@ def test_a_slot_is_held_until_its_holder_lets_go(tmp_path):
 
     from fedsqueeze.deploy.warm_worker import Slots
 
-    slots = Slots(tmp_path, 1)
+    slots = Slots(tmp_path, 1, "running")
     held = slots.acquire()
     other = os.open(slots.paths[0], os.O_RDWR)
     with pytest.raises(BlockingIOError):
