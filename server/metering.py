@@ -21,56 +21,16 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from flwr.app import Error, Message
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import (
-    get_all_nested_objects,
-    no_object_id_recompute,
-)
+from flwr.supercore.inflatable.inflatable_object import no_object_id_recompute
 
-from fedsqueeze.strategies.payload import payload_bound_bytes, payload_bytes
+from fedsqueeze.strategies.metering import DOWN, UP, Traffic, plus
 
 from .doorbell import Doorbell
 
-UP, DOWN = "up", "down"
 BELL_FALLBACK_POLL = 0.5  # with a doorbell, the reply poll is only a fallback (seconds)
-
-
-def message_bytes(message: Message) -> int:
-    """Serialized size of a message as Flower ships it (all objects of its tree).
-
-    Each object's id (a SHA-256 of its serialization) is computed once: Flower caches ids of
-    arrays by itself, but a ConfigRecord's id is recomputed on every access (a payload of
-    up to 5 MiB, serialized and hashed again for each parent that lists it) unless, as Flower's
-    own push does, the walk runs under `no_object_id_recompute`."""
-    with no_object_id_recompute():
-        return _tree_bytes(message)
-
-
-def _tree_bytes(message: Message) -> int:
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
-
-
-def _plus(a: float | None, b: float | None) -> float | None:
-    """A sum that stays None once a term is unknown (a payload that could not be bounded)."""
-    return None if a is None or b is None else a + b
-
-
-@dataclass
-class Traffic:
-    payload: int = 0
-    message: int = 0
-    messages: int = 0
-    bound: float | None = 0.0  # None once a payload could not be bounded
-
-    def add(self, payload: int, message: int, messages: int = 1,
-            bound: float | None = 0.0) -> None:
-        self.payload += payload
-        self.message += message
-        self.messages += messages
-        self.bound = _plus(self.bound, bound)
 
 
 def attributed(reply: Message, sent: Message | None) -> Message:
@@ -103,28 +63,32 @@ class MeteredGrid:
         self.poll_interval = poll_interval
         self.bell = bell
         self.max_payload_elements = max_payload_elements
-        self.phase = "setup"
+        self.phase = "setup"  # messages without a group id are counted in this phase
         # (phase, direction, node_id) -> Traffic
         self._traffic: dict[tuple[str, str, int], Traffic] = defaultdict(Traffic)
+        self.seconds: dict[str, float] = defaultdict(float)  # phase -> time in send_and_receive
 
     def __getattr__(self, name: str):  # get_node_ids, run, create_message, ...
         return getattr(self._grid, name)
+
+    def phase_of(self, message: Message) -> str:
+        """A message's phase: the grid's current `phase`."""
+        return self.phase
 
     def _record(self, direction: str, messages: list[tuple[int, Message]]) -> None:
         """Measure (node id, message) pairs, under one `no_object_id_recompute`: a record the
         messages share (a round's global model, sent to every node) is hashed once."""
         with no_object_id_recompute():
             for node_id, message in messages:
-                content = message.content if message.has_content() else None
-                self._traffic[(self.phase, direction, node_id)].add(
-                    payload_bytes(content), _tree_bytes(message),
-                    bound=payload_bound_bytes(content, self.max_payload_elements))
+                self._traffic[(self.phase_of(message), direction, node_id)].measure(
+                    message, self.max_payload_elements)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None
                          ) -> list[Message]:
         """Push, then pull replies (every `poll_interval` s, or when the bell rings) until all
         arrive or `timeout`."""
         messages = list(messages)
+        started = time.monotonic()
         self._record(DOWN, [(message.metadata.dst_node_id, message) for message in messages])
         ids = list(self._grid.push_messages(messages))
         sent = {i: m for i, m in zip(ids, messages) if i}
@@ -147,6 +111,8 @@ class MeteredGrid:
                 self.bell.wait(pause)
             else:
                 time.sleep(max(pause, 0.0))
+        if messages:
+            self.seconds[self.phase_of(messages[0])] += time.monotonic() - started
         return replies
 
     def traffic(self, *phases: str) -> dict[int, dict[str, Traffic]]:
@@ -171,7 +137,7 @@ class MeteredGrid:
             if wanted is None or p in wanted:
                 out[f"payload_{direction}"] += traffic.payload
                 out[f"message_{direction}"] += traffic.message
-                bounds[direction] = _plus(bounds[direction], traffic.bound)
+                bounds[direction] = plus(bounds[direction], traffic.bound)
         for direction, b in bounds.items():
             out[f"bound_{direction}"] = None if b is None else math.ceil(b)
         return out

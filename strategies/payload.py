@@ -81,14 +81,23 @@ def unpack(content: RecordDict, stype: str, name: str = PAYLOAD_RECORD) -> bytes
     return data
 
 
+def is_payload(record: ConfigRecord | ArrayRecord) -> bool:
+    """Whether a record is a fedsqueeze payload (either form)."""
+    if isinstance(record, ConfigRecord):
+        stype, data = record.get(PAYLOAD_STYPE), record.get(PAYLOAD_ARRAY)
+        return isinstance(stype, str) and stype.startswith(STYPE_PREFIX) \
+            and isinstance(data, bytes)
+    return isinstance(record, ArrayRecord) and any(
+        array.stype.startswith(STYPE_PREFIX) for array in record.values())
+
+
 def _payloads(content: RecordDict | None) -> Iterator[bytes]:
     """The bytes of every fedsqueeze payload a message carries, in either form."""
     if content is None:
         return
     for record in content.config_records.values():
-        stype, data = record.get(PAYLOAD_STYPE), record.get(PAYLOAD_ARRAY)
-        if isinstance(stype, str) and stype.startswith(STYPE_PREFIX) and isinstance(data, bytes):
-            yield data
+        if is_payload(record):
+            yield record[PAYLOAD_ARRAY]
     for record in content.array_records.values():
         for array in record.values():
             if array.stype.startswith(STYPE_PREFIX):

@@ -5,7 +5,8 @@ import time
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from fedsqueeze.server.metering import DOWN, UP, MeteredGrid, message_bytes
+from fedsqueeze.server.metering import DOWN, UP, MeteredGrid
+from fedsqueeze.strategies.metering import message_bytes
 from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, payload_bytes
 
 

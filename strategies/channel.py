@@ -1,0 +1,175 @@
+"""Channels: how the arrays of one direction of a message travel, apart from any strategy.
+
+A channel is a frozen dataclass whose fields are its constructor arguments (Flower's style:
+`TopKEF(sparsity=0.999, values="fp16")`), registered by name with `@register_channel`; the
+modules in `strategies/channels/` are found by discovery, so adding a channel is adding its
+module. Two kinds:
+
+- `codes = "model"`: the channel codes the arrays themselves (dense fp32/fp16/bf16/qN). It
+  keeps no state.
+- `codes = "update"`: the channel codes arrays minus a reference both sides hold (the model the
+  client received), and the sender keeps what it did not deliver in an error memory when
+  `error_feedback` is on (the uplink: `context.state`; as a downlink the server always keeps
+  one, and codes the change of its broadcast model; see `strategies/compressed.py`).
+
+One verb each way, on the tensors of one message in order (float32 numpy):
+
+    encode(arrays, seed=, memory=) -> Coded      records of the message + the values the
+                                                 receiver decodes, bit for bit
+    decode(content, shapes, memory=) -> arrays   CodecError on anything malformed
+
+`memory` says whether the sender keeps an error memory (an unbiased compressor must then be
+made contractive, or the memory grows without bound); `seed` seeds a stochastic channel.
+
+In run config a channel is `uplink = "<name>"` / `downlink = "<name>"` with its fields as
+`<name>.<field>` keys (`channels_from_run_config`, the one function that builds them); in a
+message header it is its `spec()`, "<name>" or "<name>:<field>=<value>,...".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from .settings import ConfigError, MethodConfig, UserValue, field_types, from_run_config, key_of
+
+Record = ConfigRecord | ArrayRecord
+C = TypeVar("C", bound="type[Channel]")
+
+UPLINK_KEY, DOWNLINK_KEY = "uplink", "downlink"
+
+
+@dataclasses.dataclass
+class Coded:
+    """A channel's coding of one message: its records, and the arrays the receiver decodes
+    (computed on first use where that needs a decode)."""
+
+    records: dict[str, Record]
+    _delivered: list[np.ndarray] | Callable[[], list[np.ndarray]]
+
+    def delivered(self) -> list[np.ndarray]:
+        if callable(self._delivered):
+            self._delivered = self._delivered()
+        return self._delivered
+
+
+@dataclasses.dataclass(frozen=True)
+class Channel(MethodConfig):
+    """Base of every channel (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    codes: ClassVar[str] = "model"       # "model" or "update"
+    stochastic: ClassVar[bool] = False   # its encoding draws from `seed`
+    #: declared for the hostile-reply checks: the channel spreads one client's outlier over
+    #: many entries (a shared per-tensor scale), so a scaled update can reach the server
+    #: below `max-abs-value`; robust aggregation (FedTrimmedAvg, Krum) is the defence then
+    spreads_outliers: ClassVar[bool] = False
+
+    @property
+    def error_feedback(self) -> bool:
+        """Whether a client keeps what this channel did not deliver (update channels)."""
+        return False
+
+    def encode(self, arrays: list[np.ndarray], *, seed: int = 0, memory: bool = False) -> Coded:
+        raise NotImplementedError
+
+    def decode(self, content: RecordDict, shapes: list[tuple[int, ...]], *,
+               memory: bool = False) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """The channel as one string: its name and the fields that differ from defaults."""
+        changed = [f"{key_of(f.name)}={_text(getattr(self, f.name))}"
+                   for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+        return self.name + (":" + ",".join(changed) if changed else "")
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# --------------------------------------------------------------------------- registry
+_CHANNELS: dict[str, type[Channel]] = {}
+_DISCOVERED = False
+
+
+def register_channel(name: str) -> Callable[[C], C]:
+    """Class decorator: `@register_channel("topk-ef")` names the channel and gives its fields
+    the run-config prefix `topk-ef.`."""
+
+    def decorate(cls: C) -> C:
+        if name in _CHANNELS and _CHANNELS[name] is not cls:
+            raise ValueError(f"channel name {name!r} is registered twice")
+        cls.name = name
+        cls.prefix = name
+        _CHANNELS[name] = cls
+        return cls
+
+    return decorate
+
+
+def _discover() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    from . import channels
+
+    for info in sorted(pkgutil.iter_modules(channels.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{channels.__name__}.{info.name}")
+    _DISCOVERED = True
+
+
+def channel_names() -> list[str]:
+    _discover()
+    return sorted(_CHANNELS)
+
+
+def get_channel(name: str) -> type[Channel]:
+    """The channel class registered as `name`; a ConfigError lists the valid names."""
+    _discover()
+    try:
+        return _CHANNELS[name]
+    except KeyError:
+        raise ConfigError(f"unknown channel {name!r}; valid: "
+                          + ", ".join(sorted(_CHANNELS))) from None
+
+
+def channels_from_run_config(run_config: Mapping[str, UserValue], default: Channel | None
+                             ) -> tuple[Channel | None, Channel | None]:
+    """(uplink, downlink) of a run: run config `uplink` / `downlink` name a channel whose
+    fields are its `<name>.*` keys; "" keeps `default` (the method's)."""
+    chosen = []
+    for key in (UPLINK_KEY, DOWNLINK_KEY):
+        name = str(run_config.get(key, "") or "")
+        if not name:
+            chosen.append(default)
+            continue
+        try:
+            cls = get_channel(name)
+        except ConfigError as err:
+            raise ConfigError(f"run-config '{key}' = {name!r} is invalid: {err}") from None
+        chosen.append(from_run_config(cls, run_config, prefix=name))
+    return chosen[0], chosen[1]
+
+
+def channel_from_spec(spec: str) -> Channel:
+    """The channel a header names (`Channel.spec`); CodecError-free: ConfigError on a bad one."""
+    name, _, rest = spec.partition(":")
+    cls = get_channel(name)
+    types = field_types(cls)
+    fields = {key_of(f.name): f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, text = item.partition("=")
+        if key not in fields:
+            raise ConfigError(f"channel {name!r} has no field {key!r}")
+        kind = types[fields[key]]
+        values[fields[key]] = (text == "true" if kind is bool else kind(text))
+    return cls(**values)

@@ -1,0 +1,1 @@
+"""The registered channels, one module each (found by discovery: `strategies/channel.py`)."""

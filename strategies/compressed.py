@@ -1,0 +1,447 @@
+"""`Compressed(strategy, uplink=..., downlink=...)`: channels for any Flower Message-API
+strategy, the server half of the pair whose client half is `compression_mod` (the pattern of
+Flower's DP wrapper + mod).
+
+The wrapper holds the inner strategy (FedAvg, FedAvgM, FedAdam, FedTrimmedAvg, Krum, ...)
+and changes only what travels:
+
+- `configure_train`: the inner strategy's messages, each re-encoded for its node: the arrays
+  by the downlink channel, a header in the config record (`strategies/header.py`) that tells
+  the mod how to decode them and how to code the reply. Nothing else of the message changes.
+- `aggregate_train`: each reply decoded into a plain `ArrayRecord` (the client's model) before
+  the inner strategy aggregates; a reply that cannot be decoded, or whose model is non-finite
+  or exceeds `max_abs_value`, is rejected (`failures`), and the client's channel state is
+  reset: its next message says so, so a remainder the server refused is never sent again.
+- evaluation messages carry the model as the downlink's full form (dense fp32, or as it is).
+
+Downlinks. A "model" channel (dense fp32/fp16/bf16/qN) codes the arrays each round, once for
+all nodes. An "update" channel (top-k, QSGD, sign, ...) codes the change of a *broadcast
+model* B that synced clients hold, with the server's error memory e. Each round, with G the
+arrays it is given: D = G - B + e, C = channel(D), B <- B + C, e <- D - C; the inner strategy
+is given B as the round's model (clients train from it; a server optimizer steps from it). A
+client that holds the previous B (its digest is mirrored per client, `NodeMirrors`) is sent C
+and the digest it applies to; any other client gets B dense (fp32, exact) to hold. A stale copy
+is refused by the client (an error reply) and it is sent B next time (a resync, counted).
+
+Uplinks. A "model" channel codes the client's arrays; an "update" channel codes the client's
+model minus the model it received, plus its error memory (`error_feedback`), and the server
+decodes reference + update. Without a channel the reply's arrays travel as they are.
+
+With `meter=True` (the default) the wrapper counts payload and message bytes per node and
+direction (`traffic[server_round]`) and adds the round's totals to the aggregated train
+metrics (`payload-up`, `message-up`, `payload-down`, `message-down`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+from flwr.supercore.inflatable.inflatable_object import no_object_id_recompute
+
+from fedsqueeze.codecs import CodecError
+
+from . import header as h
+from .channel import Channel, Coded
+from .channels.dense import Dense
+from .metering import DOWN, UP, Traffic
+from .replies import Failure, absurd_values, majority_metric_keys, screen, weight_problem
+from .state import NodeMirrors, ServerState, digest
+from .training import derive_seed
+
+FULL = Dense("fp32")  # how a full transfer (and an evaluation) carries the model
+DOWN_SEED_SALT = 0xD0
+
+
+@dataclasses.dataclass
+class Broadcast:
+    """The model synced clients hold, the server's error memory, this round's change."""
+
+    layout: h.Layout                # of the model the server was given (float32 arrays coded)
+    model: list[np.ndarray]         # its coded arrays
+    error: list[np.ndarray]
+    previous: bytes = b""           # digest of the broadcast model before this round's change
+    change: dict | None = None      # the coded change of this round (records)
+    version: bytes = dataclasses.field(init=False)  # digest of `model`
+
+    def __post_init__(self) -> None:
+        self.version = digest(*self.model)
+
+
+@dataclasses.dataclass
+class Sent:
+    """What a node was sent this round: its group id, the layout, the arrays it decodes (the
+    reference of its update), the broadcast version it will hold (None: none)."""
+
+    group: str
+    layout: h.Layout
+    reference: list[np.ndarray]
+    version: bytes | None
+
+
+class Compressed(Strategy):
+    """Compression for any Flower strategy (see the module docstring).
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The strategy whose traffic is compressed; it aggregates plain arrays as always.
+    uplink, downlink : Channel or None
+        How replies and train messages travel (`fedsqueeze.strategies.channels`); None: as
+        Flower's own ArrayRecord.
+    seed : int (default: 0)
+        Seeds the stochastic channels (both ways), so runs repeat exactly.
+    max_abs_value : float (default: 0)
+        A decoded model with |w| above this is rejected (0: no bound); non-finite always is.
+    min_replies : int (default: 1)
+        Fewer decodable replies than this and the round aggregates nothing (None, None).
+    meter : bool (default: True)
+        Count payload and message bytes per node and direction.
+    """
+
+    def __init__(self, strategy: Strategy, uplink: Channel | None = None,
+                 downlink: Channel | None = None, *, seed: int = 0, max_abs_value: float = 0.0,
+                 min_replies: int = 1, meter: bool = True) -> None:
+        self.strategy = strategy
+        self.uplink, self.downlink = uplink, downlink
+        self.seed, self.max_abs_value = seed, max_abs_value
+        self.min_replies, self.meter = min_replies, meter
+        self.versioned = downlink is not None and downlink.codes == "update"
+        self.broadcast: Broadcast | None = None
+        self.holders: NodeMirrors[bytes, bytes] = NodeMirrors()
+        self.accepted: set[int] = set()   # clients whose last train reply was accepted
+        self.own_failures: list[Failure] = []
+        self.traffic: dict[int, dict[int, dict[str, Traffic]]] = {}
+        self._client_key: Callable[[int], int] = lambda node_id: node_id
+        self._sent: dict[int, Sent] = {}
+        self._stats: dict[str, int] = {}
+        self._encoded: tuple[ArrayRecord, Channel, Coded] | None = None
+
+    def __repr__(self) -> str:
+        return (f"Compressed({self.strategy!r}, uplink={self._spec(self.uplink)}, "
+                f"downlink={self._spec(self.downlink)})")
+
+    @staticmethod
+    def _spec(channel: Channel | None) -> str:
+        return "" if channel is None else channel.spec()
+
+    # -- what the app reads (and sets) beside Flower's verbs --------------------------------
+    @property
+    def client_key(self) -> Callable[[int], int]:
+        """Node id -> the key a client's state is mirrored under (default: the node id; an
+        app that knows partitions keys by partition, which survives a SuperNode restart)."""
+        return self._client_key
+
+    @client_key.setter
+    def client_key(self, key: Callable[[int], int]) -> None:
+        self._client_key = key
+        if hasattr(self.strategy, "client_key"):
+            self.strategy.client_key = key
+
+    @property
+    def failures(self) -> list[Failure]:
+        return self.own_failures + list(getattr(self.strategy, "failures", []))
+
+    def round_metrics(self, server_round: int) -> dict[str, Any]:
+        own = getattr(self.strategy, "round_metrics", lambda t: {})(server_round)
+        if not self.versioned:
+            return own
+        return {**own, "down_change": self._stats.get("change", 0),
+                "down_full": self._stats.get("full", 0),
+                "down_resyncs": self.holders.resyncs - self._stats.get("resyncs_before", 0)}
+
+    def models_to_evaluate(self, server_round: int) -> dict[str, list[dict[str, np.ndarray]]]:
+        """The broadcast model clients hold (`accuracy_broadcast`), beside the inner's."""
+        own = getattr(self.strategy, "models_to_evaluate", lambda t: {})(server_round)
+        if self.broadcast is None:
+            return own
+        b = self.broadcast
+        return {**own, "broadcast": [dict(zip(b.layout.coded, b.model))]}
+
+    def client_state_lost(self, client: int) -> None:
+        self.holders.forget(client)
+        self.accepted.discard(client)
+        if hasattr(self.strategy, "client_state_lost"):
+            self.strategy.client_state_lost(client)
+
+    def export_state(self) -> ServerState:
+        inner = getattr(self.strategy, "export_state", ServerState)()
+        state = ServerState({f"inner/{k}": v for k, v in inner.arrays.items()},
+                            {"inner": inner.meta, "accepted": sorted(self.accepted)})
+        if self.broadcast is not None:
+            mirrors = self.holders.export(lambda version: ({}, {"version": version.hex()}))
+            state.arrays.update(mirrors.arrays)
+            b = self.broadcast
+            state.arrays.update({f"broadcast/{i}": a for i, a in enumerate(b.model)})
+            state.arrays.update({f"error/{i}": a for i, a in enumerate(b.error)})
+            state.meta.update(mirrors=mirrors.meta, keys=list(b.layout.keys),
+                              coded=list(b.layout.coded))
+        return state
+
+    def import_state(self, state: ServerState) -> None:
+        inner = {k[len("inner/"):]: v for k, v in state.arrays.items() if k.startswith("inner/")}
+        if hasattr(self.strategy, "import_state"):
+            self.strategy.import_state(ServerState(inner, state.meta.get("inner", {})))
+        self.accepted = {int(c) for c in state.meta.get("accepted", [])}
+        if "keys" in state.meta:
+            coded = list(state.meta["coded"])
+            model = [np.asarray(state.arrays[f"broadcast/{i}"], np.float32)
+                     for i in range(len(coded))]
+            layout = h.Layout(tuple(state.meta["keys"]), tuple(coded),
+                              tuple(tuple(a.shape) for a in model))
+            self.broadcast = Broadcast(layout, model, [
+                np.asarray(state.arrays[f"error/{i}"], np.float32) for i in range(len(coded))])
+            self.holders.restore(ServerState({}, state.meta["mirrors"]),
+                                 lambda arrays, meta: bytes.fromhex(meta["version"]))
+
+    # -- Flower's verbs --------------------------------------------------------------------
+    def summary(self) -> None:
+        log(INFO, "\t├──> Compressed: uplink %s, downlink %s",
+            self._spec(self.uplink) or "(as it is)", self._spec(self.downlink) or "(as it is)")
+        self.strategy.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.own_failures, self._sent = [], {}
+        self._stats = {"change": 0, "full": 0, "resyncs_before": self.holders.resyncs}
+        if self.versioned:
+            arrays = self._advance_broadcast(server_round, arrays)
+        messages = [self._encode_train(server_round, m) for m in
+                    self.strategy.configure_train(server_round, arrays, config, grid)]
+        self._measure(server_round, DOWN, messages)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        self._measure(server_round, UP, replies)
+        try:
+            decoded = self._decode_replies(server_round, replies)
+            if len(decoded) < self.min_replies:
+                return None, None
+            arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
+        finally:
+            self._end_round()
+        if self.meter and metrics is not None:
+            metrics = MetricRecord({**metrics, **self._round_bytes(server_round)})
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return [self._encode_evaluate(server_round, m) for m in
+                self.strategy.configure_evaluate(server_round, arrays, config, grid)]
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    # -- downlink --------------------------------------------------------------------------
+    def _advance_broadcast(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
+        """B of this round (see the module docstring), as the ArrayRecord the inner sends."""
+        layout = h.Layout.of(arrays)
+        g, raw = layout.split(arrays)
+        b = self.broadcast
+        if b is None or b.layout != layout:
+            self.broadcast = Broadcast(layout, [x.copy() for x in g],
+                                       [np.zeros_like(x) for x in g])
+        else:
+            d = [np.add(np.subtract(x, m, dtype=np.float32), e, dtype=np.float32)
+                 for x, m, e in zip(g, b.model, b.error)]
+            coded = self.downlink.encode(
+                d, seed=derive_seed(self.seed, server_round, DOWN_SEED_SALT), memory=True)
+            delivered = coded.delivered()
+            self.broadcast = Broadcast(
+                layout, [np.add(m, c, dtype=np.float32) for m, c in zip(b.model, delivered)],
+                [np.subtract(x, c, dtype=np.float32) for x, c in zip(d, delivered)],
+                b.version, coded.records)
+        return layout.join(self.broadcast.model, raw)
+
+    def _encode_train(self, server_round: int, message: Message) -> Message:
+        node_id = message.metadata.dst_node_id
+        client = self.client_key(node_id)
+        key, record, config, rest = _parts(message)
+        layout = h.Layout.of(record)
+        header: dict[str, Any] = {}
+        if self.uplink is not None:
+            header[h.UP] = self.uplink.spec()
+            if self.uplink.error_feedback and client not in self.accepted:
+                header[h.RESET] = True
+            if self.uplink.stochastic:
+                header[h.SEED] = self.seed
+        self.accepted.discard(client)  # until its reply is accepted
+        version = None
+        if self.versioned:
+            coded, reference, version = self._versioned_down(client, layout, record, header)
+        else:
+            coded, reference = self._down(record, layout, header)
+        out = self._message(message, key, rest, coded, config, header, MessageType.TRAIN,
+                            f"{server_round}:train")
+        self._sent[node_id] = Sent(out.metadata.group_id, layout, reference, version)
+        return out
+
+    def _down(self, record: ArrayRecord, layout: h.Layout, header: dict[str, Any],
+              channel: Channel | None = None) -> tuple[dict, list[np.ndarray]]:
+        """The arrays as `channel` (default: the downlink) codes them, once for all the nodes a
+        record goes to; (records of the message, the arrays the client decodes)."""
+        channel = self.downlink if channel is None else channel
+        coded, raw = layout.split(record)
+        header[h.FORM] = h.MODEL
+        if channel is None:
+            header[h.DOWN] = ""
+            return {None: record}, coded
+        header.update({h.DOWN: channel.spec(), **layout.to_config()})
+        cached = self._encoded
+        if cached is None or cached[0] is not record or cached[1] is not channel:
+            cached = (record, channel, channel.encode(coded, seed=0, memory=False))
+            self._encoded = cached
+        records = {} if raw is None else {h.RAW_RECORD: raw}
+        return {**records, **cached[2].records}, cached[2].delivered()
+
+    def _versioned_down(self, client: int, layout: h.Layout, record: ArrayRecord,
+                        header: dict[str, Any]) -> tuple[dict, list[np.ndarray], bytes]:
+        b = self.broadcast
+        assert b is not None
+        if layout != b.layout:
+            raise ValueError(f"Compressed: a versioned downlink ({self.downlink.spec()}) needs "
+                             f"the inner strategy to send the whole model it was given; "
+                             f"{type(self.strategy).__name__} sends {len(record)} of "
+                             f"{len(b.layout.keys)} arrays")
+        version = b.version
+        self.holders.stage(client, version)
+        held = self.holders.get(client)
+        if b.change is not None and held == b.previous:
+            self._stats["change"] += 1
+            header.update({h.FORM: h.CHANGE, h.DOWN: self.downlink.spec(),
+                           h.BASE: b.previous.hex()})
+            _, raw = layout.split(record)
+            return {**b.change, **({} if raw is None else {h.RAW_RECORD: raw})}, b.model, version
+        if held is None:  # a client synced before that lost its copy (failure, restart)
+            self.holders.reset(client)  # counts a resync; an older copy (sat out) does not
+        self._stats["full"] += 1
+        header[h.HOLD] = True
+        records, _ = self._down(record, layout, header, FULL)
+        return records, b.model, version
+
+    def _encode_evaluate(self, server_round: int, message: Message) -> Message:
+        key, record, config, rest = _parts(message)
+        header: dict[str, Any] = {}
+        coded, _ = self._down(record, h.Layout.of(record), header,
+                              None if self.downlink is None else FULL)
+        return self._message(message, key, rest, coded, config, header,
+                             MessageType.EVALUATE, f"{server_round}:evaluate")
+
+    @staticmethod
+    def _message(message: Message, key: str, rest: dict, coded: dict, config: tuple,
+                 header: dict[str, Any], message_type: str, group: str) -> Message:
+        config_name, config_record = config
+        content = RecordDict(rest)
+        for name, record in coded.items():
+            content[key if name is None else name] = record
+        if key != h.ARRAYS:
+            header[h.KEY] = key
+        content[config_name] = ConfigRecord({**config_record, **header})
+        return Message(content, dst_node_id=message.metadata.dst_node_id,
+                       message_type=message.metadata.message_type or message_type,
+                       group_id=message.metadata.group_id or group, ttl=message.metadata.ttl)
+
+    # -- uplink ----------------------------------------------------------------------------
+    def _decode_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
+        good, problems = screen(replies, {n: s.group for n, s in self._sent.items()})
+        for reply, reason in problems:
+            self._fail(reply.metadata.src_node_id, reason)
+        weight = getattr(self.strategy, "weighted_by_key", None)
+        decoded: list[Message] = []
+        for reply in good:
+            node_id = reply.metadata.src_node_id
+            problem = weight and weight_problem(reply, weight)
+            if problem:
+                self._fail(node_id, problem)
+                continue
+            try:
+                arrays = self._decode_up(self._sent[node_id], reply.content)
+            except (CodecError, KeyError, ValueError) as err:
+                self._fail(node_id, f"undecodable reply: {err}")
+                continue
+            problem = absurd_values(dict(arrays.items()), self.max_abs_value)
+            if problem:
+                self._fail(node_id, f"rejected: {problem}")
+                continue
+            content = RecordDict({h.ARRAYS: arrays, **reply.content.metric_records})
+            decoded.append(Message(content=content, metadata=reply.metadata))
+        decoded, problems = majority_metric_keys(decoded)
+        for reply, reason in problems:
+            self._fail(reply.metadata.src_node_id, reason)
+        for reply in decoded:
+            node_id = reply.metadata.src_node_id
+            client = self.client_key(node_id)
+            self.accepted.add(client)
+            version = self._sent[node_id].version
+            if version is not None:
+                self.holders.commit(client, version)
+        return decoded
+
+    def _decode_up(self, sent: Sent, content: RecordDict) -> ArrayRecord:
+        layout, channel = sent.layout, self.uplink
+        raw = content.array_records.get(h.RAW_RECORD)
+        if channel is None:
+            records = [r for name, r in content.array_records.items() if name != h.RAW_RECORD]
+            if len(records) != 1:
+                raise CodecError(f"a reply must carry one ArrayRecord, it has {len(records)}")
+            coded, raw = layout.split(records[0])
+        elif channel.codes == "model":
+            coded = channel.decode(content, list(layout.shapes))
+        else:
+            update = channel.decode(content, list(layout.shapes), memory=channel.error_feedback)
+            coded = [np.add(r, u, dtype=np.float32) for r, u in zip(sent.reference, update)]
+        return layout.join(coded, raw)
+
+    def _fail(self, node_id: int, reason: str) -> None:
+        log(WARNING, "node %d (train): %s", node_id, reason)
+        self.own_failures.append(Failure(node_id, "train", reason))
+        self.client_state_lost(self.client_key(node_id))
+
+    def _end_round(self) -> None:
+        """Clients sent a message whose reply never committed lose their mirror."""
+        self.holders.end_round()
+
+    # -- bytes -----------------------------------------------------------------------------
+    def _measure(self, server_round: int, direction: str, messages: list[Message]) -> None:
+        if not self.meter:
+            return
+        per_node = self.traffic.setdefault(server_round, defaultdict(
+            lambda: {UP: Traffic(), DOWN: Traffic()}))
+        with no_object_id_recompute():
+            for message in messages:
+                node_id = (message.metadata.dst_node_id if direction == DOWN
+                           else message.metadata.src_node_id)
+                per_node[node_id][direction].measure(message, 1 << 28)
+
+    def _round_bytes(self, server_round: int) -> dict[str, int]:
+        totals: Counter = Counter()
+        for t in self.traffic.get(server_round, {}).values():
+            for direction in (UP, DOWN):
+                totals[f"payload-{direction}"] += t[direction].payload
+                totals[f"message-{direction}"] += t[direction].message
+        return dict(totals)
+
+
+def _parts(message: Message) -> tuple[str, ArrayRecord, tuple[str, ConfigRecord], dict]:
+    """(name of its ArrayRecord, the record, (name, config record), the other records)."""
+    content = message.content
+    arrays = list(content.array_records.items())
+    if len(arrays) != 1:
+        raise ValueError(f"Compressed: the inner strategy's messages must carry one ArrayRecord "
+                         f"(the model), this one carries {len(arrays)}")
+    configs = list(content.config_records.items())
+    config = configs[0] if configs else ("config", ConfigRecord())
+    rest = {name: record for name, record in content.items()
+            if name != arrays[0][0] and name != config[0]}
+    return arrays[0][0], arrays[0][1], config, rest

@@ -1,0 +1,116 @@
+"""What a compressed message says about itself: the header `Compressed` writes into the
+message's config record and `compression_mod` reads, so the client needs no configuration.
+
+Keys (all prefixed `fsq.`; the mod removes them before the user's handler sees the config):
+
+    fsq.up      str        the uplink channel's spec ("" = the reply travels as it is)
+    fsq.down    str        how this message's arrays travel: a channel spec, "" = as they are
+    fsq.form    str        "model": the arrays themselves; "change": the coded change of the
+                           model the client holds (`fsq.base` names it)
+    fsq.base    str        digest (hex) of the held model a change applies to
+    fsq.keys    list[str]  the ArrayRecord's keys, in order ("model" form)
+    fsq.shapes  list[int]  the coded arrays' shapes, concatenated, with
+    fsq.ndims   list[int]  the number of dimensions of each
+    fsq.hold    bool       keep this model: a later change applies to it
+    fsq.reset   bool       drop the uplink's error memory (first contact, or the server did
+                           not accept the client's last reply)
+    fsq.seed    int        the run seed a stochastic uplink derives its seeds from
+    fsq.key     str        the ArrayRecord's name in the content (when not "arrays")
+
+Only float32 arrays are coded; any other array (an integer buffer, float64) travels as it is
+in the `fsq.raw` ArrayRecord, both ways.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from fedsqueeze.codecs import CodecError
+
+PREFIX = "fsq."
+UP, DOWN, FORM, BASE = "fsq.up", "fsq.down", "fsq.form", "fsq.base"
+KEYS, SHAPES, NDIMS = "fsq.keys", "fsq.shapes", "fsq.ndims"
+HOLD, RESET, SEED, KEY = "fsq.hold", "fsq.reset", "fsq.seed", "fsq.key"
+RAW_RECORD = "fsq.raw"
+MODEL, CHANGE = "model", "change"
+ARRAYS = "arrays"  # Flower's default ArrayRecord name
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The keys of an ArrayRecord in order, and the shapes of its coded (float32) arrays."""
+
+    keys: tuple[str, ...]
+    coded: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, record: ArrayRecord) -> Layout:
+        coded = [k for k, a in record.items() if a.dtype == "float32"]
+        return cls(tuple(record.keys()), tuple(coded),
+                   tuple(tuple(record[k].shape) for k in coded))
+
+    def to_config(self) -> dict:
+        return {KEYS: list(self.keys),
+                SHAPES: [int(d) for shape in self.shapes for d in shape],
+                NDIMS: [len(shape) for shape in self.shapes]}
+
+    @classmethod
+    def from_config(cls, config: Mapping, raw: ArrayRecord | None) -> Layout:
+        try:
+            keys = [str(k) for k in config[KEYS]]
+            dims, ndims = [int(d) for d in config[SHAPES]], [int(n) for n in config[NDIMS]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise CodecError(f"compressed message without a valid layout: {err}") from None
+        if any(n < 0 for n in ndims) or sum(ndims) != len(dims) or any(d < 0 for d in dims):
+            raise CodecError("compressed message: layout shapes and dimensions disagree")
+        raw_keys = set(raw.keys()) if raw is not None else set()
+        coded = tuple(k for k in keys if k not in raw_keys)
+        if len(coded) != len(ndims):
+            raise CodecError(f"compressed message: {len(coded)} coded arrays, "
+                             f"{len(ndims)} shapes")
+        shapes, start = [], 0
+        for n in ndims:
+            shapes.append(tuple(dims[start:start + n]))
+            start += n
+        return cls(tuple(keys), coded, tuple(shapes))
+
+    def split(self, record: ArrayRecord) -> tuple[list[np.ndarray], ArrayRecord | None]:
+        """(the coded arrays as float32 numpy, the others as an ArrayRecord or None)."""
+        if list(record.keys()) != list(self.keys):
+            raise CodecError(f"arrays {list(record.keys())[:4]}... do not match the layout "
+                             f"{list(self.keys)[:4]}... they were sent with")
+        coded = [record[k].numpy() for k in self.coded]
+        if any(tuple(a.shape) != s for a, s in zip(coded, self.shapes)):
+            raise CodecError("arrays do not have the shapes they were sent with")
+        raw = [k for k in self.keys if k not in set(self.coded)]
+        return coded, (ArrayRecord({k: record[k] for k in raw}) if raw else None)
+
+    def join(self, coded: Sequence[np.ndarray], raw: ArrayRecord | None) -> ArrayRecord:
+        """The ArrayRecord of decoded arrays and the raw ones, keys in the sent order."""
+        values = dict(zip(self.coded, coded))
+        out = {}
+        for key in self.keys:
+            if key in values:
+                out[key] = Array(np.ascontiguousarray(values[key], dtype=np.float32))
+            elif raw is not None and key in raw:
+                out[key] = raw[key]
+            else:
+                raise CodecError(f"compressed message lacks array {key!r}")
+        return ArrayRecord(out)
+
+
+def header_of(content: RecordDict) -> tuple[str, ConfigRecord] | None:
+    """(name, record) of the config record that carries a compression header, if any."""
+    for name, record in content.config_records.items():
+        if FORM in record:
+            return name, record
+    return None
+
+
+def without_header(config: ConfigRecord) -> ConfigRecord:
+    return ConfigRecord({k: v for k, v in config.items() if not k.startswith(PREFIX)})

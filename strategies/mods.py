@@ -1,0 +1,153 @@
+"""`compression_mod`: the client half of `Compressed` (a Flower ClientApp mod).
+
+    app = ClientApp(mods=[compression_mod])
+
+It decodes a compressed message into the plain `ArrayRecord` the user's handler expects (and
+removes the `fsq.*` header from its config), and codes the handler's reply as the header's
+uplink channel says. Messages without a header pass through untouched. What it keeps between
+rounds lives in `context.state`: the broadcast model it holds (`fsq.held`, a versioned
+downlink) and the uplink's error memory (`fsq.error`). A handler never sees a codec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedsqueeze.codecs import CodecError
+
+from . import header as h
+from .channel import Channel, channel_from_spec
+from .payload import is_payload
+from .replies import absurd_values
+from .state import digest, load_array_list, save_array_list
+from .training import derive_seed
+
+HELD = "fsq.held"    # context.state: the broadcast model this client holds
+HELD_LAYOUT, CODED = "fsq.held.layout", "coded"  # ... and its layout
+ERROR = "fsq.error"  # context.state: the uplink's error memory
+
+
+class DownlinkRejected(ValueError):
+    """The server's model is non-finite or absurd: training from it would poison the client."""
+
+
+def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Decode a `Compressed` message for the handler; code its reply (see the module)."""
+    found = h.header_of(msg.content)
+    if found is None:
+        return call_next(msg, context)
+    config_name, config = found
+    key = str(config.get(h.KEY, h.ARRAYS))
+    layout, coded, raw = _downlink(msg.content, config, key, context.state)
+    problem = absurd_values(dict(zip(layout.coded, coded)), 0)
+    if problem:
+        raise DownlinkRejected(f"downlink rejected: {problem}")
+    content = RecordDict({name: record for name, record in msg.content.items()
+                          if name not in (key, config_name, h.RAW_RECORD)
+                          and not is_payload(record)})
+    content[key] = layout.join(coded, raw)
+    content[config_name] = h.without_header(config)
+    msg.content = content
+    reply = call_next(msg, context)
+    uplink = str(config.get(h.UP, ""))
+    if reply.has_error() or msg.metadata.message_type != MessageType.TRAIN or not uplink:
+        return reply
+    reply.content = _uplink(reply.content, channel_from_spec(uplink), layout, coded, config,
+                            context)
+    return reply
+
+
+def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: RecordDict
+              ) -> tuple[h.Layout, list[np.ndarray], ArrayRecord | None]:
+    """(layout, coded arrays, raw arrays) of a message, holding what it says to hold."""
+    down = str(config.get(h.DOWN, ""))
+    if not down:  # the arrays travel as they are
+        record = content.array_records.get(key)
+        if record is None:
+            raise CodecError(f"compressed message without its '{key}' ArrayRecord")
+        layout = h.Layout.of(record)
+        coded, raw = layout.split(record)
+        return layout, coded, raw
+    channel = channel_from_spec(down)
+    raw = content.array_records.get(h.RAW_RECORD)
+    if config.get(h.FORM) == h.CHANGE:
+        layout, held = _held(state, str(config.get(h.BASE, "")))
+        change = channel.decode(content, list(layout.shapes), memory=True)
+        coded = [np.add(a, c, dtype=np.float32) for a, c in zip(held, change)]
+        _hold(state, layout, coded)
+        return layout, coded, raw
+    layout = h.Layout.from_config(config, raw)
+    coded = channel.decode(content, list(layout.shapes))
+    if config.get(h.HOLD, False):
+        _hold(state, layout, coded)
+    return layout, coded, raw
+
+
+def _hold(state: RecordDict, layout: h.Layout, coded: list[np.ndarray]) -> None:
+    save_array_list(state, HELD, coded, version=digest(*coded).hex())
+    state[HELD_LAYOUT] = ConfigRecord({h.KEYS: list(layout.keys), CODED: list(layout.coded)})
+
+
+def _held(state: RecordDict, wanted: str) -> tuple[h.Layout, list[np.ndarray]]:
+    saved = load_array_list(state, HELD)
+    if saved is None or saved[1]["version"] != wanted or HELD_LAYOUT not in state:
+        held = "none" if saved is None else saved[1]["version"]
+        raise CodecError(f"the change applies to broadcast model {wanted}, this client "
+                         f"holds {held}")
+    arrays, _ = saved
+    layout = state.config_records[HELD_LAYOUT]
+    return h.Layout(tuple(layout[h.KEYS]), tuple(layout[CODED]),
+                    tuple(tuple(a.shape) for a in arrays)), arrays
+
+
+def _uplink(content: RecordDict, channel: Channel, layout: h.Layout,
+            received: list[np.ndarray], config: ConfigRecord, context: Context) -> RecordDict:
+    """The reply with its arrays coded by `channel` (an update: against `received`)."""
+    records = list(content.array_records.items())
+    if len(records) != 1:
+        raise ValueError(f"compression_mod: the reply must carry one ArrayRecord (the model), "
+                         f"it carries {len(records)}")
+    name, record = records[0]
+    local, raw = layout.split(record)
+    if channel.codes == "model":
+        coded = channel.encode(local)
+    else:
+        state = context.state
+        if config.get(h.RESET, False):
+            _forget(state, ERROR)
+        update = [np.subtract(a, r, dtype=np.float32) for a, r in zip(local, received)]
+        memory = channel.error_feedback
+        saved = load_array_list(state, ERROR) if memory else None
+        if saved is not None and [a.shape for a in saved[0]] == [u.shape for u in update]:
+            update = [np.add(u, e, dtype=np.float32) for u, e in zip(update, saved[0])]
+        seed = 0
+        if channel.stochastic:
+            partition = context.node_config.get("partition-id", context.node_id)
+            seed = derive_seed(int(config.get(h.SEED, 0)),
+                               int(config.get("server-round", 0)), int(partition))
+        coded = channel.encode(update, seed=seed, memory=memory)
+        if memory:
+            save_array_list(state, ERROR, [np.subtract(u, d, dtype=np.float32) for u, d in
+                                           zip(update, coded.delivered())])
+    out = RecordDict({n: r for n, r in content.items() if n != name})
+    for n, r in coded.records.items():
+        out[n] = r
+    if raw is not None:
+        out[h.RAW_RECORD] = raw
+    return out
+
+
+def _forget(state: RecordDict, name: str) -> None:
+    for record in (name, f"{name}.meta"):
+        if record in state:
+            del state[record]
+
+
+def error_norm(state: RecordDict) -> float:
+    """The L2 norm of this client's uplink error memory (0 when it keeps none)."""
+    saved = load_array_list(state, ERROR)
+    if saved is None:
+        return 0.0
+    return float(np.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in saved[0])))
