@@ -106,7 +106,7 @@ def sweep(args: argparse.Namespace, results_dir: Path) -> int:
                 "fedpara.layers": args.layers}
         runs = [(f"{model}-fedavg", {**base, "method": "fedavg"})]
         runs += [(f"{model}-fedpara-g{g}-{dtype}", {**base, "method": "fedpara",
-                                                    "fedpara.gamma": g, "fedpara.dtype": dtype})
+                                                    "fedpara.gamma": g, "dense.dtype": dtype})
                  for g in gammas for dtype in ("fp32", "fp16")]
         group = []
         for name, keys in runs:

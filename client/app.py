@@ -1,24 +1,40 @@
-"""The ClientApp: loads its partition and model, hands messages to the method's client side.
+"""The ClientApp: a Flower user's ClientApp, written against fedsqueeze's public API.
 
-Nothing here names a method or a codec. Per-node state lives in `context.state`, which Flower
-keeps across rounds in both engines (and discards when a handler raises). Every message
-carries the round's config ("server-round", "exchange"), attached by the server's core.
+    app = ClientApp(mods=[compression_mod, method_mod])
+
+The mods do everything a method and a channel need (decode what the server sent into the plain
+model, code the reply, keep per-node state in `context.state`); the handlers load their
+partition and the run's model, train it with local SGD honouring the message's
+`training_hooks()`, and return the plain model with their metrics. Nothing here names a method
+or a codec. Every message names its method (config `method`, else run config's) and round.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
-from fedsqueeze.strategies.base import CONFIG_RECORD, TRAIN, ClientSide
+from fedsqueeze.strategies.base import ARRAYS, CONFIG_RECORD, METHOD_KEY
+from fedsqueeze.strategies.hooks import training_hooks
+from fedsqueeze.strategies.mods import OWN, DownlinkRejected, compression_mod, method_mod
 from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD, identity_record
 from fedsqueeze.strategies.registry import get_method
+from fedsqueeze.strategies.replies import absurd_values
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
-from fedsqueeze.strategies.training import derive_seed, evaluate, seed_torch
+from fedsqueeze.strategies.tensors import (
+    from_arrayrecord,
+    load_arrays,
+    model_arrays,
+    to_arrayrecord,
+    travelling_keys,
+)
+from fedsqueeze.strategies.training import derive_seed, evaluate, local_training, seed_torch
 
 from .runtime import (
     client_data,
@@ -31,19 +47,37 @@ from .runtime import (
 
 STATE_RECORD = "fedsqueeze"  # generic per-node bookkeeping in context.state
 
-app = ClientApp()
+app = ClientApp(mods=[compression_mod, method_mod])
 
 
-def _setup(context: Context) -> tuple[RunSettings, torch.device]:
+def _setup(context: Context, msg: Message | None = None) -> tuple[RunSettings, torch.device]:
+    """The run's settings (the method the message names, if it names one) and the device."""
     settings = RunSettings.from_run_config(context.run_config)
+    config = None if msg is None else msg.content.config_records.get(CONFIG_RECORD)
+    if config is not None and METHOD_KEY in config:
+        settings = dataclasses.replace(settings, method=str(config[METHOD_KEY]))
     torch.set_num_threads(settings.client_threads)
     return settings, pick_device(settings.client_device)
 
 
-def _side(settings: RunSettings, context: Context, msg: Message) -> ClientSide:
-    side = get_method(settings.method)(settings, context.run_config).client()
-    side.server_round = int(msg.content[CONFIG_RECORD]["server-round"])
-    return side
+def _server_round(msg: Message) -> int:
+    return int(msg.content.config_records.get(CONFIG_RECORD, {}).get("server-round", 0))
+
+
+def received_model(settings: RunSettings, context: Context, record: ArrayRecord) -> nn.Module:
+    """The run's model holding a message's arrays; DownlinkRejected for a non-finite or
+    absurd one (training from it would poison this client)."""
+    transform = get_method(settings.method)(settings, context.run_config).transform
+    model = build_run_model(settings, transform)
+    arrays = from_arrayrecord(record)
+    if list(arrays) != travelling_keys(model):
+        raise ValueError(f"the message's arrays {list(arrays)[:3]}... are not the run model's "
+                         f"{travelling_keys(model)[:3]}...")
+    problem = absurd_values(arrays, settings.max_abs_value)
+    if problem:
+        raise DownlinkRejected(f"downlink rejected: {problem}")
+    load_arrays(model, arrays)
+    return model
 
 
 @app.query()
@@ -59,69 +93,57 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """The train exchange (receive, train, send) or an earlier exchange of the round."""
+    """Local SGD from the message's model, honouring the method's training hooks."""
     started = time.monotonic()
-    settings, device = _setup(context)
+    settings, device = _setup(context, msg)
     partition_id, _ = partition_identity(context.node_config, settings)
     if partition_id in settings.failing_partitions:
         raise RuntimeError(f"fault injected for partition {partition_id} (run-config "
                            f"fail-partitions = {settings.fail_partitions!r})")
-    side = _side(settings, context, msg)
-    exchange = str(msg.content[CONFIG_RECORD]["exchange"])
+    server_round = _server_round(msg)
     data = client_data(settings, context.node_config, device)
-    seed = derive_seed(settings.seed, side.server_round, partition_id)
+    seed = derive_seed(settings.seed, server_round, partition_id)
     seed_torch(seed, device)
-    model = build_run_model(settings, side.method.transform)
-
-    if exchange == TRAIN:
-        model = side.checked(side.receive(msg.content, context.state, model)).to(device)
-        fit_started = time.monotonic()
-        metrics = side.train(model, data, context.state, seed)
-        fit_seconds = time.monotonic() - fit_started
-        model = model.cpu()
-        reply = side.send(model, context.state)
-        metrics = {**side.metrics(model, context.state), **metrics}
-        bookkeeping = context.state.get(STATE_RECORD) or ConfigRecord({"rounds-trained": 0})
-        bookkeeping["rounds-trained"] = int(bookkeeping["rounds-trained"]) + 1
-        bookkeeping["last-round"] = side.server_round
-        context.state[STATE_RECORD] = bookkeeping
-        metrics["rounds-trained"] = int(bookkeeping["rounds-trained"])
-    else:
-        fit_started = time.monotonic()
-        reply = side.exchange(exchange, msg.content, context.state, model.to(device), data, seed)
-        fit_seconds = time.monotonic() - fit_started
-        metrics = {}
-
-    reply[METRICS_RECORD] = MetricRecord({
-        **dict(reply.metric_records.get(METRICS_RECORD, {})),  # a method's own, if any
-        **metrics,
-        "num-examples": data.num_examples,
-        "handler-seconds": time.monotonic() - started,  # whole message, incl. set-up
-        "fit-seconds": fit_seconds,  # local training (or the exchange's work) alone
-        "partition-id": partition_id,  # the identity every reply carries (identity_of)
+    model = received_model(settings, context, msg.content.array_records[ARRAYS]).to(device)
+    fit_started = time.monotonic()
+    loss = local_training(model, data, settings, server_round, seed, training_hooks())
+    fit_seconds = time.monotonic() - fit_started
+    bookkeeping = context.state.get(STATE_RECORD) or ConfigRecord({"rounds-trained": 0})
+    bookkeeping["rounds-trained"] = int(bookkeeping["rounds-trained"]) + 1
+    bookkeeping["last-round"] = server_round
+    context.state[STATE_RECORD] = bookkeeping
+    reply = RecordDict({
+        ARRAYS: to_arrayrecord(model_arrays(model.cpu())),
+        METRICS_RECORD: MetricRecord({
+            "train-loss": loss,
+            "rounds-trained": int(bookkeeping["rounds-trained"]),
+            "num-examples": data.num_examples,
+            "handler-seconds": time.monotonic() - started,  # whole message, incl. set-up
+            "fit-seconds": fit_seconds,  # local training alone
+            "partition-id": partition_id,  # the identity every reply carries (identity_of)
+        }),
     })
     return Message(reply, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate_locally(msg: Message, context: Context) -> Message:
-    """Accuracy of the model the method names (default: the message's global model) on this
-    client's local test split."""
-    settings, device = _setup(context)
+    """Accuracy on this client's local test split of the message's model ("arrays": the
+    global model, or a personalised method's own) and of each other model it carries
+    ("own.<name>": `accuracy-<name>`)."""
+    settings, device = _setup(context, msg)
     partition_id, _ = partition_identity(context.node_config, settings)
-    side = _side(settings, context, msg)
     test = client_test_data(settings, context.node_config, device)
-    transform = side.method.transform
-    model = side.checked(side.evaluation_model(msg.content, context.state,
-                                               build_run_model(settings, transform)))
-    loss, accuracy = evaluate(model.to(device), test.x, test.y, settings.eval_batch_size)
-    own = {f"accuracy-{name}": evaluate(m.to(device), test.x, test.y,
-                                        settings.eval_batch_size)[1]
-           for name, m in side.own_models(model.cpu(), context.state,
-                                          build_run_model(settings, transform)).items()}
+    metrics: dict[str, float] = {}
+    for name, record in msg.content.array_records.items():
+        model = received_model(settings, context, record).to(device)
+        loss, accuracy = evaluate(model, test.x, test.y, settings.eval_batch_size)
+        if name == ARRAYS:
+            metrics.update(accuracy=accuracy, loss=loss)
+        elif name.startswith(OWN):
+            metrics[f"accuracy-{name[len(OWN):]}"] = accuracy
     reply = RecordDict({
-        METRICS_RECORD: MetricRecord({"accuracy": accuracy, "loss": loss, **own,
-                                      "num-examples": test.num_examples,
+        METRICS_RECORD: MetricRecord({**metrics, "num-examples": test.num_examples,
                                       "partition-id": partition_id}),
     })
     return Message(reply, reply_to=msg)

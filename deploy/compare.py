@@ -60,13 +60,17 @@ class Preset:
 
 
 def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]:
-    """Every registered method (two settings of each lossy one), the baselines users pick
-    instead (the update coders also with their compressed downlink), and compositions;
-    `gwpf_steps` = GWPF's local steps, one epoch of a client."""
-    fedpara = {"model-transform": "fedpara", "fedpara.gamma": 0.3}
+    """Every registered method (two settings of each lossy one), the channels users pick
+    instead (top-k EF, QSGD; also both ways) under FedAvg, and compositions: FedPara layers
+    under channels and ResFed, Flower's server optimizers and robust aggregation under
+    channels, FedDST with 8-bit values; `gwpf_steps` = GWPF's local steps, one epoch of a
+    client."""
+    fedpara = {"method": "fedpara", "fedpara.gamma": 0.3}
+    topk_both = {"uplink": "topk-ef", "downlink": "topk-ef"}
+    qsgd_both = {"uplink": "qsgd", "downlink": "qsgd"}
     return (
         ("fedavg", {"method": "fedavg"}),
-        ("fedavg-fp16", {"method": "fedavg", "fedavg.dtype": "fp16"}),
+        ("fedavg-fp16", {"method": "fedavg", "dense.dtype": "fp16"}),
         ("fedavgm", {"method": "fedavgm"}),
         ("normclip", {"method": "normclip"}),
         ("fedsparsify-global-0.9", {"method": "fedsparsify"}),
@@ -74,13 +78,14 @@ def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]
         ("resfed-0.95", {"method": "resfed"}),
         ("resfed-0.99", {"method": "resfed", "resfed.sparsity-up": 0.99,
                          "resfed.sparsity-down": 0.99}),
-        ("topk-ef-0.99", {"method": "topk-ef"}),
-        ("topk-ef-0.999-fp16", {"method": "topk-ef", "topk-ef.sparsity": 0.999,
-                                "topk-ef.values": "fp16"}),
-        ("topk-ef-0.99-both", {"method": "topk-ef", "topk-ef.downlink": "compressed"}),
-        ("qsgd-4bit", {"method": "qsgd"}),
-        ("qsgd-2bit-ef", {"method": "qsgd", "qsgd.bits": 2, "qsgd.error-feedback": True}),
-        ("qsgd-4bit-both", {"method": "qsgd", "qsgd.downlink": "compressed"}),
+        ("topk-ef-0.99", {"method": "fedavg", "uplink": "topk-ef"}),
+        ("topk-ef-0.999-fp16", {"method": "fedavg", "uplink": "topk-ef",
+                                "topk-ef.sparsity": 0.999, "topk-ef.values": "fp16"}),
+        ("topk-ef-0.99-both", {"method": "fedavg", **topk_both}),
+        ("qsgd-4bit", {"method": "fedavg", "uplink": "qsgd"}),
+        ("qsgd-2bit-ef", {"method": "fedavg", "uplink": "qsgd", "qsgd.bits": 2,
+                          "qsgd.error-feedback": True}),
+        ("qsgd-4bit-both", {"method": "fedavg", **qsgd_both}),
         ("gwpf-0.5", {"method": "gwpf", "gwpf.local-steps": gwpf_steps}),
         ("gwpf-0.9-apf", {"method": "gwpf", "gwpf.local-steps": gwpf_steps,
                           "gwpf.tau-freeze": 0.9, "gwpf.thaw-quorum": 10,
@@ -90,11 +95,14 @@ def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]
         ("fedpara-0.1", {"method": "fedpara", "fedpara.gamma": 0.1}),
         ("fedpara-0.3", {"method": "fedpara", "fedpara.gamma": 0.3}),
         ("pfedpara-0.5", {"method": "pfedpara"}),  # central acc: the global factors, init W2
-        ("fedpara x resfed-0.95", {"method": "resfed", **fedpara}),
-        ("fedpara x topk-ef-0.99-both", {"method": "topk-ef", "topk-ef.downlink": "compressed",
-                                         **fedpara}),
-        ("fedpara x qsgd-4bit-both", {"method": "qsgd", "qsgd.downlink": "compressed",
-                                      **fedpara}),
+        ("fedpara x resfed-0.95", {"method": "resfed", "model-transform": "fedpara",
+                                   "fedpara.gamma": 0.3}),
+        ("fedpara x topk-ef-0.99-both", {**fedpara, **topk_both}),
+        ("fedpara x qsgd-4bit-both", {**fedpara, **qsgd_both}),
+        ("fedavgm x topk-ef-0.99-both", {"method": "fedavgm", **topk_both}),
+        ("fedadam x qsgd-4bit-both", {"method": "fedadam", **qsgd_both}),
+        ("fedtrimmedavg x topk-ef-0.99", {"method": "fedtrimmedavg", "uplink": "topk-ef"}),
+        ("feddst-0.8 x q8", {"method": "feddst", "feddst.values": "q8"}),
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import tomllib
 from flwr.common.config import parse_config_args
 
+from fedsqueeze.strategies.build import run_channels
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.settings import ConfigError, RunSettings, UserValue
 
@@ -54,5 +55,5 @@ def checked_run_config(app_dir: Path, overrides: dict[str, UserValue]) -> dict[s
                               + ", ".join(sorted(declared)))
     merged = {**declared, **overrides}
     settings = RunSettings.from_run_config(merged)
-    get_method(settings.method)(settings, merged)
+    run_channels(get_method(settings.method)(settings, merged), merged)
     return merged

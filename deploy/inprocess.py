@@ -30,11 +30,11 @@ from flwr.common.serde import (
     recorddict_to_proto,
 )
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsqueeze.client.app import app as default_clientapp
 from fedsqueeze.server.app import start_run
-from fedsqueeze.strategies.base import SqueezeStrategy
 
 from .config_check import checked_run_config, find_app_dir
 
@@ -161,7 +161,7 @@ class Federation:
         self.round = self.runner.first_round - 1  # a resumed run continues after its checkpoint
 
     @property
-    def strategy(self) -> SqueezeStrategy:
+    def strategy(self) -> Strategy:
         return self.runner.strategy
 
     @property

@@ -303,13 +303,15 @@ def _warm_imports() -> None:
 
     import fedsqueeze.client.app  # noqa: F401
     import fedsqueeze.data.partition  # noqa: F401  (flwr-datasets, HF datasets)
+    from fedsqueeze.strategies.channel import channel_names, get_channel
     from fedsqueeze.strategies.registry import get_method, method_names
     from fedsqueeze.strategies.settings import RunSettings, field_types
 
     import_task_modules()  # Flower's SuperExec loop and ClientApp entry
 
-    for config in (RunSettings, *(get_method(name).Config for name in method_names())):
-        field_types(config)  # imports every method module and resolves its settings' types
+    for config in (RunSettings, *(get_method(name).Config for name in method_names()),
+                   *(get_channel(name) for name in channel_names())):
+        field_types(config)  # imports every method and channel, resolves their types
 
 
 def _status(children: dict[int, Served]) -> str:

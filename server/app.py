@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from fedsqueeze.strategies.build import build_strategy
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import RunSettings
@@ -29,7 +30,7 @@ from fedsqueeze.strategies.tensors import (
 from .checkpoint import latest_checkpoint
 from .doorbell import open_bell
 from .evaluation import CentralEvaluator
-from .loop import RoundRunner, RunFailure, discover_clients
+from .loop import RoundRunner, RunFailure, client_state_lost, discover_clients, key_by_partition
 from .metering import MeteredGrid
 from .results import ResultsWriter, close_run, default_results_dir
 from .signals import Interrupted, exit_when_launcher_gone, pass_on, signals_raise
@@ -66,7 +67,10 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
     settings = RunSettings.from_run_config(run_config)
     method = get_method(settings.method)(settings, run_config)
     model = build_run_model(settings, method.transform)
-    strategy = method.server(model)
+    # the loop samples (seeded, by partition) and gives the strategy the sample to take whole;
+    # it meters every message at the grid
+    strategy = build_strategy(method, model, run_config, meter=False, fraction_train=1.0,
+                              min_train_nodes=1, min_available_nodes=1)
     evaluator = CentralEvaluator(settings, model)
     initial = to_arrayrecord(model_arrays(model))
 
@@ -78,7 +82,8 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
         if checkpoint is None:
             raise RunFailure(f"resume: {run_dir} has no checkpoint (run-config "
                              "checkpoint-every was 0, or no checkpoint round was reached)")
-        strategy.import_state(checkpoint.state)
+        if hasattr(strategy, "import_state"):
+            strategy.import_state(checkpoint.state)
         initial = to_arrayrecord({key: checkpoint.arrays[key] for key in model_arrays(model)})
         first_round = checkpoint.round + 1
         writer = ResultsWriter.resume(run_dir, checkpoint.round,
@@ -112,10 +117,11 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
     except Exception as err:
         writer.finish("failed", time.monotonic() - runner.started, error=str(err))
         raise
-    strategy.directory = directory
+    runner.directory = directory
+    key_by_partition(strategy, directory)
     if settings.resume:  # the clients of a resumed run start without their context.state
         for partition_id in directory.partition_ids:
-            strategy.client_state_lost(partition_id)
+            client_state_lost(strategy, partition_id)
     engine = settings.engine or str(next(iter(clients.values())).get("engine", "unknown"))
     writer.update_config(engine=engine, transport=TRANSPORTS.get(engine, "unknown"),
                          clients={str(pid): info for pid, info in sorted(clients.items())},

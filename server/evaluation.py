@@ -1,11 +1,18 @@
-"""Central evaluation of the global model on the dataset's test split (on the server's CPU)."""
+"""Central evaluation of the global model on the dataset's test split (on the server's CPU),
+and the aggregation of the clients' local evaluations."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
+from flwr.app import Message
 from torch import nn
 
 from fedsqueeze.data import load_split, to_tensor
+from fedsqueeze.strategies.payload import METRICS_RECORD
+from fedsqueeze.strategies.replies import screen
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.tensors import load_arrays
 from fedsqueeze.strategies.training import evaluate
@@ -24,3 +31,41 @@ class CentralEvaluator:
         """(loss, accuracy) of the model with these travelling tensors."""
         load_arrays(self.model, arrays)
         return evaluate(self.model, self.x, self.y, self.batch_size)
+
+
+def local_evaluation(replies: list[Message], sent: dict[int, str]
+                     ) -> tuple[dict[str, Any] | None, list[tuple[Message, str]]]:
+    """The clients' local evaluations aggregated: `accuracy_local` (mean over clients),
+    `accuracy_local_min`, `loss_local`, `accuracy_local_<name>` (+ `_min`) of their own
+    models; and the rejected replies with why (bad or out-of-range metrics)."""
+    good, rejected = screen(replies, sent)
+    accuracies, losses = [], []
+    own: dict[str, list[float]] = {}
+    for reply in good:
+        try:
+            metrics = reply.content.metric_records[METRICS_RECORD]
+            accuracy, loss = float(metrics["accuracy"]), float(metrics["loss"])
+            extra = {k[len("accuracy-"):]: float(v) for k, v in metrics.items()
+                     if k.startswith("accuracy-")}
+        except (KeyError, ValueError, TypeError) as err:
+            rejected.append((reply, f"bad metrics: {err}"))
+            continue
+        if not (0 <= accuracy <= 1 and np.isfinite(loss)
+                and all(0 <= a <= 1 for a in extra.values())):
+            rejected.append((reply, f"rejected: accuracy {accuracy!r} or loss {loss!r} out "
+                                    "of range"))
+            continue
+        accuracies.append(accuracy)
+        losses.append(loss)
+        for name, value in extra.items():
+            own.setdefault(name, []).append(value)
+    if not accuracies:
+        return None, rejected
+    record: dict[str, Any] = {"accuracy_local": float(np.mean(accuracies)),
+                              "accuracy_local_min": float(min(accuracies)),
+                              "loss_local": float(np.mean(losses)),
+                              "local_evaluations": len(accuracies)}
+    for name, values in sorted(own.items()):
+        record[f"accuracy_local_{name}"] = float(np.mean(values))
+        record[f"accuracy_local_{name}_min"] = float(min(values))
+    return record, rejected

@@ -1,15 +1,25 @@
-"""The round loop of the ServerApp.
+"""The round loop of the ServerApp: Flower's `Strategy.start`, plus what it lacks.
 
-Flower's `Strategy.start` keeps the previous model when aggregation returns None and calls
-central evaluation every round; this loop instead runs each round's exchanges in order (the
-strategy's `exchanges(t)`, then "train"), each metered as its own phase, fails the run (or
-skips the round, as configured) when fewer than `min-nodes` replies of an exchange succeed,
-counts and logs every failed reply, evaluates centrally every `eval-every` rounds and on the
-clients' local test splits every `local-eval-every` rounds, and writes a results row per
-round (and a checkpoint every `checkpoint-every`). Before each round it identifies nodes that
-connected since the last one: a restarted SuperNode (new node id, same partition id) takes
-its partition back and the strategy forgets what it mirrored of it. It calls the strategy's
-verbs, so methods stay Flower strategies.
+Each round calls the strategy's Flower verbs as `start` does (`configure_train`, which runs a
+method's earlier exchanges itself, the grid's `send_and_receive`, `aggregate_train`;
+`configure_evaluate` on local-evaluation rounds). Around them, what `start` lacks and the app
+needs:
+
+- clients by partition id: a discovery exchange before round 1 (and before each round for
+  nodes that joined since: a restarted SuperNode takes its partition back and the strategy
+  forgets what it mirrored of it), seeded sampling over partition ids (the strategy is given
+  a view of the grid holding the round's sample), replies aggregated in partition order;
+- the app's reply checks: a reply must carry its node's partition id and the example count
+  the node reported at discovery (`ReplyGuard`); the strategy checks the rest;
+- a run that fails (or a round that is skipped, as configured) when fewer than `min-nodes`
+  replies succeed, every failure counted and logged with its reason;
+- central evaluation every `eval-every` rounds (and of the strategy's extra models, such as
+  the broadcast model clients hold), the local evaluation's mean and minimum, a results row
+  per round with bytes per phase from the metered grid, checkpoints and resume.
+
+Extras a strategy may offer (ours do; Flower's own need none): `failures`, `client_key`,
+`round_metrics(t)`, `models_to_evaluate(t)`, `export_state()` / `import_state(state)`,
+`client_state_lost(client)`.
 """
 
 from __future__ import annotations
@@ -20,15 +30,19 @@ from logging import ERROR, INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedsqueeze.strategies.base import EVALUATE, TRAIN, Failure, SqueezeStrategy
+from fedsqueeze.strategies.base import EVALUATE, TRAIN
 from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD, identity_of
+from fedsqueeze.strategies.replies import Failure, weight_problem
 from fedsqueeze.strategies.sampling import ClientDirectory
 from fedsqueeze.strategies.settings import RunSettings
+from fedsqueeze.strategies.state import ServerState
 from fedsqueeze.strategies.tensors import from_arrayrecord
 
 from .checkpoint import save_checkpoint
+from .evaluation import local_evaluation
 from .metering import DOWN, UP, MeteredGrid
 from .results import ResultsWriter, fmt_bytes
 
@@ -98,16 +112,14 @@ def discover_clients(grid: MeteredGrid, settings: RunSettings
     return directory, details, (started_unix, time.time())
 
 
-def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings,
-                   refused: set[int]) -> list[int]:
+def rejoin_clients(grid: MeteredGrid, directory: ClientDirectory, strategy: Strategy,
+                   settings: RunSettings, refused: set[int]) -> list[int]:
     """Identify nodes that connected since the last round and bind their partitions to them:
     a restarted SuperNode has a new node id and the same partition id, and takes over from
     its old node (which the SuperLink may not yet have declared dead); the strategy forgets
     what it mirrored of a rejoined client (its `context.state` died with the old SuperNode).
     A node that cannot identify itself is added to `refused` and never asked again (each ask
     could cost the round a timeout). Returns the partitions that rejoined or joined."""
-    directory = strategy.directory
-    assert directory is not None
     new = sorted(n for n in grid.get_node_ids() if directory.get(n) is None and n not in refused)
     if not new:
         return []
@@ -119,12 +131,70 @@ def rejoin_clients(grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSe
     for node_id, info in sorted(reported.items()):
         partition_id = int(info["partition-id"])
         if directory.add(node_id, partition_id, _examples(info)):
-            strategy.client_state_lost(partition_id)
+            client_state_lost(strategy, partition_id)
             log(INFO, "partition %d rejoined as node %d", partition_id, node_id)
         else:
             log(INFO, "partition %d joined as node %d", partition_id, node_id)
         joined.append(partition_id)
     return sorted(joined)
+
+
+def client_state_lost(strategy: Strategy, partition_id: int) -> None:
+    if hasattr(strategy, "client_state_lost"):
+        strategy.client_state_lost(partition_id)
+
+
+def export_state(strategy: Strategy) -> ServerState:
+    return strategy.export_state() if hasattr(strategy, "export_state") else ServerState()
+
+
+def key_by_partition(strategy: Strategy, directory: ClientDirectory) -> None:
+    """The strategy mirrors clients by partition id (which survives a SuperNode restart)."""
+    if hasattr(strategy, "client_key"):
+        strategy.client_key = lambda node_id: (
+            node_id if (partition := directory.get(node_id)) is None else partition)
+
+
+class NodeView:
+    """The grid as a strategy sees it in one round: only the round's sampled nodes."""
+
+    def __init__(self, grid: MeteredGrid, node_ids: list[int]) -> None:
+        self._grid, self._node_ids = grid, list(node_ids)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str):  # send_and_receive, push/pull, run, ...
+        return getattr(self._grid, name)
+
+
+class ReplyGuard:
+    """The app's checks of a train reply: it carries the partition id of its node and, as
+    its weight, the example count the node reported at discovery."""
+
+    def __init__(self, directory: ClientDirectory) -> None:
+        self.directory = directory
+
+    def problem(self, reply: Message) -> str | None:
+        if reply.has_error():
+            return None  # the strategy counts it
+        node_id = reply.metadata.src_node_id
+        try:
+            partition_id = identity_of(reply.content)
+        except (KeyError, ValueError) as err:  # a CodecError is a ValueError
+            return f"undecodable reply: {err}"
+        own = self.directory.get(node_id)
+        if own is not None and partition_id != own:
+            return f"reports partition-id {partition_id}, but the node holds partition {own}"
+        problem = weight_problem(reply, "num-examples")
+        if problem:
+            return problem
+        value = reply.content.metric_records[METRICS_RECORD]["num-examples"]
+        expected = None if own is None else self.directory.examples_of(own)
+        if expected is not None and value != expected:
+            return (f"num-examples = {value!r} differs from the {expected} examples the node "
+                    "reported at discovery")
+        return None
 
 
 def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Message]
@@ -143,11 +213,12 @@ def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Mess
     return rows
 
 
-def evaluate_extra(strategy: SqueezeStrategy, server_round: int,
+def evaluate_extra(strategy: Strategy, server_round: int,
                    evaluate_fn: Callable[[dict], tuple[float, float]]) -> dict[str, float]:
     """`accuracy_<name>` (mean) and `accuracy_<name>_min` of the strategy's extra models."""
     row: dict[str, float] = {}
-    for name, models in strategy.models_to_evaluate(server_round).items():
+    extra = getattr(strategy, "models_to_evaluate", lambda t: {})(server_round)
+    for name, models in extra.items():
         accuracies = [evaluate_fn(model)[1] for model in models]
         if accuracies:
             row[f"accuracy_{name}"] = sum(accuracies) / len(accuracies)
@@ -156,13 +227,14 @@ def evaluate_extra(strategy: SqueezeStrategy, server_round: int,
 
 
 def phase_of(exchange: str, server_round: int) -> str:
-    return f"{exchange}:{server_round}"
+    """The phase (the messages' group id) of an exchange of a round."""
+    return f"{server_round}:{exchange}"
 
 
 class RoundRunner:
     """Runs the rounds of one run against a (metered) grid and writes their rows."""
 
-    def __init__(self, grid: MeteredGrid, strategy: SqueezeStrategy, settings: RunSettings,
+    def __init__(self, grid: MeteredGrid, strategy: Strategy, settings: RunSettings,
                  writer: ResultsWriter, evaluate_fn: Callable[[dict], tuple[float, float]],
                  count_nonzeros: Callable[[dict], tuple[int, int]], first_round: int = 1
                  ) -> None:
@@ -173,63 +245,57 @@ class RoundRunner:
         self.evaluate_fn = evaluate_fn
         self.count_nonzeros = count_nonzeros
         self.first_round = first_round
+        self.directory: ClientDirectory | None = None  # set after discovery
         self.last_round = first_round - 1  # the last round whose row was written
         self.refused: set[int] = set()     # new nodes that could not identify themselves
         self.cumulative = {d: sum(r[f"message_{d}"] for r in writer.rows) for d in ("up", "down")}
         self.started = time.monotonic()
 
-    def _exchange(self, name: str, server_round: int, node_ids: list[int]
-                  ) -> tuple[list[Message], list[Failure]]:
-        """Send one exchange's messages; (replies, nodes that never answered)."""
-        s, strategy = self.settings, self.strategy
-        self.grid.phase = phase_of(name, server_round)
-        messages = strategy.configure_exchange(name, server_round, node_ids)
-        replies = self.grid.send_and_receive(messages, timeout=s.round_timeout)
+    def _train(self, server_round: int, arrays: ArrayRecord, node_ids: list[int]
+               ) -> tuple[ArrayRecord | None, Any, list[Message], list[Failure]]:
+        """The strategy's round on the sampled nodes: (new arrays or None, train metrics,
+        the train replies, the app's failures)."""
+        s, strategy, directory = self.settings, self.strategy, self.directory
+        view = NodeView(self.grid, node_ids)
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), view))
+        replies = list(self.grid.send_and_receive(messages, timeout=s.round_timeout)) \
+            if messages else []
         answered = {r.metadata.src_node_id for r in replies}
-        silent = [Failure(n, name, f"no reply within {s.round_timeout:.0f} s")
-                  for n in node_ids if n not in answered]
-        return replies, silent
+        failures = [Failure(m.metadata.dst_node_id, TRAIN,
+                            f"no reply within {s.round_timeout:.0f} s")
+                    for m in messages if m.metadata.dst_node_id not in answered]
+        guard, kept = ReplyGuard(directory), []
+        for reply in replies:
+            problem = guard.problem(reply)
+            if problem is None:
+                kept.append(reply)
+            else:
+                failures.append(Failure(reply.metadata.src_node_id, TRAIN, problem))
+        kept.sort(key=lambda r: (directory.get(r.metadata.src_node_id) is None,
+                                 directory.get(r.metadata.src_node_id) or 0))
+        started = time.monotonic()
+        new_arrays, metrics = strategy.aggregate_train(server_round, kept)
+        self._aggregate_seconds = time.monotonic() - started
+        return new_arrays, metrics, replies, failures
 
     def run_round(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:
         """One round: its exchanges, aggregation, evaluations and results row."""
-        s, strategy = self.settings, self.strategy
+        s, strategy, directory = self.settings, self.strategy, self.directory
+        assert directory is not None, "discover the clients before round 1"
         round_started = time.monotonic()
         started_unix = time.time()
-        rejoin_phase = phase_of("discovery", server_round)
-        self.grid.phase = rejoin_phase
-        rejoined = rejoin_clients(self.grid, strategy, s, self.refused)
-        node_ids = strategy.sample(server_round)
-        sampled = list(node_ids)
-        strategy.begin(server_round, from_arrayrecord(arrays))
-        silent: list[Failure] = []
-        phases: list[str] = [rejoin_phase]
-        all_replies: list[Message] = []
-        new_arrays = train_metrics = None
-        name = TRAIN
-        sent: list[int] = []
-        declared = strategy.exchanges(server_round)
-        timing: dict[str, float] = {}  # where the round's seconds went
-        try:
-            for name in (*declared, TRAIN):
-                phases.append(phase_of(name, server_round))
-                sent = list(node_ids)
-                exchange_started = time.monotonic()
-                replies, missing = self._exchange(name, server_round, node_ids)
-                timing[f"exchange_{name}"] = time.monotonic() - exchange_started
-                silent += missing
-                all_replies += replies
-                if name == TRAIN:
-                    aggregate_started = time.monotonic()
-                    new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
-                    timing["aggregate"] = time.monotonic() - aggregate_started
-                else:
-                    node_ids = strategy.aggregate_exchange(name, server_round, replies)
-                    if len(node_ids) < s.min_nodes:
-                        break
-        finally:
-            strategy.end(server_round)
-        failures = list(strategy.failures) + silent
+        self.grid.phase = phase_of("discovery", server_round)
+        rejoined = rejoin_clients(self.grid, directory, strategy, s, self.refused)
+        sampled = directory.sample(server_round, s.fraction_train, s.min_nodes, s.seed)
+        new_arrays, train_metrics, replies, failures = self._train(server_round, arrays,
+                                                                   sampled)
+        failures = failures + list(getattr(strategy, "failures", []))
+        phases = self.grid.phases_of_round(server_round)
+        exchanges = [p.split(":", 1)[1] for p in phases
+                     if not p.endswith((":discovery", f":{EVALUATE}"))]
         if new_arrays is None:
+            name = exchanges[-1] if exchanges else TRAIN
+            sent = self.grid.nodes_of(phase_of(name, server_round))
             ok = len(sent) - len({f.node_id for f in failures
                                   if f.exchange == name and f.node_id in sent})
             reason = (f"round {server_round}: {ok} of {len(sent)} replies succeeded in exchange "
@@ -242,6 +308,9 @@ class RoundRunner:
         else:
             arrays = new_arrays
 
+        timing: dict[str, float] = {f"exchange_{name}": self.grid.seconds[
+            phase_of(name, server_round)] for name in exchanges}
+        timing["aggregate"] = self._aggregate_seconds
         plain = from_arrayrecord(arrays)
         loss = accuracy = None
         extra_accuracy: dict[str, float | None] = {}
@@ -253,9 +322,10 @@ class RoundRunner:
         local = self._evaluate_locally(server_round, arrays) \
             if s.evaluates_locally(server_round) else {}
         nonzeros, params = self.count_nonzeros(plain)
-        directory = strategy.directory
-        totals = self.grid.totals(phases)
-        traffic = self.grid.traffic(*phases)
+        round_phases = [phase_of("discovery", server_round)] + [
+            phase_of(name, server_round) for name in exchanges]
+        totals = self.grid.totals(round_phases)
+        traffic = self.grid.traffic(*round_phases)
         row: dict[str, Any] = {
             "round": server_round,
             "accuracy": accuracy,
@@ -276,10 +346,10 @@ class RoundRunner:
                           "exchange": f.exchange, "reason": f.reason} for f in failures],
             "skipped": new_arrays is None,
             "train_loss": None if train_metrics is None else train_metrics.get("train-loss"),
-            "per_client": per_client_row(directory, traffic, all_replies),
-            **({"exchanges": {p.split(":")[0]: self.grid.totals([p]) for p in phases[1:]}}
-               if declared else {}),
-            **strategy.round_metrics(server_round),
+            "per_client": per_client_row(directory, traffic, replies),
+            **({"exchanges": {name: self.grid.totals([phase_of(name, server_round)])
+                              for name in exchanges}} if exchanges not in ([], [TRAIN]) else {}),
+            **getattr(strategy, "round_metrics", lambda t: {})(server_round),
             **extra_accuracy,
             **local,
         }
@@ -288,26 +358,29 @@ class RoundRunner:
         self._log_progress(row, failures)
         every = s.checkpoint_every
         if every and (server_round % every == 0 or server_round == s.num_server_rounds):
-            save_checkpoint(self.writer.run_dir, server_round, plain, strategy.export_state())
+            save_checkpoint(self.writer.run_dir, server_round, plain, export_state(strategy))
         return arrays
 
     def _evaluate_locally(self, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
         """The local-evaluation exchange: its accuracies and bytes (not in the round's totals:
         measuring costs bytes no training method needs)."""
-        s, strategy = self.settings, self.strategy
-        failures_before = len(strategy.failures)
-        self.grid.phase = phase_of(EVALUATE, server_round)
-        messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(),
-                                                    self.grid))
-        replies = self.grid.send_and_receive(messages, timeout=s.round_timeout)
-        metrics = strategy.aggregate_evaluate(server_round, replies)
-        failed = len(strategy.failures) - failures_before + len(messages) - len(replies)
-        totals = self.grid.totals([self.grid.phase])
-        row: dict[str, Any] = {f"eval_{k}": v for k, v in totals.items()}
+        s, directory = self.settings, self.directory
+        wanted = s.local_eval_clients or len(directory)
+        view = NodeView(self.grid, directory.choose(server_round, wanted, s.seed, 1))
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(),
+                                                         view))
+        replies = list(self.grid.send_and_receive(messages, timeout=s.round_timeout))
+        sent = {m.metadata.dst_node_id: m.metadata.group_id for m in messages}
+        metrics, rejected = local_evaluation(replies, sent)
+        for reply, reason in rejected:
+            log(WARNING, "node %d (%s): %s", reply.metadata.src_node_id, EVALUATE, reason)
+        phase = phase_of(EVALUATE, server_round)
+        row: dict[str, Any] = {f"eval_{k}": v for k, v in self.grid.totals([phase]).items()}
         row.update({"accuracy_local": None, "accuracy_local_min": None, "loss_local": None,
-                    "local_evaluations": 0, "failed_local_evaluations": failed})
+                    "local_evaluations": 0,
+                    "failed_local_evaluations": len(rejected) + len(messages) - len(replies)})
         if metrics is not None:
-            row.update(dict(metrics))
+            row.update(metrics)
         return row
 
     def _log_progress(self, row: dict[str, Any], failures: list[Failure]) -> None:
@@ -324,10 +397,9 @@ class RoundRunner:
             "" if local is None else f"  local {local:.4f}", len(failures),
             fmt_bytes(self.cumulative["up"]), fmt_bytes(self.cumulative["down"]),
             row["seconds"], eta)
-        directory = self.strategy.directory
         for f in failures:
             log(ERROR, "round %d: partition %s failed (%s): %s", server_round,
-                directory.get(f.node_id), f.exchange, f.reason)
+                self.directory.get(f.node_id), f.exchange, f.reason)
 
     def run(self, arrays: ArrayRecord) -> ArrayRecord:
         """Run rounds `first_round`..`num-server-rounds`; return the final global arrays."""

@@ -72,8 +72,18 @@ class MeteredGrid:
         return getattr(self._grid, name)
 
     def phase_of(self, message: Message) -> str:
-        """A message's phase: the grid's current `phase`."""
-        return self.phase
+        """A message's phase: its group id ("<round>:<exchange>", set by the strategies), or
+        the grid's current `phase` for a message without one (discovery)."""
+        return message.metadata.group_id or self.phase
+
+    def phases_of_round(self, server_round: int) -> list[str]:
+        """The phases of round t that carried messages, in the order they started."""
+        prefix = f"{server_round}:"
+        return list(dict.fromkeys(p for p, _, _ in self._traffic if p.startswith(prefix)))
+
+    def nodes_of(self, phase: str) -> set[int]:
+        """The nodes messages of a phase were sent to."""
+        return {node for p, d, node in self._traffic if p == phase and d == DOWN}
 
     def _record(self, direction: str, messages: list[tuple[int, Message]]) -> None:
         """Measure (node id, message) pairs, under one `no_object_id_recompute`: a record the

@@ -1,75 +1,94 @@
-"""fedsqueeze.strategies: the method framework; the methods live in `strategies/methods/`.
+"""fedsqueeze.strategies: channels, the `Compressed` wrapper and its mods, and the methods.
 
-The method contract: a server strategy plus a client side, built from run config.
+Public API (what a Flower user's app imports)::
 
-A method is one module in `strategies/methods/`, found by discovery (no list to edit), plus its
-keys in pyproject's `[tool.flwr.app.config]`, plus its tests::
+    from fedsqueeze.strategies import Compressed, compression_mod, TopKEF
+    strategy = Compressed(FedAvgM(...), uplink=TopKEF(sparsity=0.99), downlink=TopKEF())
+    app = ClientApp(mods=[compression_mod])          # the handler sees plain ArrayRecords
+
+    strategy, arrays = strategy_from_run_config(run_config)  # a registered method, any app
+    strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)
+    app = ClientApp(mods=[compression_mod, method_mod])  # its client side, around a handler
+    hooks = training_hooks()                              # inside the handler: what the
+                                                          # method asks of local training
+
+Channels (`strategies/channel.py`, one module each in `strategies/channels/`): frozen
+dataclasses registered with `@register_channel`, `encode(arrays, seed=, memory=)` ->
+`Coded(records, delivered)` and `decode(content, shapes, memory=)`.
+
+The method contract: a method is one module in `strategies/methods/`, found by discovery (no
+list to edit), plus its keys in pyproject's `[tool.flwr.app.config]`, plus its tests::
 
     @dataclasses.dataclass(frozen=True)
-    class TopKConfig(MethodConfig):          # the `topk-ef.*` keys; @register sets the prefix
-        sparsity: float = 0.99
-        def __post_init__(self): self.check({"sparsity": (lambda v: 0 <= v < 1, "in [0, 1)")})
+    class FedAvgMConfig(MethodConfig):      # the `fedavgm.*` keys; @register sets the prefix
+        server_lr: float = 1.0
 
-    @register("topk-ef")
-    class TopKEF(Method):
-        Config = TopKConfig                  # default: MethodConfig (no keys)
-        Strategy = UpdateStrategy            # default: SqueezeStrategy (dense model both ways)
-        Client = TopKClient                  # default: ClientSide (dense model both ways)
-        def coder(self, memory) -> TopKCoder: ...   # update methods only (`updates.py`)
-        def model_codec(self) -> DenseModelCodec: ...   # default: fp32
-        model_transform = ""                 # a transform it needs ("fedpara"); default: the
-                                             # run config's `model-transform`
+    @register("fedavgm")
+    class FedAvgMMethod(Method):
+        Config = FedAvgMConfig               # default: MethodConfig (no keys)
+        plain = True                         # its messages carry the plain model
+        def strategy(self, model, **options) -> Strategy: ...   # a Flower strategy
+        Client = ClientSide                  # default: nothing beyond arrays in, arrays out
+        model_transform = ""                 # a transform it needs ("fedpara")
 
-`Method.transform` (from `model_transform.py`) is the run's model transform or None; the
-server and the ClientApp build the model with `build_run_model(settings, method.transform)`,
-so a transform changes what every method trains without code in the method.
+A *plain* method is a Flower strategy over plain arrays (Flower's own, subclassed only to name
+the method in its messages, `Tagged`, and to export its state); the run's channels carry its
+model (`build.py`: `Compressed(strategy, uplink, downlink)`; dense fp32 both ways by default).
+A *coded* method codes its own messages: its strategy is a `SqueezeStrategy` (a Flower FedAvg)
+that overrides hooks:
 
-Server side (`SqueezeStrategy`, a subclass of Flower's FedAvg). The round loop calls, per
-round t: `sample(t)`, `begin(t, arrays)`, then for each exchange of `exchanges(t)` and finally
-"train": `configure_exchange(name, t, node_ids)` -> messages, then `aggregate_exchange(name,
-t, replies)` (earlier exchanges) or `aggregate_train(t, replies)` (Flower's verb), then
-`end(t)`. Rounds with `local-eval-every` also run `configure_evaluate` / `aggregate_evaluate`
-(Flower's verbs) on the clients' local test splits. A method overrides only hooks:
+    encode_down(server_round, node_id, arrays) -> RecordDict      train message content
+    decode_up(server_round, node_id, content) -> Arrays            the client's model
+    aggregate_decoded(server_round, replies) -> (ArrayRecord, MetricRecord)  default: FedAvg
+    exchanges(server_round) -> tuple[str, ...]                     exchanges before "train"
+    encode_exchange(name, server_round, node_id) -> RecordDict
+    decode_exchange(name, server_round, node_id, content) -> Any   raise CodecError to reject
+    combine_exchange(name, server_round, decoded)                  decoded = {client: value}
+    encode_evaluate(server_round, node_id, arrays) -> RecordDict   default: dense fp32 model
+    begin_round(server_round, arrays) / end_round(server_round)    per-round state
+    round_metrics(server_round) -> dict                            keys of the round's row
+    models_to_evaluate(server_round) -> {name: [state dicts]}      extra central evaluations
+    export_state() -> ServerState / import_state(state)            plain arrays + JSON (resume)
+    client_state_lost(client)                                      forget a client's mirror
 
-    encode_down(t, node_id, arrays) -> RecordDict         train message content (no config:
-                                                          the core attaches the round's config)
-    decode_up(t, node_id, content) -> Arrays              the client's model, plain float32
-    aggregate_decoded(t, replies) -> (ArrayRecord, MetricRecord)   default: Flower's FedAvg
-    exchanges(t) -> tuple[str, ...]                       exchanges before "train" (default none)
-    encode_exchange(name, t, node_id) -> RecordDict
-    decode_exchange(name, t, node_id, content) -> Any     raise CodecError/ValueError to reject
-    combine_exchange(name, t, decoded)                    decoded = {partition: value}: decide
-    encode_evaluate(t, node_id, arrays) -> RecordDict     default: the dense fp32 global model
-    begin_round(t, arrays) / end_round(t)                 per-round state (end: also on failure)
-    round_metrics(t) -> dict                              method keys of the round's row
-    models_to_evaluate(t) -> {name: [state dicts]}        extra centrally evaluated models
-    export_state() -> ServerState / import_state(state)   plain arrays + JSON (resume)
-    client_state_lost(partition_id)                       its context.state is gone (restarted
-                                                          SuperNode, resumed run): resync it
+Its Flower verbs run a whole round: `configure_train` samples (Flower's rule), runs the
+round's earlier exchanges on the grid it is given, and returns the train messages;
+`aggregate_train` rejects, with the reason in `failures`, error replies, replies from nodes it
+did not ask, several replies of one node, replies to another round or exchange, weights that
+are not positive counts, undecodable payloads, decoded models that are non-finite or exceed
+`max_abs_value`, metric keys other than the round's majority; and aggregates the rest in
+`client_key` order (node id by default; the app keys by partition id).
 
-Before aggregation the core rejects, per reply and with the reason in `failures`: error
-replies, replies from nodes the exchange was not sent to, several replies of one node, replies
-of another round/exchange, another node's partition id, undecodable payloads, decoded models
-that are non-finite or exceed `max-abs-value`, `num-examples` other than the node's count at
-discovery, metric keys other than the round's majority, non-finite exchange values.
+Client side (`ClientSide`, run by `method_mod` around the handler): for a train message,
+`trains(exchange)` says whether the handler trains; if so `receive(exchange, content,
+state)` -> the plain arrays it trains from (and sets `hooks`, the `TrainingHooks` of its
+training), then `send(exchange, arrays, state)` -> the reply's records; if not,
+`reply_without_training(exchange, content, state)` -> the reply's records. `metrics(exchange,
+state)` -> extra reply metrics; for an evaluation, `evaluation(content, state)` -> {name:
+arrays} ("arrays": the model to evaluate; others: the client's own). `state` is Flower's
+`context.state` (persists across rounds in both engines; discarded when the handler raises).
+Every metric key must be the same for every client of a round.
 
-Client side (`ClientSide`): the generic ClientApp sets `server_round`, builds the run's model
-and calls, for a train message: `receive(content, state, model)` -> model, `train(model, data,
-state, seed)` -> metrics, `send(model, state)` -> RecordDict, `metrics(model, state)` -> extra
-reply metrics; for an earlier exchange: `exchange(name, content, state, model, data, seed)`
--> RecordDict; for a local evaluation: `evaluation_model(content, state, model)` -> model,
-then `own_models(global_model, state, model)` -> {name: model} evaluated beside it.
-The ClientApp passes what `receive` and `evaluation_model` return through `checked(model)`
-(DownlinkRejected for a non-finite or absurd model); an exchange that decodes a model calls
-it itself.
-`state` is Flower's `context.state` (persists across rounds in both engines; discarded when a
-hook raises). Replies get the metrics ("num-examples", ...) and the identity record from the
-core. Every metric key must be the same for every client of a round.
-
-Shared pieces every method may use: `model_codec` (the whole model as one payload: fp32,
-fp16, bf16 or uniform b-bit), `updates` (update-uplink methods: error memory, "sent model +
-update", the compressed downlink of the broadcast model's change), `tensors`
-(canonical order, flatten/unflatten, global top-k), `state` (per-node state, versioned server
-mirrors, exported server state), `payload` (codec bytes in Flower records), `settings` (run
-config), `training` (local SGD and evaluation). A method never imports another method.
+Shared pieces every method may use: `model_codec` (the whole model as one dense payload),
+`tensors` (canonical order, flatten/unflatten, global top-k), `state` (per-node state,
+versioned server mirrors, exported server state), `payload` (codec bytes in Flower records),
+`replies` (the reply checks), `hooks` (training hooks), `settings` (run config), `training`
+(local SGD and evaluation). A method never imports another method.
 """
+
+from .build import build_strategy, strategy_from_run_config
+from .channel import Channel, channel_names, get_channel, register_channel
+from .channels.dense import Dense
+from .channels.qsgd import QSGD
+from .channels.topk_ef import TopKEF
+from .compressed import Compressed
+from .hooks import TrainingHooks, training_hooks
+from .mods import compression_mod, method_mod
+from .registry import get_method, method_names, register
+
+__all__ = [
+    "QSGD", "Channel", "Compressed", "Dense", "TopKEF", "TrainingHooks", "build_strategy",
+    "channel_names", "compression_mod", "get_channel", "get_method", "method_mod",
+    "method_names", "register", "register_channel", "strategy_from_run_config",
+    "training_hooks",
+]

@@ -66,10 +66,13 @@ class Channel(MethodConfig):
     name: ClassVar[str] = ""
     codes: ClassVar[str] = "model"       # "model" or "update"
     stochastic: ClassVar[bool] = False   # its encoding draws from `seed`
-    #: declared for the hostile-reply checks: the channel spreads one client's outlier over
-    #: many entries (a shared per-tensor scale), so a scaled update can reach the server
-    #: below `max-abs-value`; robust aggregation (FedTrimmedAvg, Krum) is the defence then
-    spreads_outliers: ClassVar[bool] = False
+
+    @property
+    def spreads_outliers(self) -> bool:
+        """Whether a client's outlier entries reach the server spread over others (a shared
+        per-tensor scale), below their value: a scaled update can then arrive inside
+        `max-abs-value`, and robust aggregation (FedTrimmedAvg, Krum) is the defence."""
+        return False
 
     @property
     def error_feedback(self) -> bool:
@@ -141,21 +144,20 @@ def get_channel(name: str) -> type[Channel]:
                           + ", ".join(sorted(_CHANNELS))) from None
 
 
-def channels_from_run_config(run_config: Mapping[str, UserValue], default: Channel | None
-                             ) -> tuple[Channel | None, Channel | None]:
+def channels_from_run_config(run_config: Mapping[str, UserValue], default: str
+                             ) -> tuple[Channel, Channel]:
     """(uplink, downlink) of a run: run config `uplink` / `downlink` name a channel whose
-    fields are its `<name>.*` keys; "" keeps `default` (the method's)."""
+    fields are its `<name>.*` keys ("" = `default`, the method's). Every channel's keys in run
+    config are checked, named or not."""
+    built = {name: from_run_config(get_channel(name), run_config, prefix=name)
+             for name in channel_names()}
     chosen = []
     for key in (UPLINK_KEY, DOWNLINK_KEY):
-        name = str(run_config.get(key, "") or "")
-        if not name:
-            chosen.append(default)
-            continue
-        try:
-            cls = get_channel(name)
-        except ConfigError as err:
-            raise ConfigError(f"run-config '{key}' = {name!r} is invalid: {err}") from None
-        chosen.append(from_run_config(cls, run_config, prefix=name))
+        name = str(run_config.get(key, "") or "") or default
+        if name not in built:
+            raise ConfigError(f"run-config '{key}' = {name!r} is invalid: unknown channel "
+                              f"{name!r}; valid: " + ", ".join(sorted(built)))
+        chosen.append(built[name])
     return chosen[0], chosen[1]
 
 

@@ -1,4 +1,5 @@
-"""The whole model as one codec payload: what FedAvg-like methods send both ways."""
+"""The whole model as one payload (the `dense` channel), for the methods that code their own
+messages and send the model whole (normclip; evaluation messages)."""
 
 from __future__ import annotations
 
@@ -6,31 +7,17 @@ from collections.abc import Sequence
 
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from fedsqueeze.codecs import get_codec
-
-from .payload import PAYLOAD_RECORD, pack, unpack
+from .channels.dense import Dense
 from .tensors import Arrays, keyed
-
-#: value formats of the whole model: raw floats (dense codec) or uniform b-bit per tensor
-#: (quant codec: min-max affine, nearest rounding, entropy-coded symbols)
-MODEL_VALUES = ("fp32", "fp16", "bf16", *(f"q{b}" for b in range(1, 9)))
 
 
 class DenseModelCodec:
-    """Every travelling tensor, canonical order, values as `dtype` (one of MODEL_VALUES)."""
+    """Every travelling tensor, canonical order, values as `dtype` (the dense channel's)."""
 
     def __init__(self, dtype: str = "fp32") -> None:
-        if dtype not in MODEL_VALUES:
-            raise ValueError(f"model value format {dtype!r}: one of {', '.join(MODEL_VALUES)}")
-        self.quantized = dtype.startswith("q")
-        self.codec = get_codec("quant" if self.quantized else "dense")
-        self.dtype = dtype
-        # the arrays last encoded (the dict and its values, held) and their payload record
-        self._last: tuple[Arrays, list, ConfigRecord | ArrayRecord] | None = None
-
-    @property
-    def stype(self) -> str:
-        return self.codec.stype
+        self.channel = Dense(dtype)
+        # the arrays last encoded (the dict and its values, held) and their payload records
+        self._last: tuple[Arrays, list, dict[str, ConfigRecord | ArrayRecord]] | None = None
 
     def encode(self, arrays: Arrays) -> RecordDict:
         """The arrays as one payload record. The same arrays again (the same dict holding the
@@ -41,12 +28,10 @@ class DenseModelCodec:
         last = self._last
         if last is None or last[0] is not arrays or len(last[1]) != len(values) \
                 or any(a is not b for a, b in zip(last[1], values)):
-            payload = self.codec.encode(values, int(self.dtype[1:])) if self.quantized else \
-                self.codec.encode(values, dtype=self.dtype)
-            last = self._last = (arrays, values, pack(self.codec.stype, payload))
-        return RecordDict({PAYLOAD_RECORD: last[2]})
+            last = self._last = (arrays, values, self.channel.encode(values).records)
+        return RecordDict(dict(last[2]))
 
     def decode(self, content: RecordDict, keys: Sequence[str],
                shapes: Sequence[tuple[int, ...]]) -> Arrays:
         """The arrays of a message; CodecError unless they have exactly these shapes."""
-        return keyed(keys, self.codec.decode(unpack(content, self.codec.stype), list(shapes)))
+        return keyed(keys, self.channel.decode(content, list(shapes)))

@@ -18,7 +18,6 @@ from torch import nn
 
 from fedsqueeze.models.fedpara import LAYER_CHOICES, fedpara_transform
 
-from .model_codec import MODEL_VALUES
 from .settings import ConfigError, MethodConfig, RunSettings, UserValue, from_run_config
 
 TRANSFORMS = ("", "fedpara", "pfedpara")
@@ -26,18 +25,16 @@ TRANSFORMS = ("", "fedpara", "pfedpara")
 
 @dataclasses.dataclass(frozen=True)
 class FedParaConfig(MethodConfig):
-    """The `fedpara.*` keys: the transform's options (and the fedpara method's dtype)."""
+    """The `fedpara.*` keys: the transform's options."""
 
     prefix: ClassVar[str] = "fedpara"
     gamma: float = 0.5        # rank rule: R = ceil((1 - gamma) r_min + gamma r_max)
     layers: str = "auto"      # auto (conv if any, else linear), conv, linear or all
     tanh: bool = False        # W = tanh(W1) * tanh(W2)
-    dtype: str = "fp32"       # method fedpara: value format on the wire (transforms ignore it)
 
     def __post_init__(self) -> None:
         self.check({"gamma": (lambda v: 0 <= v <= 1, "must be in [0, 1]")})
         self.check_choice("layers", LAYER_CHOICES)
-        self.check_choice("dtype", MODEL_VALUES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +69,4 @@ def model_transform_of(settings: RunSettings, run_config: Mapping[str, UserValue
     if not name:
         return None
     options = from_run_config(FedParaConfig, run_config, prefix="fedpara")
-    if options.dtype != "fp32" and settings.method != "fedpara":
-        raise ConfigError(f"run-config 'fedpara.dtype' = {options.dtype!r} cannot combine "
-                          f"with method {settings.method!r}: it is the fedpara method's wire "
-                          "format; under another method the factors travel as that method "
-                          "codes its values (its own keys)")
     return ModelTransform(name, options)

@@ -1,4 +1,5 @@
-"""`compression_mod`: the client half of `Compressed` (a Flower ClientApp mod).
+"""The client's mods: `compression_mod`, the client half of `Compressed`, and `method_mod`,
+which runs a method's client side (`ClientSide`) around the user's handler.
 
     app = ClientApp(mods=[compression_mod])
 
@@ -11,19 +12,36 @@ downlink) and the uplink's error memory (`fsq.error`). A handler never sees a co
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsqueeze.codecs import CodecError
 
 from . import header as h
+from .base import ARRAYS, CONFIG_RECORD, METHOD_KEY, TRAIN, ClientSide
 from .channel import Channel, channel_from_spec
-from .payload import is_payload
+from .hooks import using_hooks
+from .payload import METRICS_RECORD, is_payload
+from .registry import get_method
 from .replies import absurd_values
+from .settings import RunSettings, UserValue
 from .state import digest, load_array_list, save_array_list
+from .tensors import from_arrayrecord, to_arrayrecord
 from .training import derive_seed
 
+OWN = "own."         # evaluation: the ArrayRecords of a client's own models ("own.<name>")
 HELD = "fsq.held"    # context.state: the broadcast model this client holds
 HELD_LAYOUT, CODED = "fsq.held.layout", "coded"  # ... and its layout
 ERROR = "fsq.error"  # context.state: the uplink's error memory
@@ -151,3 +169,58 @@ def error_norm(state: RecordDict) -> float:
     if saved is None:
         return 0.0
     return float(np.sqrt(sum(float(np.dot(a.ravel(), a.ravel())) for a in saved[0])))
+
+
+# --------------------------------------------------------------------------- methods
+SAVED_METRICS = "fsq.method.metrics"  # context.state: the handler's metrics of this round
+
+
+def client_side(name: str, run_config: Mapping[str, UserValue]) -> ClientSide:
+    """The client side of the method `name`, its keys from run config."""
+    settings = dataclasses.replace(RunSettings.from_run_config(run_config), method=name)
+    return get_method(name)(settings, run_config).client()
+
+
+def method_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run the client side of the method a message names (config `method`): decode what it
+    sent into the plain arrays the handler trains from, set the message's `TrainingHooks`
+    (`training_hooks()`), and code the handler's reply; a message that names no method passes
+    through untouched. Put it after `compression_mod`: `mods=[compression_mod, method_mod]`."""
+    config = msg.content.config_records.get(CONFIG_RECORD)
+    name = None if config is None else config.get(METHOD_KEY)
+    kind = msg.metadata.message_type
+    if not name or kind not in (MessageType.TRAIN, MessageType.EVALUATE):
+        return call_next(msg, context)
+    side = client_side(str(name), context.run_config)
+    side.server_round = int(config.get("server-round", 0))
+    state = context.state
+    if kind == MessageType.EVALUATE:
+        models = side.evaluation(msg.content, state)
+        msg.content = RecordDict({**{(ARRAYS if n == ARRAYS else f"{OWN}{n}"): to_arrayrecord(a)
+                                     for n, a in models.items()}, CONFIG_RECORD: config})
+        return call_next(msg, context)
+    exchange = str(config.get("exchange", TRAIN))
+    if not side.trains(exchange):
+        content = side.reply_without_training(exchange, msg.content, state)
+        saved = state.metric_records.get(SAVED_METRICS, MetricRecord())
+        content[METRICS_RECORD] = MetricRecord({**saved, **side.metrics(exchange, state)})
+        return Message(content, reply_to=msg)
+    arrays = side.receive(exchange, msg.content, state)
+    msg.content = RecordDict({ARRAYS: to_arrayrecord(arrays), CONFIG_RECORD: config})
+    with using_hooks(side.hooks):
+        reply = call_next(msg, context)
+    if reply.has_error():
+        return reply
+    records = list(reply.content.array_records.values())
+    if len(records) != 1:
+        raise ValueError(f"method_mod: the reply must carry one ArrayRecord (the model), it "
+                         f"carries {len(records)}")
+    content = side.send(exchange, from_arrayrecord(records[0]), state)
+    metrics = MetricRecord({k: v for record in reply.content.metric_records.values()
+                            for k, v in record.items()})
+    metrics = MetricRecord({**metrics, **side.metrics(exchange, state)})
+    if exchange != TRAIN:
+        state[SAVED_METRICS] = metrics
+    content[METRICS_RECORD] = metrics
+    reply.content = content
+    return reply

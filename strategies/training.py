@@ -10,6 +10,9 @@ import torch
 from torch import nn
 from torch.optim.sgd import sgd
 
+from .hooks import TrainingHooks
+from .settings import RunSettings
+
 
 @dataclass
 class ClientData:
@@ -149,3 +152,38 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((logits.argmax(dim=1) == target).sum())
     n = max(len(y), 1)
     return total_loss / n, correct / n
+
+
+def minibatch_gradient(model: nn.Module, data: ClientData, batch_size: int, seed: int
+                       ) -> dict[str, np.ndarray]:
+    """The dense gradient of one random minibatch's loss (numpy, by parameter name)."""
+    generator = torch.Generator().manual_seed(seed ^ 0x5EED)
+    batch = torch.randperm(data.num_examples, generator=generator)[:batch_size].to(
+        data.x.device)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    nn.CrossEntropyLoss()(model(data.x[batch]), data.y[batch]).backward()
+    grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in model.named_parameters()
+             if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def local_training(model: nn.Module, data: ClientData, settings: RunSettings,
+                   server_round: int, seed: int, hooks: TrainingHooks) -> float:
+    """The run's local SGD (`local-epochs`, or the `local_steps` a method asks for) honouring
+    a message's training hooks; the mean loss of the last epoch."""
+    options = dict(batch_size=settings.batch_size, lr=settings.lr_at(server_round),
+                   momentum=settings.momentum, weight_decay=settings.weight_decay, seed=seed,
+                   after_step=hooks.after_step)
+    hooks.attach(model)
+    try:
+        if hooks.local_steps:
+            loss = sgd_steps(model, data, steps=hooks.local_steps, **options)
+        else:
+            loss = sgd_epochs(model, data, epochs=settings.local_epochs, **options)
+        hooks.after_training(model, lambda: minibatch_gradient(model, data,
+                                                               settings.batch_size, seed))
+    finally:
+        hooks.detach()
+    return loss

@@ -37,6 +37,10 @@ class TopKEF(Channel):
         self.check({"sparsity": (lambda v: 0 <= v < 1, "must be in [0, 1)")})
         self.check_choice("values", VALUE_SPECS)
 
+    @property
+    def spreads_outliers(self) -> bool:
+        return self.values == "ternary"  # one magnitude for every sent entry
+
     def encode(self, arrays: list[np.ndarray], *, seed: int = 0, memory: bool = False) -> Coded:
         update = flatten(arrays)
         n = update.size

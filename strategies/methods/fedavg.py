@@ -1,29 +1,22 @@
-"""FedAvg (McMahan et al., 2017): the baseline. Flower's own FedAvg aggregation and sampling
-rule, with the model carried both ways as one dense-codec payload (fp32 by default)."""
+"""FedAvg (McMahan et al., 2017): the baseline, Flower's own strategy. The model travels as the
+run's channels code it (`uplink`, `downlink`; dense fp32 both ways by default)."""
 
 from __future__ import annotations
 
-import dataclasses
+from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
+from torch import nn
 
-from fedsqueeze.strategies.base import Method
-from fedsqueeze.strategies.model_codec import MODEL_VALUES, DenseModelCodec
+from fedsqueeze.strategies.base import Method, Tagged
 from fedsqueeze.strategies.registry import register
-from fedsqueeze.strategies.settings import MethodConfig
-
-DTYPES = MODEL_VALUES
 
 
-@dataclasses.dataclass(frozen=True)
-class FedAvgConfig(MethodConfig):
-    dtype: str = "fp32"  # value format on the wire, both directions (fp*, bf16 or q1..q8)
-
-    def __post_init__(self) -> None:
-        self.check_choice("dtype", DTYPES)
+class FedAvgStrategy(Tagged, FlowerFedAvg):
+    method_name = "fedavg"
 
 
 @register("fedavg")
 class FedAvg(Method):
-    Config = FedAvgConfig
+    plain = True
 
-    def model_codec(self) -> DenseModelCodec:
-        return DenseModelCodec(self.config.dtype)
+    def strategy(self, model: nn.Module, **options) -> FedAvgStrategy:
+        return FedAvgStrategy(**options)

@@ -1,20 +1,24 @@
 """FedAvgM (Hsu et al., 2019): FedAvg with server momentum, the baseline FedDST compares
-against. The aggregation is Flower's own `FedAvgM` (pseudo-gradient = global - average,
-momentum buffer, server learning rate); the model travels dense both ways (fp32)."""
+against. Flower's own `FedAvgM` (pseudo-gradient = the round's model - the average, momentum
+buffer, server learning rate), stepping each round from the model it was given (under a
+versioned downlink, the broadcast model clients trained from); its momentum is exported for
+resume."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM as FlowerFedAvgM
+from torch import nn
 
-from fedsqueeze.strategies.base import Method, SqueezeStrategy
+from fedsqueeze.strategies.base import Method, Tagged
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
 from fedsqueeze.strategies.state import ServerState
-from fedsqueeze.strategies.tensors import Arrays, to_arrayrecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,21 +31,13 @@ class FedAvgMConfig(MethodConfig):
                     "server_momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)")})
 
 
-class FedAvgMStrategy(SqueezeStrategy, FlowerFedAvgM):
-    """Sampling, codecs and checks of `SqueezeStrategy`; aggregation of Flower's FedAvgM."""
+class FedAvgMStrategy(Tagged, FlowerFedAvgM):
+    method_name = "fedavgm"
 
-    def __init__(self, method: FedAvgMMethod, model) -> None:
-        super().__init__(method, model)
-        self.server_learning_rate = method.config.server_lr
-        self.server_momentum = method.config.server_momentum
-        self.server_opt = self.server_momentum != 0.0 or self.server_learning_rate != 1.0
-
-    def begin_round(self, server_round: int, arrays: Arrays) -> None:
-        self.current_arrays = to_arrayrecord(arrays)  # the model the pseudo-gradient starts at
-
-    def aggregate_decoded(self, server_round: int, replies: list[Message]
-                          ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return FlowerFedAvgM.aggregate_train(self, server_round, replies)
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.current_arrays = arrays  # the pseudo-gradient starts at the round's model
+        return super().configure_train(server_round, arrays, config, grid)
 
     def export_state(self) -> ServerState:
         if self.momentum_vector is None:
@@ -58,4 +54,8 @@ class FedAvgMStrategy(SqueezeStrategy, FlowerFedAvgM):
 @register("fedavgm")
 class FedAvgMMethod(Method):
     Config = FedAvgMConfig
-    Strategy = FedAvgMStrategy
+    plain = True
+
+    def strategy(self, model: nn.Module, **options) -> FedAvgMStrategy:
+        return FedAvgMStrategy(server_learning_rate=self.config.server_lr,
+                               server_momentum=self.config.server_momentum, **options)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from torch import nn
 
 from fedsqueeze.codecs import (
+    VALUE_SPECS,
     CodecError,
     decode_masked,
     decode_masked_values,
@@ -58,6 +60,7 @@ from fedsqueeze.codecs import (
     mask_digest,
 )
 from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.hooks import Gradient, TrainingHooks
 from fedsqueeze.strategies.payload import METRICS_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
@@ -67,12 +70,10 @@ from fedsqueeze.strategies.tensors import (
     expected_shapes,
     from_arrayrecord,
     keyed,
-    load_arrays,
     model_arrays,
     to_arrayrecord,
     travelling_keys,
 )
-from fedsqueeze.strategies.training import ClientData
 
 BUDGETS = ("erk", "erk-rigl", "uniform")
 FRACTIONS = ("annealed", "constant")
@@ -97,7 +98,7 @@ class FedDSTConfig(MethodConfig):
     fraction: str = "annealed"     # annealed (the paper) or constant (the reference code)
     variant: str = "plain"         # plain (union, re-prune by |w|) or explore (votes, |grad|)
     min_votes: int = 1             # client masks a position needs to enter the union
-    values: str = "fp32"           # fp32, fp16 or bf16 values on the wire
+    values: str = "fp32"           # value format on the wire: fp32, fp16, bf16, q1..q8, ternary
 
     def __post_init__(self) -> None:
         self.check({
@@ -110,7 +111,7 @@ class FedDSTConfig(MethodConfig):
         self.check_choice("budget", BUDGETS)
         self.check_choice("fraction", FRACTIONS)
         self.check_choice("variant", VARIANTS)
-        self.check_choice("values", ("fp32", "fp16", "bf16"))
+        self.check_choice("values", VALUE_SPECS)
 
 
 # --------------------------------------------------------------------------- budgets
@@ -306,8 +307,8 @@ class FedDSTStrategy(SqueezeStrategy):
     """`self.masks` is the global mask (flat bool per masked layer, None for dense tensors);
     `self.history` the recent ones by version (packed bits), for mask diffs."""
 
-    def __init__(self, method: FedDST, model: nn.Module) -> None:
-        super().__init__(method, model)
+    def __init__(self, method: FedDST, model: nn.Module, **options) -> None:
+        super().__init__(method, model, **options)
         self.layers = sparse_layers(model)
         self.budgets = budgets(self.layers, self.config.sparsity, self.config.budget)
         self.readjustment = method.readjustment
@@ -345,7 +346,7 @@ class FedDSTStrategy(SqueezeStrategy):
                        "resyncs_before": self.nodes.resyncs}
 
     def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
-        partition = self.directory.partition_of(node_id)
+        partition = self.client_key(node_id)
         held = self.nodes.get(partition)
         self.nodes.stage(partition, self.version)
         content = RecordDict({VALUES: pack(MASKED.stype, self._payload("values", lambda: (
@@ -392,7 +393,7 @@ class FedDSTStrategy(SqueezeStrategy):
                 self._stats["grad_bytes_up"] += len(grads_payload)
         values = decode_masked(unpack(content, MASKED.stype, VALUES), self.shapes, masks)
         self.client_masks[node_id] = masks
-        self.nodes.commit(self.directory.partition_of(node_id), self.version)
+        self.nodes.commit(self.client_key(node_id), self.version)
         return keyed(self.keys, values)
 
     def aggregate_decoded(self, server_round: int, replies: list[Message]
@@ -506,6 +507,42 @@ class FedDSTStrategy(SqueezeStrategy):
 
 
 # --------------------------------------------------------------------------- client
+class DSTHooks(TrainingHooks):
+    """Training under the global mask (re-applied after every optimizer step: the gradient
+    stays dense, as in the paper) and, in a readjustment round, prune/regrow per layer from
+    one minibatch's dense gradient after the last step."""
+
+    def __init__(self, client: FedDSTClient) -> None:
+        super().__init__()
+        self.client = client
+        self._on_device: dict[str, torch.Tensor] = {}
+
+    def install(self, model: nn.Module) -> Iterator:
+        params = dict(model.named_parameters())
+        c = self.client
+        self._on_device = {layer.key: torch.from_numpy(
+            c.masks[layer.index].reshape(layer.shape)).to(params[layer.key].device,
+                                                          params[layer.key].dtype)
+                           for layer in c.layers}
+        self.after_step(model)
+        return iter(())
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for key, mask in self._on_device.items():
+            params[key].mul_(mask)
+
+    def after_training(self, model: nn.Module, gradient: Gradient | None = None) -> None:
+        c = self.client
+        if not c.readjustment.due(c.server_round):
+            return
+        if gradient is None:
+            raise ValueError("feddst: a readjustment round needs the dense gradient of one "
+                             "minibatch (after_training's `gradient`)")
+        c.readjust(model, gradient())
+
+
 class FedDSTClient(ClientSide):
     """Holds the global mask it last received (and its version) in `context.state`."""
 
@@ -516,7 +553,6 @@ class FedDSTClient(ClientSide):
         self.masks: Masks = []
         self.new_masks: Masks | None = None
         self.grads: list[np.ndarray] = []
-        self._on_device: dict[str, torch.Tensor] = {}
 
     def _global_mask(self, content: RecordDict, state: RecordDict, tensors: int
                      ) -> tuple[Masks, str]:
@@ -541,48 +577,28 @@ class FedDSTClient(ClientSide):
             flat = flat ^ np.concatenate([p.mask.astype(bool) for p in changes])
         return _split(flat, self.layers, tensors), version
 
-    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
+    def receive(self, exchange: str, content: RecordDict, state: RecordDict) -> Arrays:
+        model = self.method.structure()
         self.layers = sparse_layers(model)
         shapes = expected_shapes(model)
         self.masks, version = self._global_mask(content, state, len(shapes))
         values = decode_masked(unpack(content, MASKED.stype, VALUES), shapes, self.masks)
         save_array_list(state, STATE, [_concat(self.masks, self.layers)], version=version)
-        load_arrays(model, values)
         self.new_masks = None
-        return model
+        self.hooks = DSTHooks(self)
+        return keyed(travelling_keys(model), values)
 
-    def _torch_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        params = dict(model.named_parameters())
-        return {layer.key: torch.from_numpy(self.masks[layer.index].reshape(layer.shape)).to(
-            params[layer.key].device, params[layer.key].dtype) for layer in self.layers}
-
-    @torch.no_grad()
-    def after_step(self, model: nn.Module) -> None:
-        """The global mask re-applied after every optimizer step (masked weights stay 0)."""
-        params = dict(model.named_parameters())
-        for key, mask in self._on_device.items():
-            params[key].mul_(mask)
-
-    def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
-              ) -> dict[str, float]:
-        self._on_device = self._torch_masks(model)
-        self.after_step(model)
-        metrics = super().train(model, data, state, seed)
-        if self.readjustment.due(self.server_round):
-            self._readjust(model, data, seed)
-        return metrics
-
-    def _readjust(self, model: nn.Module, data: ClientData, seed: int) -> None:
-        """Prune/regrow per layer from one minibatch's dense gradient, after local training."""
+    def readjust(self, model: nn.Module, grads: dict[str, np.ndarray]) -> None:
+        """Prune/regrow per layer from one minibatch's dense gradient (`grads` by parameter
+        name), after local training; pruned weights leave `model`, grown ones start at 0."""
         config: FedDSTConfig = self.method.config
         fraction = self.readjustment.fraction(self.server_round)
         ks = budgets(self.layers, config.sparsity, config.budget)
-        grads = minibatch_gradient(model, data, self.settings.batch_size, seed)
         arrays = list(model_arrays(model).values())
         self.new_masks, self.grads = list(self.masks), []
         for layer, k in zip(self.layers, ks):
             old = self.masks[layer.index]
-            grad = grads[layer.key].reshape(-1)
+            grad = np.asarray(grads[layer.key]).reshape(-1)
             new = prune_and_regrow(arrays[layer.index].reshape(-1), old, grad,
                                    swap_count(fraction, k))
             self.new_masks[layer.index] = new
@@ -594,9 +610,9 @@ class FedDSTClient(ClientSide):
                 params[layer.key].mul_(mask.to(params[layer.key].device,
                                                params[layer.key].dtype))
 
-    def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
+    def send(self, exchange: str, arrays: Arrays, state: RecordDict) -> RecordDict:
         config: FedDSTConfig = self.method.config
-        arrays = list(model_arrays(model).values())
+        arrays = list(arrays.values())
         masks = self.new_masks or self.masks
         reply = RecordDict({VALUES: pack(MASKED.stype, encode_masked(arrays, masks,
                                                                      values=config.values))})
@@ -613,21 +629,6 @@ class FedDSTClient(ClientSide):
                 reply[GRADS] = pack(MASKED.stype, encode_masked(full, grown,
                                                                 values=config.values))
         return reply
-
-
-def minibatch_gradient(model: nn.Module, data: ClientData, batch_size: int, seed: int
-                       ) -> dict[str, np.ndarray]:
-    """The dense gradient of one random minibatch's loss (numpy, by parameter name)."""
-    generator = torch.Generator().manual_seed(seed ^ 0x5EED)
-    batch = torch.randperm(data.num_examples, generator=generator)[:batch_size].to(
-        data.x.device)
-    model.train()
-    model.zero_grad(set_to_none=True)
-    nn.CrossEntropyLoss()(model(data.x[batch]), data.y[batch]).backward()
-    grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in model.named_parameters()
-             if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return grads
 
 
 @register("feddst")

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedsqueeze.codecs import (
+    VALUE_SPECS,
     CodecError,
     decode_masked,
     decode_sparse_parts,
@@ -60,6 +62,7 @@ from fedsqueeze.codecs import (
     get_codec,
 )
 from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.hooks import TrainingHooks
 from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import ConfigError, MethodConfig, check
@@ -69,15 +72,12 @@ from fedsqueeze.strategies.tensors import (
     expected_shapes,
     from_arrayrecord,
     keyed,
-    load_arrays,
-    model_arrays,
     to_arrayrecord,
     travelling_keys,
 )
 
 VARIANTS = ("global", "local")
 AVERAGES = ("all", "keepers")
-VALUES = ("fp32", "fp16")
 SPARSE = get_codec("sparse")
 MASKED = get_codec("masked")
 
@@ -95,12 +95,12 @@ class FedSparsifyConfig(MethodConfig):
     frequency: int = 1               # f: prune every f rounds
     exponent: float = 3.0            # n
     average: str = "all"             # local: average over all clients or only over keepers
-    values: str = "fp32"             # value format on the wire (fp32 or fp16)
+    values: str = "fp32"             # value format on the wire (the codecs' value specs)
 
     def __post_init__(self) -> None:
         self.check_choice("variant", VARIANTS)
         self.check_choice("average", AVERAGES)
-        self.check_choice("values", VALUES)
+        self.check_choice("values", VALUE_SPECS)
         self.check({
             "initial_sparsity": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
             "final_sparsity": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
@@ -246,8 +246,8 @@ class FedSparsifyStrategy(SqueezeStrategy):
     others): all True until the first pruning, then only ever shrinking. It is what the
     downlink's positions carry, so zero-initialised biases stay trainable until pruned."""
 
-    def __init__(self, method: FedSparsify, model: nn.Module) -> None:
-        super().__init__(method, model)
+    def __init__(self, method: FedSparsify, model: nn.Module, **options) -> None:
+        super().__init__(method, model, **options)
         self.cfg: FedSparsifyConfig = method.config
         self.schedule = method.schedule
         self.prunable = prunable_flags(model)
@@ -377,53 +377,52 @@ class FedSparsifyStrategy(SqueezeStrategy):
 # Client
 
 
+class MaskHooks(TrainingHooks):
+    """Training under the global mask: the mask multiplies the weights before the first step,
+    every gradient (a tensor hook: momentum buffers and weight decay never move a pruned
+    entry) and the weights after every optimizer step."""
+
+    def __init__(self, masks: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        self.masks = masks  # parameter name -> bool mask (only masks that prune something)
+        self._on_device: dict[str, torch.Tensor] = {}
+
+    def install(self, model: nn.Module) -> Iterator:
+        params = dict(model.named_parameters())
+        self._on_device = {key: torch.from_numpy(np.ascontiguousarray(m)).to(
+            params[key].device, params[key].dtype) for key, m in self.masks.items()}
+        handles = [params[key].register_hook(lambda g, m=m: g * m)
+                   for key, m in self._on_device.items()]
+        self.after_step(model)
+        return iter(handles)
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module) -> None:
+        params = dict(model.named_parameters())
+        for key, m in self._on_device.items():
+            params[key].mul_(m)
+
+
 class FedSparsifyClient(ClientSide):
     def __init__(self, method: FedSparsify) -> None:
         super().__init__(method)
         self.cfg: FedSparsifyConfig = method.config
         self.schedule = method.schedule
         self.global_masks: list[np.ndarray | None] = []
-        self._torch_masks: dict[str, torch.Tensor] = {}
 
-    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
+    def receive(self, exchange: str, content: RecordDict, state: RecordDict) -> Arrays:
+        model = self.method.structure()
+        keys = travelling_keys(model)
         parts = decode_sparse_parts(unpack(content, SPARSE.stype), expected_shapes(model))
-        load_arrays(model, [st.to_dense() for st in parts])
         # the global mask = the downlink's positions (never `value != 0`)
         self.global_masks = [st.mask.reshape(st.shape) if p else None
                              for st, p in zip(parts, prunable_flags(model))]
-        return model
+        self.hooks = MaskHooks({key: m for key, m in zip(keys, self.global_masks)
+                                if m is not None and not m.all()})
+        return keyed(keys, [st.to_dense() for st in parts])
 
-    def _masks_on(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        params = dict(model.named_parameters())
-        out = {}
-        for key, m in zip(travelling_keys(model), self.global_masks):
-            if m is not None and not m.all():
-                p = params[key]
-                out[key] = torch.from_numpy(np.ascontiguousarray(m)).to(p.device, p.dtype)
-        return out
-
-    @torch.no_grad()
-    def after_step(self, model: nn.Module) -> None:
-        """The global mask re-applied after every optimizer step."""
-        params = dict(model.named_parameters())
-        for key, m in self._torch_masks.items():
-            params[key].mul_(m)
-
-    def train(self, model, data, state, seed):
-        self._torch_masks = self._masks_on(model)
-        params = dict(model.named_parameters())
-        # masked gradients: momentum buffers and weight decay never move a pruned entry
-        handles = [params[key].register_hook(lambda g, m=m: g * m)
-                   for key, m in self._torch_masks.items()]
-        self.after_step(model)
-        try:
-            return super().train(model, data, state, seed)
-        finally:
-            for h in handles:
-                h.remove()
-
-    def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
-        arrays = list(model_arrays(model).values())
+    def send(self, exchange: str, arrays: Arrays, state: RecordDict) -> RecordDict:
+        arrays = list(arrays.values())
         if self.cfg.variant == "global":
             payload = encode_masked(arrays, self.global_masks, values=self.cfg.values)
             return RecordDict({PAYLOAD_RECORD: pack(MASKED.stype, payload)})

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from torch import nn
 
 from fedsqueeze.codecs import CodecError, decode_masked_values, encode_masked, get_codec
-from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.base import ARRAYS, TRAIN, ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.hooks import TrainingHooks
 from fedsqueeze.strategies.payload import pack, unpack
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
@@ -56,13 +58,12 @@ from fedsqueeze.strategies.tensors import (
     flatten,
     from_arrayrecord,
     keyed,
-    load_arrays,
     model_arrays,
     numel,
     to_arrayrecord,
+    travelling_keys,
     unflatten,
 )
-from fedsqueeze.strategies.training import ClientData, sgd_steps
 
 SIGNALS = "signals"
 POSITIONS = get_codec("positions")
@@ -186,8 +187,8 @@ class LastSync:
 
 
 class GWPFStrategy(SqueezeStrategy):
-    def __init__(self, method: GWPF, model: nn.Module) -> None:
-        super().__init__(method, model)
+    def __init__(self, method: GWPF, model: nn.Module, **options) -> None:
+        super().__init__(method, model, **options)
         self.n = numel(self.shapes)
         self.state = FreezeState.start(flatten(list(self.round_arrays.values())),
                                        self.config.tau_freeze)
@@ -250,7 +251,7 @@ class GWPFStrategy(SqueezeStrategy):
             self.thawed = np.zeros(self.n, bool)
 
     def encode_exchange(self, name: str, server_round: int, node_id: int) -> RecordDict:
-        return self._sync_down(self.directory.partition_of(node_id))
+        return self._sync_down(self.client_key(node_id))
 
     def decode_exchange(self, name: str, server_round: int, node_id: int,
                         content: RecordDict) -> np.ndarray:
@@ -277,7 +278,7 @@ class GWPFStrategy(SqueezeStrategy):
         self.thawed = frozen & (l2 > 0)
 
     def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
-        partition = self.directory.partition_of(node_id)
+        partition = self.client_key(node_id)
         if self.config.thaw_timing == "exchange":
             content = RecordDict({HEADER: ConfigRecord({"version": self.version})})
         else:
@@ -292,7 +293,7 @@ class GWPFStrategy(SqueezeStrategy):
         x[synced] = values
         if self.config.thaw_timing == "lagged":
             self._pending_signals[node_id] = self._signals(content)
-        self.nodes.commit(self.directory.partition_of(node_id), self.version)
+        self.nodes.commit(self.client_key(node_id), self.version)
         return keyed(self.keys, unflatten(x, self.shapes))
 
     def aggregate_decoded(self, server_round: int, replies: list[Message]
@@ -364,14 +365,43 @@ class GWPFStrategy(SqueezeStrategy):
 
 
 # --------------------------------------------------------------------------- client
+class ChangeTracker(TrainingHooks):
+    """H local steps; EMAs (m, v) of the per-step change of the frozen coordinates."""
+
+    def __init__(self, frozen: np.ndarray, alpha: float, steps: int) -> None:
+        super().__init__()
+        self.frozen, self.alpha, self.local_steps = frozen, alpha, steps
+        self.m = np.zeros(int(frozen.sum()), np.float32)
+        self.v = np.zeros_like(self.m)
+        self.previous = self.m
+
+    def install(self, model: nn.Module) -> Iterator:
+        self.previous = flatten(list(model_arrays(model).values()))[self.frozen]
+        return iter(())
+
+    def after_step(self, model: nn.Module) -> None:
+        if not self.frozen.any():
+            return
+        now = flatten(list(model_arrays(model).values()))[self.frozen]
+        ema(self.m, self.v, now - self.previous, self.alpha)
+        self.previous = now
+
+    def signals(self, tau_thaw: float) -> np.ndarray:
+        """The thaw signals: frozen coordinates whose local ESR reached tau-thaw."""
+        return esr(self.m, self.v) >= tau_thaw
+
+
 class GWPFClient(ClientSide):
     """Keeps its whole model and its copy of A in `context.state`."""
 
     def __init__(self, method: GWPF) -> None:
         super().__init__(method)
-        self._loss = float("nan")
-        self._synced = np.zeros(0, bool)
-        self._signals = np.zeros(0, bool)
+        self.config: GWPFConfig = method.config
+        self._active = self._synced = np.zeros(0, bool)
+        self._version = ""
+
+    def trains(self, exchange: str) -> bool:
+        return exchange == SIGNALS or self.config.thaw_timing == "lagged"
 
     def _apply_sync(self, content: RecordDict, state: RecordDict, n: int
                     ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -396,96 +426,70 @@ class GWPFClient(ClientSide):
                                              [(n,)])[0].mask
         return x, active.astype(bool) ^ changed.astype(bool), str(header["version"])
 
-    def _train_tracked(self, model: nn.Module, data: ClientData, active: np.ndarray, seed: int
-                       ) -> np.ndarray:
-        """H local steps; the thaw signals of the frozen coordinates (local ESR >= tau-thaw)."""
-        config: GWPFConfig = self.method.config
-        s = self.settings
+    def _thawed(self, content: RecordDict, active: np.ndarray) -> np.ndarray:
+        """A | T: the coordinates synced this round (T travels among the frozen ones)."""
         frozen = ~active
-        m = np.zeros(int(frozen.sum()), np.float32)
-        v = np.zeros_like(m)
-        previous = {"x": flatten(list(model_arrays(model).values()))[frozen]}
+        among = POSITIONS.decode_positions(unpack(content, POSITIONS.stype, THAWED),
+                                           [(int(frozen.sum()),)])[0].mask
+        thawed = np.zeros(active.size, bool)
+        thawed[np.flatnonzero(frozen)[among.astype(bool)]] = True
+        return active | thawed
 
-        def track(trained: nn.Module) -> None:
-            now = flatten(list(model_arrays(trained).values()))[frozen]
-            ema(m, v, now - previous["x"], config.alpha)
-            previous["x"] = now
-
-        self._loss = sgd_steps(model, data, steps=config.local_steps, batch_size=s.batch_size,
-                               lr=s.lr_at(self.server_round), momentum=s.momentum,
-                               weight_decay=s.weight_decay, seed=seed,
-                               after_step=track if frozen.any() else None)
-        return esr(m, v) >= config.tau_thaw
-
-    def exchange(self, name: str, content: RecordDict, state: RecordDict, model: nn.Module,
-                 data: ClientData, seed: int) -> RecordDict:
+    def receive(self, exchange: str, content: RecordDict, state: RecordDict) -> Arrays:
+        model = self.method.structure()
         shapes = expected_shapes(model)
-        n = numel(shapes)
-        x, active, version = self._apply_sync(content, state, n)
-        load_arrays(model, unflatten(x, shapes))
-        self.checked(model)
-        signals = self._train_tracked(model, data, active, seed)
-        trained = flatten(list(model_arrays(model.cpu()).values()))
-        save_array_list(state, STATE, [trained, active, np.zeros(n, bool)], version=version,
-                        loss=self._loss)
-        return RecordDict({SIGNAL: pack(POSITIONS.stype, POSITIONS.encode([signals]))})
+        x, active, version = self._apply_sync(content, state, numel(shapes))
+        if exchange == TRAIN:  # lagged: T of this round travels with its first message
+            self._synced = self._thawed(content, active)
+        self._active, self._version = active, version
+        self.hooks = ChangeTracker(~active, self.config.alpha, self.config.local_steps)
+        return keyed(travelling_keys(model), unflatten(x, shapes))
 
-    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
-        shapes = expected_shapes(model)
-        n = numel(shapes)
-        if self.method.config.thaw_timing == "lagged":
-            x, active, version = self._apply_sync(content, state, n)
-        else:
-            saved = load_array_list(state, STATE)
-            if saved is None or saved[1]["version"] != content.config_records[HEADER][
-                    "version"]:
-                raise CodecError("gwpf: no model trained in this round's signals exchange")
-            (x, active, _), meta = saved
-            active, version = active.astype(bool), str(meta["version"])
-            self._loss = float(meta["loss"])
-        frozen = ~active
-        thawed_among = POSITIONS.decode_positions(unpack(content, POSITIONS.stype, THAWED),
-                                                  [(int(frozen.sum()),)])[0].mask
-        thawed = np.zeros(n, bool)
-        thawed[np.flatnonzero(frozen)[thawed_among.astype(bool)]] = True
-        self._synced = active | thawed
-        self._version, self._active = version, active
-        load_arrays(model, unflatten(x, shapes))
-        return model
+    def send(self, exchange: str, arrays: Arrays, state: RecordDict) -> RecordDict:
+        x = flatten(list(arrays.values()))
+        signals = POSITIONS.encode([self.hooks.signals(self.config.tau_thaw)])
+        if exchange == SIGNALS:
+            save_array_list(state, STATE, [x, self._active, np.zeros(x.size, bool)],
+                            version=self._version)
+            return RecordDict({SIGNAL: pack(POSITIONS.stype, signals)})
+        reply = self._values(x, state)
+        reply[SIGNAL] = pack(POSITIONS.stype, signals)
+        return reply
 
-    def own_models(self, global_model: nn.Module, state: RecordDict, model: nn.Module
-                   ) -> dict[str, nn.Module]:
-        """This client's model as it trains on next round: the global values where it
-        synced, its own where its coordinates stayed frozen (the frozen ones differ between
-        clients)."""
+    def reply_without_training(self, exchange: str, content: RecordDict, state: RecordDict
+                               ) -> RecordDict:
+        saved = load_array_list(state, STATE)
+        if saved is None or saved[1]["version"] != content.config_records[HEADER]["version"]:
+            raise CodecError("gwpf: no model trained in this round's signals exchange")
+        (x, active, _), meta = saved
+        self._active, self._version = active.astype(bool), str(meta["version"])
+        self._synced = self._thawed(content, self._active)
+        return self._values(x, state)
+
+    def _values(self, x: np.ndarray, state: RecordDict) -> RecordDict:
+        """The values on A | T; what the next round's delta applies to is kept: this model,
+        A and the synced set."""
+        save_array_list(state, STATE, [x, self._active, self._synced], version=self._version)
+        return RecordDict({VALUES: pack(MASKED.stype, encode_masked(
+            [x], [self._synced], values=self.config.values))})
+
+    def evaluation(self, content: RecordDict, state: RecordDict) -> dict[str, Arrays]:
+        """The global model, and this client's model as it trains on next round: the global
+        values where it synced, its own where its coordinates stayed frozen (the frozen ones
+        differ between clients)."""
+        models = super().evaluation(content, state)
         saved = load_array_list(state, STATE)
         if saved is None:
-            return {}
+            return models
         (x, _, synced), _ = saved
         synced = synced.astype(bool)
         if not synced.any():  # trained in a signals exchange but never synced
-            return {}
-        mine = flatten(list(model_arrays(global_model).values()))
+            return models
+        mine = flatten(list(models[ARRAYS].values()))
         mine[~synced] = x[~synced]
-        load_arrays(model, unflatten(mine, expected_shapes(model)))
-        return {"own": model}
-
-    def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
-              ) -> dict[str, float]:
-        if self.method.config.thaw_timing == "lagged":
-            self._signals = self._train_tracked(model, data, self._active, seed)
-        return {"train-loss": self._loss}
-
-    def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
-        config: GWPFConfig = self.method.config
-        x = flatten(list(model_arrays(model).values()))
-        # what the next round's delta applies to: this model, A, and the synced set
-        save_array_list(state, STATE, [x, self._active, self._synced], version=self._version)
-        reply = RecordDict({VALUES: pack(MASKED.stype, encode_masked(
-            [x], [self._synced], values=config.values))})
-        if config.thaw_timing == "lagged":
-            reply[SIGNAL] = pack(POSITIONS.stype, POSITIONS.encode([self._signals]))
-        return reply
+        model = self.method.structure()
+        models["own"] = keyed(travelling_keys(model), unflatten(mine, expected_shapes(model)))
+        return models
 
 
 @register("gwpf")

@@ -21,21 +21,22 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
 from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.model_codec import DenseModelCodec
 from fedsqueeze.strategies.registry import register
 from fedsqueeze.strategies.settings import MethodConfig
 from fedsqueeze.strategies.state import load_array_list, save_array_list
 from fedsqueeze.strategies.tensors import (
     Arrays,
+    expected_shapes,
     flatten,
-    load_arrays,
-    model_arrays,
+    keyed,
+    travelling_keys,
     unflatten,
 )
-from fedsqueeze.strategies.training import ClientData
 
 NORMS = "norms"
 STATE_RECORD = "normclip.round"  # [global received, local trained] of this round
@@ -51,8 +52,8 @@ class NormClipConfig(MethodConfig):
 
 
 class NormClipStrategy(SqueezeStrategy):
-    def __init__(self, method: NormClip, model: nn.Module) -> None:
-        super().__init__(method, model)
+    def __init__(self, method: NormClip, model: nn.Module, **options) -> None:
+        super().__init__(method, model, **options)
         self.bound: float | None = None
         self.norms: dict[int, float] = {}
 
@@ -87,38 +88,42 @@ class NormClipStrategy(SqueezeStrategy):
 
 
 class NormClipClient(ClientSide):
-    def exchange(self, name: str, content: RecordDict, state: RecordDict, model: nn.Module,
-                 data: ClientData, seed: int) -> RecordDict:
-        model = self.checked(ClientSide.receive(self, content, state, model))
-        received = flatten(list(model_arrays(model).values()))
-        loss = ClientSide.train(self, model, data, state, seed)["train-loss"]
-        local = flatten(list(model_arrays(model.cpu()).values()))
-        save_array_list(state, STATE_RECORD, [received, local], round=self.server_round,
-                        loss=loss)
-        norm = float(np.linalg.norm(np.subtract(local, received, dtype=np.float32)))
-        return RecordDict({"metrics": MetricRecord({"update-norm": norm})})
+    """Trains in exchange "norms" (keeping what it received and what it trained), answers
+    exchange "train" with the clipped model without training again."""
 
-    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
+    def trains(self, exchange: str) -> bool:
+        return exchange == NORMS
+
+    def receive(self, exchange: str, content: RecordDict, state: RecordDict) -> Arrays:
+        arrays = self.dense_or_plain(content)
+        self._received = flatten(list(arrays.values()))
+        return arrays
+
+    def send(self, exchange: str, arrays: Arrays, state: RecordDict) -> RecordDict:
+        local = flatten(list(arrays.values()))
+        save_array_list(state, STATE_RECORD, [self._received, local], round=self.server_round)
+        self._norm = float(np.linalg.norm(np.subtract(local, self._received, dtype=np.float32)))
+        return RecordDict()
+
+    def reply_without_training(self, exchange: str, content: RecordDict, state: RecordDict
+                               ) -> RecordDict:
         saved = load_array_list(state, STATE_RECORD)
         if saved is None or int(saved[1]["round"]) != self.server_round:
             raise ValueError(f"normclip: no model trained in exchange '{NORMS}' of round "
                              f"{self.server_round} on this client")
-        (received, local), meta = saved
+        (received, local), _ = saved
         bound = float(content.config_records[BOUND_RECORD]["bound"])
         update = np.subtract(local, received, dtype=np.float32)
         norm = float(np.linalg.norm(update))
-        scale = min(1.0, bound / norm) if norm > 0 else 1.0
-        clipped = np.add(received, np.multiply(update, np.float32(scale), dtype=np.float32),
-                         dtype=np.float32)
-        shapes = [a.shape for a in model_arrays(model).values()]
-        load_arrays(model, unflatten(clipped, shapes))
-        self._loss, self._scale = float(meta["loss"]), scale
-        return model
+        self._scale = min(1.0, bound / norm) if norm > 0 else 1.0
+        clipped = np.add(received, np.multiply(update, np.float32(self._scale),
+                                               dtype=np.float32), dtype=np.float32)
+        model = self.method.structure()
+        arrays = keyed(travelling_keys(model), unflatten(clipped, expected_shapes(model)))
+        return DenseModelCodec("fp32").encode(arrays)
 
-    def train(self, model: nn.Module, data: ClientData, state: RecordDict, seed: int
-              ) -> dict[str, float]:
-        """Trained already, in exchange "norms"."""
-        return {"train-loss": self._loss, "clip-scale": self._scale}
+    def metrics(self, exchange: str, state: RecordDict) -> dict[str, float]:
+        return {"update-norm": self._norm} if exchange == NORMS else {"clip-scale": self._scale}
 
 
 @register("normclip")
@@ -126,3 +131,4 @@ class NormClip(Method):
     Config = NormClipConfig
     Strategy = NormClipStrategy
     Client = NormClipClient
+    spreads_outliers = True  # an update's norm is clipped to the round's median

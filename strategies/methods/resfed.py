@@ -50,11 +50,10 @@ from fedsqueeze.strategies.tensors import (
     expected_shapes,
     flatten,
     keyed,
-    load_arrays,
-    model_arrays,
     numel,
     top_k_count,
     top_k_indices,
+    travelling_keys,
     unflatten,
 )
 
@@ -225,8 +224,8 @@ class Pending:
 
 
 class ResFedStrategy(SqueezeStrategy):
-    def __init__(self, method: ResFed, model: nn.Module) -> None:
-        super().__init__(method, model)
+    def __init__(self, method: ResFed, model: nn.Module, **options) -> None:
+        super().__init__(method, model, **options)
         self.n = numel(self.shapes)
         self.coder = Coder(self.config, self.n)
         # partition -> (history, last round it synced); staged: partition -> Pending
@@ -247,7 +246,7 @@ class ResFedStrategy(SqueezeStrategy):
         self.nodes.end_round()
 
     def encode_down(self, server_round: int, node_id: int, arrays: Arrays) -> RecordDict:
-        partition = self.directory.partition_of(node_id)
+        partition = self.client_key(node_id)
         mirror = self.nodes.get(partition)
         gap = mirror is not None and self.config.max_gap and \
             server_round - mirror[1] - 1 > self.config.max_gap
@@ -268,7 +267,7 @@ class ResFedStrategy(SqueezeStrategy):
         return RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload)})
 
     def decode_up(self, server_round: int, node_id: int, content: RecordDict) -> Arrays:
-        partition = self.directory.partition_of(node_id)
+        partition = self.client_key(node_id)
         pending = self.nodes.staged(partition)
         if pending is None:
             raise CodecError(f"resfed: no down message pending for partition {partition}")
@@ -344,7 +343,8 @@ class ResFedClient(ClientSide):
         self.config: ResFedConfig = method.config
         self._pending: tuple[History, np.ndarray] | None = None
 
-    def receive(self, content: RecordDict, state: RecordDict, model: nn.Module) -> nn.Module:
+    def receive(self, exchange: str, content: RecordDict, state: RecordDict) -> Arrays:
+        model = self.method.structure()
         shapes = expected_shapes(model)
         coder = Coder(self.config, numel(shapes))
         down = coder.decode(content)
@@ -356,14 +356,15 @@ class ResFedClient(ClientSide):
                              "transfer")
         g_hat = coder.reconstruction(down, history.g, history.l)
         self._pending = (history, g_hat)
-        load_arrays(model, unflatten(g_hat, shapes))
-        return model
+        return keyed(travelling_keys(model), unflatten(g_hat, shapes))
 
-    def send(self, model: nn.Module, state: RecordDict) -> RecordDict:
+    def send(self, exchange: str, arrays: Arrays, state: RecordDict) -> RecordDict:
         if self._pending is None:
             raise RuntimeError("resfed: send before receive")
         history, g_hat = self._pending
-        local = flatten(list(model_arrays(model).values()))
+        local = flatten(list(arrays.values()))
+        if not np.isfinite(local).all():  # the median quantizer would hide it
+            raise CodecError("resfed: the trained model has non-finite values")
         coder = Coder(self.config, local.size)
         g_now = (*history.g, g_hat)
         # the up payload carries the digests of G^ and L^; L^ depends on the coded residual,
@@ -382,3 +383,8 @@ class ResFed(Method):
     Config = ResFedConfig
     Strategy = ResFedStrategy
     Client = ResFedClient
+
+    @property
+    def spreads_outliers(self) -> bool:
+        """The median quantizer sends a group's median, not its outliers."""
+        return self.config.quantizer == "median"

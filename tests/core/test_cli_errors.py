@@ -20,13 +20,14 @@ def run_cli(capsys, *argv):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("method='fedsparse'", "'method' = 'fedsparse' is invalid: unknown method, valid: fedavg"),
+    ("method='fedsparse'", "'method' = 'fedsparse' is invalid: unknown method, valid: fedadam"),
     ("dataset='imagenet'", "unknown dataset 'imagenet'"),
     ("lr=-0.5", "'lr' = -0.5 is invalid: must be > 0"),
     ("fraction-train=2.0", "'fraction-train' = 2.0 is invalid: must be in (0, 1]"),
     ("num-server-rounds=0", "'num-server-rounds' = 0 is invalid: must be >= 1"),
     ("lr-rate=0.1", "unknown run-config key 'lr-rate'"),
-    ("\"fedavg.dtype\"='int4'", "'fedavg.dtype' = 'int4' is invalid: must be one of fp32"),
+    ("\"dense.dtype\"='int4'", "'dense.dtype' = 'int4' is invalid: must be one of fp32"),
+    ("uplink='zip'", "'uplink' = 'zip' is invalid: unknown channel 'zip'; valid: dense"),
     ("model='resnet50'", "unknown model 'resnet50'"),
     ("model='vgg16-gn'", "model 'vgg16-gn' cannot take input shape (1, 28, 28)"),
     ("seed=99999999999999999999", "'seed' = 99999999999999999999 is invalid: must be in [0, 2^63)"),

@@ -45,8 +45,9 @@ def test_the_wire_to_target_counts_both_directions():
 TINY = Preset("tiny", "3 clients iid fc2", clients=3, rounds=2,
               setting={"partitioner": "iid", "model": "fc2", "min-nodes": 2},
               runs=(("fedavg", {"method": "fedavg"}),
-                    ("topk-ef-0.99", {"method": "topk-ef"}),
-                    ("fedpara x qsgd", {"method": "qsgd", "model-transform": "fedpara"})))
+                    ("topk-ef-0.99", {"method": "fedavg", "uplink": "topk-ef"}),
+                    ("fedpara x qsgd", {"method": "fedpara", "uplink": "qsgd",
+                                        "downlink": "qsgd"})))
 
 
 def test_the_table_is_what_rounds_jsonl_says_and_finished_runs_are_reused(tmp_path):
@@ -124,7 +125,8 @@ def test_every_preset_run_is_a_valid_run_config():
 def test_config_text_is_flower_run_config_syntax():
     from fedsqueeze.deploy.config_check import parse_overrides
 
-    keys = {"method": "qsgd", "qsgd.bits": 2, "qsgd.error-feedback": True, "lr": 0.02}
+    keys = {"method": "fedavg", "uplink": "qsgd", "qsgd.bits": 2, "qsgd.error-feedback": True,
+            "lr": 0.02}
     assert parse_overrides([config_text(keys)]) == keys
 
 

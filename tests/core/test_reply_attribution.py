@@ -38,7 +38,7 @@ def test_a_restarted_node_rejoins_under_a_new_id_and_stateful_methods_resync(tmp
     row = fed.run_round()
     assert row["rejoined"] == [1] and row["failed_replies"] == 0
     assert row["resfed_resyncs"] == 1 and row["resfed_down_full"] == 1
-    directory = fed.strategy.directory
+    directory = fed.runner.directory
     assert directory.node_of(1) == new and directory.get(old) == 1  # old id still named
     assert fed.run_round()["rejoined"] == []
 

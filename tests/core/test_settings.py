@@ -30,12 +30,12 @@ def test_integral_float_is_accepted_for_an_integer_key():
 
 
 def test_unknown_method_lists_the_registered_ones():
-    with pytest.raises(ConfigError, match="unknown method, valid: fedavg"):
+    with pytest.raises(ConfigError, match="unknown method, valid: fedadam, fedavg"):
         get_method("fedsparse")
     assert "fedavg" in method_names()
 
 
 def test_method_key_is_validated_with_its_prefix():
     settings = RunSettings()
-    with pytest.raises(ConfigError, match="'fedavg.dtype' = 'int4'"):
-        get_method("fedavg")(settings, {"fedavg.dtype": "int4"})
+    with pytest.raises(ConfigError, match="'fedavgm.server-lr' = -1"):
+        get_method("fedavgm")(settings, {"fedavgm.server-lr": -1})

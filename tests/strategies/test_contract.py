@@ -14,8 +14,9 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from fedsqueeze.deploy.inprocess import Federation, copy_recorddict
-from fedsqueeze.strategies import methods
+from fedsqueeze.strategies import channels, methods
 from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.channel import channel_names, get_channel
 from fedsqueeze.strategies.registry import get_method, method_names, register
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, MethodConfig, RunSettings
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def _imports(path: Path) -> list[str]:
     """Absolute module names a file imports (relative imports resolved inside its package)."""
     package = {"server": "fedsqueeze.server", "client": "fedsqueeze.client",
-               "codecs": "fedsqueeze.codecs", "strategies": "fedsqueeze.strategies"}
+               "codecs": "fedsqueeze.codecs", "strategies": "fedsqueeze.strategies",
+               "channels": "fedsqueeze.strategies.channels",
+               "methods": "fedsqueeze.strategies.methods"}
     base = package.get(path.parent.name, path.parent.name)
     names = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -43,10 +46,11 @@ def _imports(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("folder", ["server", "client"])
-def test_server_and_client_import_no_method_and_no_codec(folder):
+def test_server_and_client_import_no_method_no_channel_and_no_codec(folder):
     for path in sorted((ROOT / folder).glob("*.py")):
         for name in _imports(path):
             assert not name.startswith("fedsqueeze.strategies.methods"), (path, name)
+            assert not name.startswith("fedsqueeze.strategies.channels"), (path, name)
             assert not name.startswith("fedsqueeze.codecs"), (path, name)
 
 
@@ -57,10 +61,18 @@ def test_codecs_import_nothing_of_ours():
                 assert name.startswith("fedsqueeze.codecs"), (path, name)
 
 
-def test_no_method_module_imports_another_method():
-    for path in sorted((ROOT / "strategies" / "methods").glob("*.py")):
-        for name in _imports(path):
-            assert not name.startswith("fedsqueeze.strategies.methods"), (path, name)
+def test_no_method_or_channel_module_imports_another_method_or_channel():
+    for folder in ("methods", "channels"):
+        for path in sorted((ROOT / "strategies" / folder).glob("*.py")):
+            for name in _imports(path):
+                assert not name.startswith("fedsqueeze.strategies.methods"), (path, name)
+                assert not name.startswith("fedsqueeze.strategies.channels"), (path, name)
+
+
+def test_every_module_in_channels_is_discovered_and_registered():
+    modules = {i.name for i in pkgutil.iter_modules(channels.__path__)}
+    registered = {get_channel(n).__module__.rsplit(".", 1)[1] for n in channel_names()}
+    assert modules == registered
 
 
 # --------------------------------------------------------------------------- registry
@@ -68,7 +80,7 @@ def test_every_module_in_methods_is_discovered_and_registered():
     modules = {i.name for i in pkgutil.iter_modules(methods.__path__)}
     registered = {get_method(n).__module__.rsplit(".", 1)[1] for n in method_names()}
     assert modules == registered
-    assert {"fedavg", "fedsparsify", "resfed", "topk-ef", "normclip"} <= set(method_names())
+    assert {"fedavg", "fedsparsify", "resfed", "normclip", "fedadam"} <= set(method_names())
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -82,41 +94,45 @@ def test_register_gives_the_config_its_prefix(name):
 
 
 def test_a_bad_value_names_the_prefixed_key():
-    with pytest.raises(ConfigError, match=r"'topk-ef\.sparsity' = 1\.5"):
-        get_method("topk-ef")(RunSettings(), {"topk-ef.sparsity": 1.5})
+    with pytest.raises(ConfigError, match=r"'resfed\.qe' = 9"):
+        get_method("resfed")(RunSettings(), {"resfed.qe": 9})
 
 
 def test_a_config_class_cannot_serve_two_methods():
-    config = get_method("topk-ef").Config
+    config = get_method("resfed").Config
 
-    class Twin(get_method("topk-ef")):
+    class Twin(get_method("resfed")):
         Config = config
 
-    with pytest.raises(ValueError, match="already belongs to method 'topk-ef'"):
-        register("twin-of-topk")(Twin)
+    with pytest.raises(ValueError, match="already belongs to method 'resfed'"):
+        register("twin-of-resfed")(Twin)
 
 
-def test_a_method_without_keys_or_hooks_is_fedavg_over_the_dense_codec(tmp_path, flower_task):
+def test_a_method_without_keys_or_hooks_is_fedavg_over_the_dense_codec(client_round,
+                                                                       flower_task):
     class Plain(Method):  # no config, no strategy, no client side of its own
         name = "plain"
 
     method = Plain(RunSettings(), {})
     model = build_run_model(method.settings)
-    strategy, client = method.server(model), method.client()
+    strategy, client = method.strategy(model), method.client()
     assert type(strategy) is SqueezeStrategy
     arrays = strategy.round_arrays
     content = strategy.encode_down(1, 5, arrays)
-    received = client.receive(content, RecordDict(), build_run_model(RunSettings(seed=9)))
-    back = strategy.decode_up(1, 5, client.send(received, RecordDict()))
+    received = client_round.receive(client, content, RecordDict(),
+                                    build_run_model(RunSettings(seed=9)))
+    back = strategy.decode_up(1, 5, client_round.send(client, received, RecordDict()))
     assert all(np.array_equal(back[k], arrays[k]) for k in arrays)
 
 
 def test_the_core_attaches_the_round_config_and_refuses_a_method_config_record(flower_task):
-    method = get_method("fedavg")(RunSettings(), {})
-    strategy = method.server(build_run_model(method.settings))
-    (message,) = strategy.configure_exchange("train", 4, [11])
+    method = get_method("normclip")(RunSettings(), {})
+    strategy = method.strategy(build_run_model(method.settings))
+    (message,) = strategy._messages("norms", 4, [11], ConfigRecord({"lr": 0.5}))
     config = message.content.config_records["config"]
-    assert config["server-round"] == 4 and config["exchange"] == "train"
+    assert (config["server-round"], config["exchange"], config["method"], config["lr"]) == (
+        4, "norms", "normclip", 0.5)
+    assert message.metadata.group_id == "4:norms"
 
     class Meddling(type(strategy)):
         def encode_down(self, server_round, node_id, arrays):
@@ -124,7 +140,7 @@ def test_the_core_attaches_the_round_config_and_refuses_a_method_config_record(f
 
     meddling = Meddling(method, build_run_model(method.settings))
     with pytest.raises(ValueError, match="must not carry a 'config' record"):
-        meddling.configure_exchange("train", 1, [11])
+        meddling._messages("train", 1, [11], ConfigRecord())
 
 
 def test_lr_decays_per_round():
@@ -186,7 +202,9 @@ def test_node_mirrors_commit_only_what_was_decoded():
 
 
 @pytest.mark.parametrize("name,keys", [(n, {}) for n in method_names()] + [
-    ("topk-ef", {"topk-ef.downlink": "compressed"}), ("qsgd", {"qsgd.downlink": "compressed"})])
+    ("fedavg", {"uplink": "topk-ef", "downlink": "topk-ef"}),
+    ("fedavg", {"uplink": "qsgd", "downlink": "qsgd", "qsgd.error-feedback": True}),
+    ("fedavgm", {"uplink": "topk-ef", "downlink": "topk-ef"})])
 def test_exported_state_resumes_every_method_to_the_same_round(name, keys, tmp_path):
     """Run 3 rounds; separately, restore round 2's server state (through files), client states
     and global model into a fresh federation and run round 3: the same bytes, accuracy and
@@ -223,7 +241,7 @@ def test_the_package_docstring_signatures_match_the_code():
     import fedsqueeze.strategies as package
 
     doc = package.__doc__
-    server, client = doc.split("Client side (`ClientSide`)")
+    server, client = doc.split("Client side (`ClientSide`")
     hooks = _documented(r"^\s{4}(\w+)\(([^)]*)\)", server)
     hooks += _documented(r"^\s{4}\w+\([^)]*\) / (\w+)\(([^)]*)\)", server)
     calls = _documented(r"`(\w+)\(([^)]*)\)`", client)

@@ -16,7 +16,7 @@ def models(tmp_path, name, **keys):
     for _ in range(3):
         fed.run_round()
         out.append(from_arrayrecord(fed.arrays))
-        buffers.append([np.copy(v) for v in getattr(fed.strategy, "momentum_vector", None)
+        buffers.append([np.copy(v) for v in getattr(fed.strategy.strategy, "momentum_vector", None)
                         or []])
     return fed, out, buffers
 
@@ -36,10 +36,10 @@ def test_without_momentum_it_is_fedavg_and_with_momentum_it_follows_the_heavy_ba
         for i, key in enumerate(heavy[0]):
             np.testing.assert_allclose(heavy[t][key], heavy[t - 1][key] - 0.8 * buffers[t - 1][i],
                                        atol=1e-6)
-    state = fed.strategy.export_state()
-    assert state.meta["tensors"] == len(heavy[0])  # the momentum buffer is resumable state
+    state = fed.strategy.export_state()  # Compressed's, with the inner FedAvgM's inside
+    assert state.meta["inner"]["tensors"] == len(heavy[0])  # the momentum: resumable state
     restored = Federation({**RUN, "method": "fedavgm"}, clients=3,
                           results_dir=tmp_path / "restored").strategy
     restored.import_state(state)
-    for a, b in zip(restored.momentum_vector, fed.strategy.momentum_vector):
+    for a, b in zip(restored.strategy.momentum_vector, fed.strategy.strategy.momentum_vector):
         np.testing.assert_array_equal(a, b)

@@ -17,6 +17,7 @@ from fedsqueeze.strategies.methods.feddst import (
     MASK,
     POSITIONS,
     STATE,
+    DSTHooks,
     FedDSTConfig,
     Readjustment,
     budgets,
@@ -30,7 +31,6 @@ from fedsqueeze.strategies.methods.feddst import (
 from fedsqueeze.strategies.payload import pack
 from fedsqueeze.strategies.settings import ConfigError, from_run_config
 from fedsqueeze.strategies.state import load_array_list, save_array_list
-from fedsqueeze.strategies.training import ClientData
 
 RUN = {"method": "feddst", "model": "fc2", "num-partitions": 6, "min-nodes": 2,
        "num-server-rounds": 8, "fraction-train": 0.5, "momentum": 0.9,
@@ -107,18 +107,27 @@ def test_prune_and_regrow_grows_only_inactive_positions_and_keeps_the_count():
     assert np.array_equal(prune_and_regrow(w, mask, grad, 5) & ~mask, grown)
 
 
-def test_masked_weights_stay_exactly_zero_through_sgd_with_momentum(tmp_path):
+def test_masked_weights_stay_exactly_zero_through_a_users_sgd_with_momentum(tmp_path):
+    """The hooks keep the mask through a torch optimizer's steps: the loop calls nothing of
+    ours between steps."""
     fed = Federation({**RUN, "weight-decay": 1e-3}, clients=6, results_dir=tmp_path)
     fed.run_round()
-    client = fed.runner.strategy.method.client()
     strategy = fed.strategy
+    client = strategy.method.client()
     model = build_model("fc2", 10, (1, 28, 28))
-    client.layers = sparse_layers(model)
-    client.masks = strategy.masks
-    torch.manual_seed(0)
-    data = ClientData(0, torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    client.layers, client.masks = sparse_layers(model), strategy.masks
     client.server_round = 2  # not a readjustment round
-    client.train(model, data, copy_recorddict(fed.state_of(0)), seed=1)
+    hooks = DSTHooks(client)
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    hooks.attach(model, optimizer)
+    for _ in range(5):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    hooks.after_training(model)
+    hooks.detach()
     params = dict(model.named_parameters())
     for layer in client.layers:
         off = ~strategy.masks[layer.index]

@@ -8,6 +8,7 @@ import pytest
 
 from fedsqueeze.deploy.inprocess import Federation
 from fedsqueeze.models.fedpara import is_local_factor
+from fedsqueeze.strategies.build import run_channels
 from fedsqueeze.strategies.methods.pfedpara import STATE
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
@@ -22,14 +23,14 @@ HEADER_SLACK = 200            # codec framing per payload, bytes
 def test_fedpara_sends_the_factors_and_nothing_else(tmp_path):
     fed = Federation({**RUN, "method": "fedpara"}, clients=3, results_dir=tmp_path)
     row = fed.run_round()
-    assert not any(k.endswith("weight") for k in fed.strategy.keys)
+    assert not any(k.endswith("weight") for k in fed.arrays.keys())
     for direction in ("payload_up", "payload_down"):
         per_client = row[direction] / 3
         assert 4 * FC2_FACTORS <= per_client <= 4 * FC2_FACTORS + HEADER_SLACK
 
 
 def test_fedpara_values_may_travel_as_fp16(tmp_path):
-    fed = Federation({**RUN, "method": "fedpara", "fedpara.dtype": "fp16"}, clients=3,
+    fed = Federation({**RUN, "method": "fedpara", "dense.dtype": "fp16"}, clients=3,
                      results_dir=tmp_path)
     assert fed.run_round()["payload_up"] / 3 <= 2 * FC2_FACTORS + HEADER_SLACK
 
@@ -37,7 +38,7 @@ def test_fedpara_values_may_travel_as_fp16(tmp_path):
 def test_pfedpara_uplink_carries_no_byte_of_a_local_factor(tmp_path):
     fed = Federation({**RUN, "method": "pfedpara", "local-test-fraction": 0.2,
                       "local-eval-every": 2}, clients=3, results_dir=tmp_path)
-    server_local = {k: v.copy() for k, v in fed.strategy.round_arrays.items()
+    server_local = {k: fed.arrays[k].numpy().copy() for k in fed.arrays.keys()
                     if is_local_factor(k)}
     rows = fed.run(2)
     shared = FC2_FACTORS - FC2_LOCAL
@@ -46,9 +47,9 @@ def test_pfedpara_uplink_carries_no_byte_of_a_local_factor(tmp_path):
             assert 4 * shared <= row[direction] / 3 <= 4 * shared + HEADER_SLACK
     own = [load_array_list(fed.state_of(p), STATE)[0] for p in range(3)]
     assert not np.array_equal(own[0][0], own[1][0])          # personal factors diverged
-    for key, value in fed.strategy.round_arrays.items():       # the server never got them
+    for key in fed.arrays.keys():                                # the server never got them
         if is_local_factor(key):
-            np.testing.assert_array_equal(value, server_local[key])
+            np.testing.assert_array_equal(fed.arrays[key].numpy(), server_local[key])
     assert rows[-1]["local_evaluations"] == 3 and 0 < rows[-1]["accuracy_local"] <= 1
 
 
@@ -60,13 +61,13 @@ def test_a_method_that_needs_a_transform_refuses_another():
 
 @pytest.mark.parametrize("method,keys,message", [
     ("resfed", {"model-transform": "pfedpara"}, "only method 'pfedpara' keeps the local"),
-    ("topk-ef", {"model-transform": "fedpara", "fedpara.dtype": "fp16"}, "fedpara.dtype"),
+    ("pfedpara", {"downlink": "topk-ef"}, "sends part of the model"),
 ])
 def test_compositions_that_cannot_combine_are_refused_with_the_reason(method, keys, message):
     run_config = {"method": method, **keys}
     settings = RunSettings.from_run_config(run_config)
     with pytest.raises(ConfigError, match=message):
-        get_method(method)(settings, run_config)
+        run_channels(get_method(method)(settings, run_config), run_config)
 
 
 @pytest.mark.parametrize("method", ["fedsparsify", "resfed", "gwpf", "feddst"])
@@ -74,7 +75,7 @@ def test_the_transform_composes_with_other_methods_and_shrinks_their_bytes(tmp_p
     plain = Federation({**RUN, "method": method}, clients=3, results_dir=tmp_path / "plain")
     para = Federation({**RUN, "method": method, "model-transform": "fedpara"}, clients=3,
                       results_dir=tmp_path / "para")
-    assert any(is_local_factor(k) for k in para.strategy.keys)  # the factors travel
+    assert any(is_local_factor(k) for k in para.arrays.keys())  # the factors travel
     a, b = plain.run_round(), para.run_round()
     assert b["failed_replies"] == 0, b["failures"]
     assert b["payload_up"] < a["payload_up"] and b["payload_down"] < a["payload_down"]

@@ -175,14 +175,15 @@ def _pruned_model(method, sparsity=0.8, strategy=None):
     return dict(zip(arrays, pruned))
 
 
-def test_masked_weights_stay_exactly_zero_through_training_with_momentum():
+def test_masked_weights_stay_exactly_zero_through_training_with_momentum(client_round):
     method = _method()
-    strategy, client = method.server(build_run_model(method.settings)), method.client()
+    strategy, client = method.strategy(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, strategy=strategy)
     content = strategy.encode_down(3, 7, pruned)
     client.server_round = 3
-    model = client.receive(content, RecordDict(), build_run_model(RunSettings(seed=99)))
-    client.train(model, _data(), RecordDict(), seed=5)
+    model = client_round.receive(client, content, RecordDict(),
+                                 build_run_model(RunSettings(seed=99)))
+    client_round.train(client, model, _data(), seed=5)
     trained = model_arrays(model)
     changed = 0
     for key, before in pruned.items():
@@ -192,34 +193,35 @@ def test_masked_weights_stay_exactly_zero_through_training_with_momentum():
     assert changed > 0   # it did train (SGD momentum 0.9 + weight decay, 2 epochs)
 
 
-def test_masked_gradients_keep_momentum_off_pruned_entries():
+def test_masked_gradients_keep_momentum_off_pruned_entries(client_round):
     """Without the after-step re-masking, the gradient hooks alone keep pruned entries at 0:
     the momentum buffer never accumulates anything there."""
     method = _method()
-    strategy, client = method.server(build_run_model(method.settings)), method.client()
+    strategy, client = method.strategy(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, strategy=strategy)
     content = strategy.encode_down(3, 7, pruned)
     client.server_round = 3
-    model = client.receive(content, RecordDict(), build_run_model(RunSettings(seed=99)))
-    client.after_step = lambda m: None   # disable the re-masking after every step
-    client.train(model, _data(), RecordDict(), seed=5)
+    model = client_round.receive(client, content, RecordDict(),
+                                 build_run_model(RunSettings(seed=99)))
+    client.hooks.after_step = lambda m: None   # disable the re-masking after every step
+    client_round.train(client, model, _data(), seed=5)
     for key, after in model_arrays(model).items():
         assert np.all(after[pruned[key] == 0] == 0), key
 
 
-def _global_round_trip(sparsity):
+def _global_round_trip(client_round, sparsity):
     """A Global-variant down message to node 7 in round 3, received and answered untrained."""
     method = _method()
-    strategy, client = method.server(build_run_model(method.settings)), method.client()
+    strategy, client = method.strategy(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, sparsity, strategy=strategy)
     content = strategy.encode_down(3, 7, pruned)
     client.server_round = 3
-    model = client.receive(content, RecordDict(), build_run_model(method.settings))
-    return strategy, pruned, client.send(model, RecordDict())
+    model = client_round.receive(client, content, RecordDict(), build_run_model(method.settings))
+    return strategy, pruned, client_round.send(client, model, RecordDict())
 
 
-def test_global_uplink_is_values_only_and_decodes_with_the_sent_mask():
-    strategy, pruned, reply = _global_round_trip(0.9)
+def test_global_uplink_is_values_only_and_decodes_with_the_sent_mask(client_round):
+    strategy, pruned, reply = _global_round_trip(client_round, 0.9)
     stype, data = read_payload(reply)
     assert stype.startswith("fedsqueeze/masked@")
     nnz = sum(int(np.count_nonzero(a)) for a in pruned.values())
@@ -234,7 +236,7 @@ def test_global_uplink_is_values_only_and_decodes_with_the_sent_mask():
 
 def test_downlink_is_nonzero_values_plus_positions_and_never_dense():
     method = _method()
-    strategy = method.server(build_run_model(method.settings))
+    strategy = method.strategy(build_run_model(method.settings))
     pruned = _pruned_model(method, 0.9, strategy=strategy)
     content = strategy.encode_down(3, 7, pruned)
     _, data = read_payload(content)
@@ -245,8 +247,8 @@ def test_downlink_is_nonzero_values_plus_positions_and_never_dense():
     assert len(data) < 0.2 * 118_282 * 4   # 10 % values + coded positions
 
 
-def test_global_mask_mismatch_is_a_codec_error():
-    strategy, _, reply = _global_round_trip(0.5)
+def test_global_mask_mismatch_is_a_codec_error(client_round):
+    strategy, _, reply = _global_round_trip(client_round, 0.5)
     strategy.sent_masks[7] = [None] * len(strategy.sent_masks[7])   # server now expects dense
     with pytest.raises(CodecError):
         strategy.decode_up(3, 7, reply)
@@ -286,30 +288,30 @@ def test_config_dataclass_defaults_match_the_spec():
     assert Schedule.of(c, 200).T == 200
 
 
-def test_zero_initialised_biases_train_until_pruned():
+def test_zero_initialised_biases_train_until_pruned(client_round):
     """The global mask starts all True: a zero bias is not a pruned weight."""
     method = _method()
     model = build_run_model(RunSettings(model_init="glorot"))
     assert any(not p.any() for p in model.parameters())   # glorot: zero biases
-    strategy, client = method.server(model), method.client()
+    strategy, client = method.strategy(model), method.client()
     content = strategy.encode_down(1, 7, model_arrays(model))
     client.server_round = 1
-    local = client.receive(content, RecordDict(), build_run_model(method.settings))
-    client.train(local, _data(), RecordDict(), seed=1)
+    local = client_round.receive(client, content, RecordDict(), build_run_model(method.settings))
+    client_round.train(client, local, _data(), seed=1)
     assert all(p.any() for p in local.parameters())
-    decoded = (strategy.decode_up(1, 7, client.send(local, RecordDict())))
+    decoded = (strategy.decode_up(1, 7, client_round.send(client, local, RecordDict())))
     for key, value in model_arrays(local).items():   # the whole trained model came back
         assert np.array_equal(decoded[key], value)
 
 
-def test_local_uplink_carries_values_and_the_local_mask():
+def test_local_uplink_carries_values_and_the_local_mask(client_round):
     method = _method(**{"fedsparsify.variant": "local"})
-    strategy, client = method.server(build_run_model(method.settings)), method.client()
+    strategy, client = method.strategy(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, 0.5, strategy=strategy)
     content = strategy.encode_down(5, 7, pruned)
     client.server_round = 5
-    model = client.receive(content, RecordDict(), build_run_model(method.settings))
-    reply = client.send(model, RecordDict())
+    model = client_round.receive(client, content, RecordDict(), build_run_model(method.settings))
+    reply = client_round.send(client, model, RecordDict())
     assert read_payload(reply)[0].startswith("fedsqueeze/sparse@")
     decoded = (strategy.decode_up(5, 7, reply))
     kept = strategy.kept(strategy.local_masks[7])
@@ -317,16 +319,16 @@ def test_local_uplink_carries_values_and_the_local_mask():
     assert sum(int(np.count_nonzero(a)) for a in decoded.values()) <= kept
 
 
-def test_fp16_values_keep_the_mask_from_positions_not_from_values():
+def test_fp16_values_keep_the_mask_from_positions_not_from_values(client_round):
     """A kept value that rounds to 0 in fp16 stays in the mask on both sides."""
     method = _method(**{"fedsparsify.values": "fp16"})
-    strategy, client = method.server(build_run_model(method.settings)), method.client()
+    strategy, client = method.strategy(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, 0.5, strategy=strategy)
     first = next(iter(pruned))
     pruned[first].flat[np.flatnonzero(pruned[first])[0]] = 1e-9   # 0 in fp16
     strategy.mask = [a != 0 for a in pruned.values()]
     content = strategy.encode_down(3, 7, pruned)
     client.server_round = 3
-    model = client.receive(content, RecordDict(), build_run_model(method.settings))
+    model = client_round.receive(client, content, RecordDict(), build_run_model(method.settings))
     assert all(np.array_equal(g, m) for g, m in zip(client.global_masks, strategy.mask))
-    strategy.decode_up(3, 7, client.send(model, RecordDict()))   # same digest: decodes
+    strategy.decode_up(3, 7, client_round.send(client, model, RecordDict()))  # same digest

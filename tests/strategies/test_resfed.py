@@ -21,7 +21,6 @@ from fedsqueeze.strategies.methods.resfed import (
 )
 from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import get_method
-from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 from fedsqueeze.strategies.tensors import (
     flatten,
@@ -224,14 +223,14 @@ def test_a_failed_round_resets_that_client_with_a_full_transfer(kind, tmp_path):
 
 def _down_content(fed: Federation, rnd: int, partition: int) -> RecordDict:
     arrays = from_arrayrecord(fed.arrays)
-    fed.strategy.begin(rnd, arrays)
+    fed.strategy.begin_round(rnd, arrays)
     return fed.strategy.encode_down(rnd, fed.grid.node_of(partition), arrays)
 
 
 def _client(fed: Federation):
     side = fed.strategy.method.client()
     side.server_round = fed.round + 1
-    return side, build_run_model(fed.strategy.settings)
+    return side
 
 
 @pytest.mark.parametrize("mangle", [
@@ -249,28 +248,28 @@ def test_malformed_residual_payload_is_rejected_and_state_untouched(mangle, tmp_
     assert CODEC.decode(payload, [(fed.strategy.n,)]).header.residual
     before = recorddict_to_proto(fed.state_of(1)).SerializeToString()
     bad = RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, mangle(payload))})
-    side, model = _client(fed)
+    side = _client(fed)
     try:
-        side.receive(bad, fed.state_of(1), model)
+        side.receive("train", bad, fed.state_of(1))
     except CodecError:
         pass
     else:  # a flip that still decodes must at least not have touched the state
         pass
     assert recorddict_to_proto(fed.state_of(1)).SerializeToString() == before
     with pytest.raises(CodecError):
-        side.receive(RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload[:-1])}),
-                     fed.state_of(1), model)
+        side.receive("train", RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload[:-1])}),
+                     fed.state_of(1))
 
 
 def test_a_payload_for_another_history_version_is_rejected(tmp_path):
     fed = federation(tmp_path, CONFIGS[0], rounds=4)
     fed.run(3)
     content = _down_content(fed, 4, 1)
-    side, model = _client(fed)
+    side = _client(fed)
     with pytest.raises(CodecError, match="history version"):
-        side.receive(content, fed.state_of(2), model)
+        side.receive("train", content, fed.state_of(2))
     with pytest.raises(CodecError, match="history version"):
-        side.receive(content, RecordDict(), model)  # state lost
+        side.receive("train", content, RecordDict())  # state lost
 
 
 def test_an_upload_against_a_stale_mirror_is_rejected_and_not_committed(tmp_path):
@@ -278,9 +277,9 @@ def test_an_upload_against_a_stale_mirror_is_rejected_and_not_committed(tmp_path
     fed.run(3)
     st = fed.strategy
     content = _down_content(fed, 4, 0)
-    side, model = _client(fed)
-    model = side.receive(content, fed.state_of(0), model)
-    reply = side.send(model, fed.state_of(0))
+    side = _client(fed)
+    arrays = side.receive("train", content, fed.state_of(0))
+    reply = side.send("train", arrays, fed.state_of(0))
     reply[METRICS_RECORD] = MetricRecord({"num-examples": 1})
     st.nodes.pending[0].history = History()
     with pytest.raises(CodecError, match="history version"):
