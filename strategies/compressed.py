@@ -41,7 +41,15 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -124,6 +132,7 @@ class Compressed(Strategy):
         self._sent: dict[int, Sent] = {}
         self._stats: dict[str, int] = {}
         self._encoded: tuple[ArrayRecord, Channel, Coded] | None = None
+        self._dtypes: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return (f"Compressed({self.strategy!r}, uplink={self._spec(self.uplink)}, "
@@ -211,6 +220,7 @@ class Compressed(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.own_failures, self._sent = [], {}
+        self._dtypes = {k: a.dtype for k, a in arrays.items()}
         self._stats = {"change": 0, "full": 0, "resyncs_before": self.holders.resyncs}
         if self.versioned:
             arrays = self._advance_broadcast(server_round, arrays)
@@ -230,6 +240,8 @@ class Compressed(Strategy):
             arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
         finally:
             self._end_round()
+        if arrays is not None:
+            arrays = self._as_given(arrays)
         if self.meter and metrics is not None:
             metrics = MetricRecord({**metrics, **self._round_bytes(server_round)})
         return arrays, metrics
@@ -242,6 +254,15 @@ class Compressed(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def _as_given(self, arrays: ArrayRecord) -> ArrayRecord:
+        """The inner's aggregate in the dtypes of the model it was given (Flower's FedAdam,
+        say, returns float64 arrays for a float32 model: twice the bytes, and arrays no
+        channel codes)."""
+        if all(self._dtypes.get(k, a.dtype) == a.dtype for k, a in arrays.items()):
+            return arrays
+        return ArrayRecord({k: Array(np.asarray(a.numpy(), self._dtypes[k])) if k in self._dtypes
+                            else a for k, a in arrays.items()})
 
     # -- downlink --------------------------------------------------------------------------
     def _advance_broadcast(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord:

@@ -5,10 +5,8 @@ Flower's own `FedAdam`; its moments are exported for resume."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
 from torch import nn
 
@@ -33,18 +31,7 @@ class FedAdamConfig(MethodConfig):
 
 
 class FedAdamStrategy(Tagged, FlowerFedAdam):
-    """Flower's FedAdam, its result in the dtypes of the round's model: Flower's update mixes
-    in numpy float64 scalars and returns float64 arrays, which would double what travels."""
-
     method_name = "fedadam"
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is None or self.current_arrays is None:
-            return arrays, metrics
-        return ArrayRecord({k: Array(np.asarray(a.numpy(), self.current_arrays[k].dtype))
-                            for k, a in arrays.items()}), metrics
 
     def export_state(self) -> ServerState:
         if not self.m_t:
