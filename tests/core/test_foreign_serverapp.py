@@ -47,5 +47,5 @@ def test_every_method_runs_under_flowers_start_in_the_simulation_engine(tmp_path
     assert out.is_file(), done.stderr[-3000:]
     rows = {row["method"]: row for row in json.loads(out.read_text())}
     assert sorted(rows) == method_names()
-    for name, row in rows.items():
+    for row in rows.values():
         assert row["train_rounds"] == [1, 2] and row["finite"] and row["changed"], row
