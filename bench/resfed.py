@@ -130,8 +130,8 @@ def main() -> None:
         for s in args.sparsity:
             dirs.append(run(f"resfed-{args.model}-s{s:g}-qe{args.qe}-r{args.rounds}",
                             args.results_dir, args.clients, args.rounds, args.model,
-                            {"method": "resfed", "resfed.sparsity-up": s,
-                             "resfed.sparsity-down": s, "resfed.qe": args.qe}))
+                            {"method": "resfed", "residual.sparsity-up": s,
+                             "residual.sparsity-down": s, "residual.qe": args.qe}))
     rows = [summarize(d, args.target, args.clients) for d in dirs]
     print(table(rows, args.target))
     if args.json:

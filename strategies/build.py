@@ -36,6 +36,11 @@ def run_channels(method: Method, run_config: Mapping[str, UserValue]
                                   f"'{method.name}.*' keys); channels compose with the methods "
                                   "whose messages carry the plain model")
         return None, None
+    duplex = [c for c in channels if c.codes == "duplex"]
+    if duplex and channels[0] != channels[1]:
+        raise ConfigError(f"run-config '{UPLINK_KEY}' = {channels[0].name!r}, "
+                          f"'{DOWNLINK_KEY}' = {channels[1].name!r} is invalid: channel "
+                          f"{duplex[0].name!r} codes both directions: name it for both")
     if method.partial and channels[1].codes == "update":
         raise ConfigError(f"run-config '{DOWNLINK_KEY}' = {channels[1].name!r} is invalid: "
                           f"method {method.name!r} sends part of the model, and a versioned "

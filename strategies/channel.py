@@ -11,6 +11,11 @@ module. Two kinds:
   client received), and the sender keeps what it did not deliver in an error memory when
   `error_feedback` is on (the uplink: `context.state`; as a downlink the server always keeps
   one, and codes the change of its broadcast model; see `strategies/compressed.py`).
+- `codes = "duplex"`: the channel codes both directions against per-client state (ResFed's
+  histories): it is given as uplink and downlink at once, and offers `link()` (the server's
+  per-client side: `encode`, `decode`, `end_round`, `forget`, `export`, `restore`,
+  `round_metrics`, `models`) and, for the client, `receive(content, state, shapes)` and
+  `reply(arrays, pending, state)`.
 
 One verb each way, on the tensors of one message in order (float32 numpy):
 
@@ -29,14 +34,13 @@ message header it is its `spec()`, "<name>" or "<name>:<field>=<value>,...".
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
+from .registry import Registry
 from .settings import ConfigError, MethodConfig, UserValue, field_types, from_run_config, key_of
 
 Record = ConfigRecord | ArrayRecord
@@ -64,7 +68,7 @@ class Channel(MethodConfig):
     """Base of every channel (see the module docstring)."""
 
     name: ClassVar[str] = ""
-    codes: ClassVar[str] = "model"       # "model" or "update"
+    codes: ClassVar[str] = "model"       # "model", "update" or "duplex"
     stochastic: ClassVar[bool] = False   # its encoding draws from `seed`
 
     @property
@@ -98,8 +102,7 @@ def _text(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- registry
-_CHANNELS: dict[str, type[Channel]] = {}
-_DISCOVERED = False
+CHANNELS: Registry[type[Channel]] = Registry("channel", "fedsqueeze.strategies.channels")
 
 
 def register_channel(name: str) -> Callable[[C], C]:
@@ -107,41 +110,24 @@ def register_channel(name: str) -> Callable[[C], C]:
     the run-config prefix `topk-ef.`."""
 
     def decorate(cls: C) -> C:
-        if name in _CHANNELS and _CHANNELS[name] is not cls:
-            raise ValueError(f"channel name {name!r} is registered twice")
+        CHANNELS.add(name, cls)
         cls.name = name
         cls.prefix = name
-        _CHANNELS[name] = cls
         return cls
 
     return decorate
 
 
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    from . import channels
-
-    for info in sorted(pkgutil.iter_modules(channels.__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{channels.__name__}.{info.name}")
-    _DISCOVERED = True
-
-
 def channel_names() -> list[str]:
-    _discover()
-    return sorted(_CHANNELS)
+    return CHANNELS.names()
 
 
 def get_channel(name: str) -> type[Channel]:
     """The channel class registered as `name`; a ConfigError lists the valid names."""
-    _discover()
-    try:
-        return _CHANNELS[name]
-    except KeyError:
-        raise ConfigError(f"unknown channel {name!r}; valid: "
-                          + ", ".join(sorted(_CHANNELS))) from None
+    channel = CHANNELS.get(name)
+    if channel is None:
+        raise ConfigError(f"unknown channel {name!r}; valid: " + ", ".join(channel_names()))
+    return channel
 
 
 def channels_from_run_config(run_config: Mapping[str, UserValue], default: str

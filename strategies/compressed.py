@@ -123,6 +123,14 @@ class Compressed(Strategy):
         self.seed, self.max_abs_value = seed, max_abs_value
         self.min_replies, self.meter = min_replies, meter
         self.versioned = downlink is not None and downlink.codes == "update"
+        self.link = None  # a duplex channel's per-client state (ResFed's histories)
+        if downlink is not None and downlink.codes == "duplex" or \
+                uplink is not None and uplink.codes == "duplex":
+            if uplink != downlink:
+                raise ValueError(f"Compressed: {(downlink or uplink).spec()} codes both "
+                                 "directions: give it as uplink and downlink")
+            self.link = downlink.link()
+        self._layout: h.Layout | None = None  # of the last train messages
         self.broadcast: Broadcast | None = None
         self.holders: NodeMirrors[bytes, bytes] = NodeMirrors()
         self.accepted: set[int] = set()   # clients whose last train reply was accepted
@@ -161,6 +169,8 @@ class Compressed(Strategy):
 
     def round_metrics(self, server_round: int) -> dict[str, Any]:
         own = getattr(self.strategy, "round_metrics", lambda t: {})(server_round)
+        if self.link is not None:
+            return {**own, **self.link.round_metrics()}
         if not self.versioned:
             return own
         return {**own, "down_change": self._stats.get("change", 0),
@@ -170,6 +180,10 @@ class Compressed(Strategy):
     def models_to_evaluate(self, server_round: int) -> dict[str, list[dict[str, np.ndarray]]]:
         """The broadcast model clients hold (`accuracy_broadcast`), beside the inner's."""
         own = getattr(self.strategy, "models_to_evaluate", lambda t: {})(server_round)
+        if self.link is not None and self._layout is not None:
+            layout = self._layout
+            return {**own, **{name: [dict(zip(layout.coded, arrays)) for arrays in models]
+                              for name, models in self.link.models(list(layout.shapes)).items()}}
         if self.broadcast is None:
             return own
         b = self.broadcast
@@ -178,6 +192,8 @@ class Compressed(Strategy):
     def client_state_lost(self, client: int) -> None:
         self.holders.forget(client)
         self.accepted.discard(client)
+        if self.link is not None:
+            self.link.forget(client)
         if hasattr(self.strategy, "client_state_lost"):
             self.strategy.client_state_lost(client)
 
@@ -185,6 +201,10 @@ class Compressed(Strategy):
         inner = getattr(self.strategy, "export_state", ServerState)()
         state = ServerState({f"inner/{k}": v for k, v in inner.arrays.items()},
                             {"inner": inner.meta, "accepted": sorted(self.accepted)})
+        if self.link is not None:
+            link = self.link.export()
+            state.arrays.update({f"link/{k}": v for k, v in link.arrays.items()})
+            state.meta["link"] = link.meta
         if self.broadcast is not None:
             mirrors = self.holders.export(lambda version: ({}, {"version": version.hex()}))
             state.arrays.update(mirrors.arrays)
@@ -200,6 +220,9 @@ class Compressed(Strategy):
         if hasattr(self.strategy, "import_state"):
             self.strategy.import_state(ServerState(inner, state.meta.get("inner", {})))
         self.accepted = {int(c) for c in state.meta.get("accepted", [])}
+        if self.link is not None and "link" in state.meta:
+            self.link.restore(ServerState({k[len("link/"):]: v for k, v in state.arrays.items()
+                                           if k.startswith("link/")}, state.meta["link"]))
         if "keys" in state.meta:
             coded = list(state.meta["coded"])
             model = [np.asarray(state.arrays[f"broadcast/{i}"], np.float32)
@@ -224,8 +247,11 @@ class Compressed(Strategy):
         self._stats = {"change": 0, "full": 0, "resyncs_before": self.holders.resyncs}
         if self.versioned:
             arrays = self._advance_broadcast(server_round, arrays)
-        messages = [self._encode_train(server_round, m) for m in
-                    self.strategy.configure_train(server_round, arrays, config, grid)]
+        if self.link is not None:
+            self.link.begin_round()
+        inner = sorted(self.strategy.configure_train(server_round, arrays, config, grid),
+                       key=lambda m: self.client_key(m.metadata.dst_node_id))  # fixed order
+        messages = [self._encode_train(server_round, m) for m in inner]
         self._measure(server_round, DOWN, messages)
         return messages
 
@@ -299,10 +325,15 @@ class Compressed(Strategy):
                 header[h.SEED] = self.seed
         self.accepted.discard(client)  # until its reply is accepted
         version = None
+        self._layout = layout
         if self.versioned:
             coded, reference, version = self._versioned_down(client, layout, record, header)
+        elif self.link is not None:
+            coded, reference = self._duplex_down(server_round, client, layout, record, header)
         else:
             coded, reference = self._down(record, layout, header)
+        if h.UP in header and header[h.UP] == header.get(h.DOWN):
+            header[h.UP] = h.SAME  # the same spec once
         out = self._message(message, key, rest, coded, config, header, MessageType.TRAIN,
                             f"{server_round}:train")
         self._sent[node_id] = Sent(out.metadata.group_id, layout, reference, version)
@@ -351,6 +382,16 @@ class Compressed(Strategy):
         records, _ = self._down(record, layout, header, FULL)
         return records, b.model, version
 
+    def _duplex_down(self, server_round: int, client: int, layout: h.Layout,
+                     record: ArrayRecord, header: dict[str, Any]) -> tuple[dict, list]:
+        """A duplex channel's message for one client; the layout travels when it starts over."""
+        coded, raw = layout.split(record)
+        records, fresh = self.link.encode(server_round, client, coded)
+        header.update({h.FORM: h.DUPLEX, h.DOWN: self.downlink.spec()})
+        if fresh:
+            header.update(layout.to_config())
+        return {**records, **({} if raw is None else {h.RAW_RECORD: raw})}, []
+
     def _encode_evaluate(self, server_round: int, message: Message) -> Message:
         key, record, config, rest = _parts(message)
         header: dict[str, Any] = {}
@@ -387,7 +428,8 @@ class Compressed(Strategy):
                 self._fail(node_id, problem)
                 continue
             try:
-                arrays = self._decode_up(self._sent[node_id], reply.content)
+                arrays = self._decode_up(server_round, node_id, self._sent[node_id],
+                                         reply.content)
             except (CodecError, KeyError, ValueError) as err:
                 self._fail(node_id, f"undecodable reply: {err}")
                 continue
@@ -409,10 +451,14 @@ class Compressed(Strategy):
                 self.holders.commit(client, version)
         return decoded
 
-    def _decode_up(self, sent: Sent, content: RecordDict) -> ArrayRecord:
+    def _decode_up(self, server_round: int, node_id: int, sent: Sent, content: RecordDict
+                   ) -> ArrayRecord:
         layout, channel = sent.layout, self.uplink
         raw = content.array_records.get(h.RAW_RECORD)
-        if channel is None:
+        if self.link is not None:
+            coded = self.link.decode(server_round, self.client_key(node_id), content,
+                                     list(layout.shapes))
+        elif channel is None:
             records = [r for name, r in content.array_records.items() if name != h.RAW_RECORD]
             if len(records) != 1:
                 raise CodecError(f"a reply must carry one ArrayRecord, it has {len(records)}")
@@ -432,6 +478,8 @@ class Compressed(Strategy):
     def _end_round(self) -> None:
         """Clients sent a message whose reply never committed lose their mirror."""
         self.holders.end_round()
+        if self.link is not None:
+            self.link.end_round()
 
     # -- bytes -----------------------------------------------------------------------------
     def _measure(self, server_round: int, direction: str, messages: list[Message]) -> None:

@@ -3,10 +3,13 @@ message's config record and `compression_mod` reads, so the client needs no conf
 
 Keys (all prefixed `fsq.`; the mod removes them before the user's handler sees the config):
 
-    fsq.up      str        the uplink channel's spec ("" = the reply travels as it is)
+    fsq.up      str        the uplink channel's spec ("" = the reply travels as it is; "=":
+                           the downlink's, as `fsq.down` names it)
     fsq.down    str        how this message's arrays travel: a channel spec, "" = as they are
     fsq.form    str        "model": the arrays themselves; "change": the coded change of the
-                           model the client holds (`fsq.base` names it)
+                           model the client holds (`fsq.base` names it); "duplex": a
+                           channel's per-client coding of both ways (the layout travels
+                           when the client starts over, and is kept)
     fsq.base    str        digest (hex) of the held model a change applies to
     fsq.keys    list[str]  the ArrayRecord's keys, in order ("model" form)
     fsq.shapes  list[int]  the coded arrays' shapes, concatenated, with
@@ -34,9 +37,11 @@ from fedsqueeze.codecs import CodecError
 PREFIX = "fsq."
 UP, DOWN, FORM, BASE = "fsq.up", "fsq.down", "fsq.form", "fsq.base"
 KEYS, SHAPES, NDIMS = "fsq.keys", "fsq.shapes", "fsq.ndims"
+CODED = "fsq.coded"  # a kept layout: the coded keys
 HOLD, RESET, SEED, KEY = "fsq.hold", "fsq.reset", "fsq.seed", "fsq.key"
 RAW_RECORD = "fsq.raw"
-MODEL, CHANGE = "model", "change"
+MODEL, CHANGE, DUPLEX = "model", "change", "duplex"
+SAME = "="  # fsq.up: the same channel as the downlink
 ARRAYS = "arrays"  # Flower's default ArrayRecord name
 
 
@@ -61,23 +66,27 @@ class Layout:
 
     @classmethod
     def from_config(cls, config: Mapping, raw: ArrayRecord | None) -> Layout:
+        """The layout a header carries (the arrays not in `raw` are the coded ones)."""
         try:
             keys = [str(k) for k in config[KEYS]]
-            dims, ndims = [int(d) for d in config[SHAPES]], [int(n) for n in config[NDIMS]]
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError) as err:
             raise CodecError(f"compressed message without a valid layout: {err}") from None
-        if any(n < 0 for n in ndims) or sum(ndims) != len(dims) or any(d < 0 for d in dims):
-            raise CodecError("compressed message: layout shapes and dimensions disagree")
         raw_keys = set(raw.keys()) if raw is not None else set()
-        coded = tuple(k for k in keys if k not in raw_keys)
-        if len(coded) != len(ndims):
-            raise CodecError(f"compressed message: {len(coded)} coded arrays, "
-                             f"{len(ndims)} shapes")
-        shapes, start = [], 0
-        for n in ndims:
-            shapes.append(tuple(dims[start:start + n]))
-            start += n
-        return cls(tuple(keys), coded, tuple(shapes))
+        return cls(tuple(keys), tuple(k for k in keys if k not in raw_keys),
+                   _shapes(config))
+
+    def to_record(self) -> ConfigRecord:
+        """The layout as a client keeps it in `context.state`."""
+        return ConfigRecord({**self.to_config(), CODED: list(self.coded)})
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> Layout:
+        return cls(tuple(record[KEYS]), tuple(record[CODED]), _shapes(record))
+
+    def __post_init__(self) -> None:
+        if len(self.coded) != len(self.shapes):
+            raise CodecError(f"compressed message: {len(self.coded)} coded arrays, "
+                             f"{len(self.shapes)} shapes")
 
     def split(self, record: ArrayRecord) -> tuple[list[np.ndarray], ArrayRecord | None]:
         """(the coded arrays as float32 numpy, the others as an ArrayRecord or None)."""
@@ -102,6 +111,20 @@ class Layout:
             else:
                 raise CodecError(f"compressed message lacks array {key!r}")
         return ArrayRecord(out)
+
+
+def _shapes(config: Mapping) -> tuple[tuple[int, ...], ...]:
+    try:
+        dims, ndims = [int(d) for d in config[SHAPES]], [int(n) for n in config[NDIMS]]
+    except (KeyError, TypeError, ValueError) as err:
+        raise CodecError(f"compressed message without a valid layout: {err}") from None
+    if any(n < 0 for n in ndims) or sum(ndims) != len(dims) or any(d < 0 for d in dims):
+        raise CodecError("compressed message: layout shapes and dimensions disagree")
+    shapes, start = [], 0
+    for n in ndims:
+        shapes.append(tuple(dims[start:start + n]))
+        start += n
+    return tuple(shapes)
 
 
 def header_of(content: RecordDict) -> tuple[str, ConfigRecord] | None:

@@ -43,7 +43,8 @@ from .training import derive_seed
 
 OWN = "own."         # evaluation: the ArrayRecords of a client's own models ("own.<name>")
 HELD = "fsq.held"    # context.state: the broadcast model this client holds
-HELD_LAYOUT, CODED = "fsq.held.layout", "coded"  # ... and its layout
+HELD_LAYOUT = "fsq.held.layout"  # ... and its layout
+DUPLEX_LAYOUT = "fsq.duplex.layout"  # context.state: the layout of a duplex channel's messages
 ERROR = "fsq.error"  # context.state: the uplink's error memory
 
 
@@ -58,7 +59,11 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
         return call_next(msg, context)
     config_name, config = found
     key = str(config.get(h.KEY, h.ARRAYS))
-    layout, coded, raw = _downlink(msg.content, config, key, context.state)
+    pending = None
+    if config.get(h.FORM) == h.DUPLEX:
+        layout, coded, raw, pending = _duplex_down(msg.content, config, context.state)
+    else:
+        layout, coded, raw = _downlink(msg.content, config, key, context.state)
     problem = absurd_values(dict(zip(layout.coded, coded)), 0)
     if problem:
         raise DownlinkRejected(f"downlink rejected: {problem}")
@@ -70,11 +75,29 @@ def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable
     msg.content = content
     reply = call_next(msg, context)
     uplink = str(config.get(h.UP, ""))
+    uplink = str(config.get(h.DOWN, "")) if uplink == h.SAME else uplink
     if reply.has_error() or msg.metadata.message_type != MessageType.TRAIN or not uplink:
         return reply
     reply.content = _uplink(reply.content, channel_from_spec(uplink), layout, coded, config,
-                            context)
+                            context, pending)
     return reply
+
+
+def _duplex_down(content: RecordDict, config: ConfigRecord, state: RecordDict
+                 ) -> tuple[h.Layout, list[np.ndarray], ArrayRecord | None, object]:
+    """A duplex channel's message: (layout, arrays, raw arrays, what its reply needs); the
+    layout comes with a client's first message (and is kept) or is the one it keeps."""
+    raw = content.array_records.get(h.RAW_RECORD)
+    if h.KEYS in config:
+        layout = h.Layout.from_config(config, raw)
+        state[DUPLEX_LAYOUT] = layout.to_record()
+    elif DUPLEX_LAYOUT in state.config_records:
+        layout = h.Layout.from_record(state.config_records[DUPLEX_LAYOUT])
+    else:
+        raise CodecError("a duplex message without a layout, and this client keeps none")
+    channel = channel_from_spec(str(config.get(h.DOWN, "")))
+    coded, pending = channel.receive(content, state, list(layout.shapes))
+    return layout, coded, raw, pending
 
 
 def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: RecordDict
@@ -105,7 +128,7 @@ def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: Record
 
 def _hold(state: RecordDict, layout: h.Layout, coded: list[np.ndarray]) -> None:
     save_array_list(state, HELD, coded, version=digest(*coded).hex())
-    state[HELD_LAYOUT] = ConfigRecord({h.KEYS: list(layout.keys), CODED: list(layout.coded)})
+    state[HELD_LAYOUT] = layout.to_record()
 
 
 def _held(state: RecordDict, wanted: str) -> tuple[h.Layout, list[np.ndarray]]:
@@ -114,23 +137,24 @@ def _held(state: RecordDict, wanted: str) -> tuple[h.Layout, list[np.ndarray]]:
         held = "none" if saved is None else saved[1]["version"]
         raise CodecError(f"the change applies to broadcast model {wanted}, this client "
                          f"holds {held}")
-    arrays, _ = saved
-    layout = state.config_records[HELD_LAYOUT]
-    return h.Layout(tuple(layout[h.KEYS]), tuple(layout[CODED]),
-                    tuple(tuple(a.shape) for a in arrays)), arrays
+    return h.Layout.from_record(state.config_records[HELD_LAYOUT]), saved[0]
 
 
 def _uplink(content: RecordDict, channel: Channel, layout: h.Layout,
-            received: list[np.ndarray], config: ConfigRecord, context: Context) -> RecordDict:
-    """The reply with its arrays coded by `channel` (an update: against `received`)."""
+            received: list[np.ndarray], config: ConfigRecord, context: Context,
+            pending: object = None) -> RecordDict:
+    """The reply with its arrays coded by `channel` (an update: against `received`; a
+    duplex channel: with what its downlink left `pending`)."""
     records = list(content.array_records.items())
     if len(records) != 1:
         raise ValueError(f"compression_mod: the reply must carry one ArrayRecord (the model), "
                          f"it carries {len(records)}")
     name, record = records[0]
     local, raw = layout.split(record)
-    if channel.codes == "model":
-        coded = channel.encode(local)
+    if channel.codes == "duplex":
+        records = channel.reply(local, pending, context.state)
+    elif channel.codes == "model":
+        records = channel.encode(local).records
     else:
         state = context.state
         if config.get(h.RESET, False):
@@ -149,8 +173,9 @@ def _uplink(content: RecordDict, channel: Channel, layout: h.Layout,
         if memory:
             save_array_list(state, ERROR, [np.subtract(u, d, dtype=np.float32) for u, d in
                                            zip(update, coded.delivered())])
+        records = coded.records
     out = RecordDict({n: r for n, r in content.items() if n != name})
-    for n, r in coded.records.items():
+    for n, r in records.items():
         out[n] = r
     if raw is not None:
         out[h.RAW_RECORD] = raw

@@ -1,7 +1,8 @@
-"""Methods registered by name: the only way `server/` and `client/` find a method.
+"""Methods and channels registered by name: the only way `server/` and `client/` find them.
 
-Every module in `fedsqueeze.strategies.methods` is imported on first use (discovery: adding a
-method is adding its module), which runs its `@register` decorator.
+Every module of a registry's package (`fedsqueeze.strategies.methods`, `...channels`) is
+imported on first use (discovery: adding a method or a channel is adding its module), which
+runs its registering decorator.
 """
 
 from __future__ import annotations
@@ -9,17 +10,49 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .settings import ConfigError, MethodConfig
 
 if TYPE_CHECKING:
     from .base import Method
 
+T = TypeVar("T")
 M = TypeVar("M", bound="type[Method]")
 
-_METHODS: dict[str, type[Method]] = {}
-_DISCOVERED = False
+
+class Registry(Generic[T]):
+    """Classes by name, found by importing every module of one package."""
+
+    def __init__(self, kind: str, package: str) -> None:
+        self.kind, self.package = kind, package
+        self._classes: dict[str, T] = {}
+        self._discovered = False
+
+    def add(self, name: str, cls: T) -> None:
+        if name in self._classes and self._classes[name] is not cls:
+            raise ValueError(f"{self.kind} name {name!r} is registered twice")
+        self._classes[name] = cls
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        package = importlib.import_module(self.package)
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+        self._discovered = True
+
+    def names(self) -> list[str]:
+        self._discover()
+        return sorted(self._classes)
+
+    def get(self, name: str) -> T | None:
+        self._discover()
+        return self._classes.get(name)
+
+
+METHODS: Registry[type[Method]] = Registry("method", "fedsqueeze.strategies.methods")
 
 
 def register(name: str) -> Callable[[M], M]:
@@ -27,8 +60,7 @@ def register(name: str) -> Callable[[M], M]:
     gives its config dataclass the key prefix `fedavg.`."""
 
     def decorate(cls: M) -> M:
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method name {name!r} is registered twice")
+        METHODS.add(name, cls)
         config = cls.Config
         if config is not MethodConfig:
             if "prefix" in vars(config) and config.prefix != name:
@@ -36,36 +68,19 @@ def register(name: str) -> Callable[[M], M]:
                                  f"{config.prefix!r}; give {name!r} a config class of its own")
             config.prefix = name
         cls.name = name
-        _METHODS[name] = cls
         return cls
 
     return decorate
 
 
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    from . import methods
-
-    for info in sorted(pkgutil.iter_modules(methods.__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{methods.__name__}.{info.name}")
-    _DISCOVERED = True
-
-
 def method_names() -> list[str]:
-    _discover()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[Method]:
     """The method class registered as `name`; a ConfigError lists the valid names."""
-    _discover()
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ConfigError(
-            f"run-config 'method' = {name!r} is invalid: unknown method, valid: "
-            + ", ".join(sorted(_METHODS))
-        ) from None
+    method = METHODS.get(name)
+    if method is None:
+        raise ConfigError(f"run-config 'method' = {name!r} is invalid: unknown method, valid: "
+                          + ", ".join(method_names()))
+    return method

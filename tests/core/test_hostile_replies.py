@@ -16,7 +16,7 @@ import copy
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.app.message.message import make_message
 from flwr.clientapp import ClientApp
 
@@ -124,28 +124,6 @@ def _run_with_tamper(fed: Federation, tamper) -> dict:
     return row
 
 
-def _check_rejected(fed: Federation, row: dict, reason: str) -> None:
-    assert not row["skipped"], row["failures"]
-    assert [f["partition_id"] for f in row["failures"]] == [VICTIM], row["failures"]
-    assert reason in row["failures"][0]["reason"], row["failures"]
-    arrays = from_arrayrecord(fed.arrays)
-    assert all(np.isfinite(a).all() and np.abs(a).max() < 1e3 for a in arrays.values())
-    after = fed.run_round()  # the run goes on, with the victim back
-    assert not after["skipped"] and after["failed_replies"] == 0, after["failures"]
-    assert after["accuracy"] > 0.1
-
-
-def _run_with_tamper(fed: Federation, tamper) -> dict:
-    fed.run_round()
-    victim = fed.grid.node_of(VICTIM)
-    fed.grid.tamper = lambda reply: tamper(reply) \
-        if reply.metadata.src_node_id == victim and reply.metadata.group_id.endswith(TRAIN) \
-        else reply
-    row = fed.run_round()
-    fed.grid.tamper = None
-    return row
-
-
 def _check_finite_and_going_on(fed: Federation, bound: float = 1e3) -> None:
     arrays = from_arrayrecord(fed.arrays)
     assert all(np.isfinite(a).all() and np.abs(a).max() < bound for a in arrays.values())
@@ -171,24 +149,25 @@ def test_a_hostile_reply_is_rejected_counted_and_not_fatal(tmp_path, subject, ca
     _check_rejected(fed, row, reason)
 
 
+def _first_array_changed(record: ArrayRecord, change) -> ArrayRecord:
+    """The record with `change(first array)` in place of its first array."""
+    arrays = from_arrayrecord(record)
+    first = next(iter(arrays))
+    arrays[first] = change(arrays[first].copy())
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
 def _poisoner(value: float):
     """The victim's handler, in round 2, returns a model with `value` in 50 entries."""
     def poison(msg, context, call_next):
         reply = call_next(msg, context)
         if _round_and_partition(msg, context) == (2, VICTIM) and not reply.has_error():
-            arrays = from_arrayrecord(reply.content[ARRAYS])
-            first = next(iter(arrays))
-            arrays[first] = arrays[first].copy()
-            arrays[first].reshape(-1)[:50] = value
-            reply.content[ARRAYS] = ArrayRecord({k: _array(v) for k, v in arrays.items()})
+            def put(a):
+                a.reshape(-1)[:50] = value
+                return a
+            reply.content[ARRAYS] = _first_array_changed(reply.content[ARRAYS], put)
         return reply
     return poison
-
-
-def _array(value: np.ndarray):
-    from flwr.app import Array
-
-    return Array(np.ascontiguousarray(value))
 
 
 @pytest.mark.parametrize("value", [1e38, float("nan"), 5e4])
@@ -258,10 +237,8 @@ def test_an_out_of_range_local_evaluation_is_rejected(tmp_path):
 def _absurd_downlink(msg, context, call_next):
     """What the handler receives in round 2 is absurd (as if the server's model were)."""
     if _round_and_partition(msg, context)[0] == 2 and ARRAYS in msg.content.array_records:
-        arrays = from_arrayrecord(msg.content[ARRAYS])
-        first = next(iter(arrays))
-        arrays[first] = np.full_like(arrays[first], 3e38)
-        msg.content[ARRAYS] = ArrayRecord({k: _array(v) for k, v in arrays.items()})
+        msg.content[ARRAYS] = _first_array_changed(msg.content[ARRAYS],
+                                                   lambda a: np.full_like(a, 3e38))
     return call_next(msg, context)
 
 

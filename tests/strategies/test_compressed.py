@@ -84,5 +84,8 @@ def test_channels_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="'uplink' = 'sparse'"):
         Federation({**SETTINGS, "uplink": "sparse"}, clients=2, results_dir=tmp_path)
     with pytest.raises(ConfigError, match="codes its own messages"):
+        Federation({**SETTINGS, "method": "gwpf", "uplink": "topk-ef"}, clients=2,
+                   results_dir=tmp_path)
+    with pytest.raises(ConfigError, match="codes both directions"):
         Federation({**SETTINGS, "method": "resfed", "uplink": "topk-ef"}, clients=2,
                    results_dir=tmp_path)

@@ -94,18 +94,18 @@ def test_register_gives_the_config_its_prefix(name):
 
 
 def test_a_bad_value_names_the_prefixed_key():
-    with pytest.raises(ConfigError, match=r"'resfed\.qe' = 9"):
-        get_method("resfed")(RunSettings(), {"resfed.qe": 9})
+    with pytest.raises(ConfigError, match=r"'gwpf\.alpha' = 2"):
+        get_method("gwpf")(RunSettings(), {"gwpf.alpha": 2})
 
 
 def test_a_config_class_cannot_serve_two_methods():
-    config = get_method("resfed").Config
+    config = get_method("gwpf").Config
 
-    class Twin(get_method("resfed")):
+    class Twin(get_method("gwpf")):
         Config = config
 
-    with pytest.raises(ValueError, match="already belongs to method 'resfed'"):
-        register("twin-of-resfed")(Twin)
+    with pytest.raises(ValueError, match="already belongs to method 'gwpf'"):
+        register("twin-of-gwpf")(Twin)
 
 
 def test_a_method_without_keys_or_hooks_is_fedavg_over_the_dense_codec(client_round,

@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from fedsqueeze.codecs import CodecError, ResidualHeader, get_codec, median_quantize
 from fedsqueeze.codecs.bounds import entropy_bits, log2_binom
 from fedsqueeze.deploy.inprocess import Federation
-from fedsqueeze.strategies.methods.resfed import (
+from fedsqueeze.strategies.build import run_channels
+from fedsqueeze.strategies.channels.residual import (
     EVALUATED_RECONSTRUCTIONS,
     History,
     load_history,
     predict,
     reconstruct,
 )
-from fedsqueeze.strategies.payload import METRICS_RECORD, PAYLOAD_RECORD, pack, unpack
+from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 from fedsqueeze.strategies.tensors import (
@@ -128,7 +129,7 @@ def federation(tmp_path, config: dict, clients: int = 4, rounds: int = 20, **run
 
 
 def assert_in_sync(fed: Federation) -> None:
-    for p, (mirror, _) in fed.strategy.nodes.mirrors.items():
+    for p, (mirror, _) in fed.strategy.link.nodes.mirrors.items():
         mine = load_history(fed.state_of(p))
         assert mine.version == mirror.version
         for a, b in zip(mine.g + mine.l, mirror.g + mirror.l, strict=True):
@@ -136,14 +137,14 @@ def assert_in_sync(fed: Federation) -> None:
 
 
 CONFIGS = [
-    {"resfed.predictor": "linear", "resfed.quantizer": "median", "resfed.qe": 1,
-     "resfed.sparsity-up": 0.9, "resfed.sparsity-down": 0.8},
-    {"resfed.predictor": "half_drift", "resfed.quantizer": "uniform", "resfed.bits": 3,
-     "resfed.sparsity-up": 0.5, "resfed.sparsity-down": 0.7},
-    {"resfed.predictor": "zero", "resfed.quantizer": "fp16", "resfed.sparsity-up": 0.95,
-     "resfed.sparsity-down": 0.99},
-    {"resfed.predictor": "linear", "resfed.quantizer": "median", "resfed.qe": 3,
-     "resfed.sparsity-up": 0.0, "resfed.sparsity-down": 0.3, "resfed.warmup": 2},
+    {"residual.predictor": "linear", "residual.quantizer": "median", "residual.qe": 1,
+     "residual.sparsity-up": 0.9, "residual.sparsity-down": 0.8},
+    {"residual.predictor": "half_drift", "residual.quantizer": "uniform", "residual.bits": 3,
+     "residual.sparsity-up": 0.5, "residual.sparsity-down": 0.7},
+    {"residual.predictor": "zero", "residual.quantizer": "fp16", "residual.sparsity-up": 0.95,
+     "residual.sparsity-down": 0.99},
+    {"residual.predictor": "linear", "residual.quantizer": "median", "residual.qe": 3,
+     "residual.sparsity-up": 0.0, "residual.sparsity-down": 0.3, "residual.warmup": 2},
 ]
 
 
@@ -156,7 +157,7 @@ def test_reconstructions_are_bit_identical_over_20_rounds(config, tmp_path):
         assert row["reconstruction_gap"] == 0 and row["resfed_version_mismatch"] == 0
         assert row["failed_replies"] == 0
         assert_in_sync(fed)
-        warm = int(config.get("resfed.warmup", 1))
+        warm = int(config.get("residual.warmup", 1))
         assert row["resfed_down_full"] == (4 if rnd <= warm else 0)
         assert row["resfed_up_full"] == (4 if rnd <= warm else 0)
     assert all(len(load_history(fed.state_of(p)).g) == 3 for p in range(4))
@@ -189,7 +190,7 @@ def test_partial_participation_stays_in_sync_without_full_transfers(tmp_path):
 
 
 def test_max_gap_forces_a_full_transfer_after_a_long_absence(tmp_path):
-    fed = federation(tmp_path, {**CONFIGS[0], "resfed.max-gap": 1}, clients=6, rounds=15,
+    fed = federation(tmp_path, {**CONFIGS[0], "residual.max-gap": 1}, clients=6, rounds=15,
                      **{"fraction-train": 0.5})
     fulls = 0
     for _ in range(1, 16):
@@ -209,7 +210,7 @@ def test_a_failed_round_resets_that_client_with_a_full_transfer(kind, tmp_path):
     else:  # the client committed, the reply never arrived
         fed.grid.tamper = lambda reply: None if reply.metadata.src_node_id == node else reply
     row = fed.run_round()
-    assert row["failed_replies"] == 1 and 2 not in fed.strategy.nodes.mirrors
+    assert row["failed_replies"] == 1 and 2 not in fed.strategy.link.nodes.mirrors
     fed.grid.fail, fed.grid.tamper = set(), None
     row = fed.run_round()
     assert row["resfed_resyncs"] == 1 and row["resfed_down_full"] == 1
@@ -221,16 +222,20 @@ def test_a_failed_round_resets_that_client_with_a_full_transfer(kind, tmp_path):
         assert_in_sync(fed)
 
 
+def _shapes(fed: Federation) -> list[tuple[int, ...]]:
+    return [a.shape for a in from_arrayrecord(fed.arrays).values()]
+
+
 def _down_content(fed: Federation, rnd: int, partition: int) -> RecordDict:
-    arrays = from_arrayrecord(fed.arrays)
-    fed.strategy.begin_round(rnd, arrays)
-    return fed.strategy.encode_down(rnd, fed.grid.node_of(partition), arrays)
+    """The server's down message for a partition in round `rnd` (its link codes it)."""
+    fed.strategy.link.begin_round()
+    records, _ = fed.strategy.link.encode(rnd, partition,
+                                          list(from_arrayrecord(fed.arrays).values()))
+    return RecordDict(records)
 
 
-def _client(fed: Federation):
-    side = fed.strategy.method.client()
-    side.server_round = fed.round + 1
-    return side
+def _receive(fed: Federation, content: RecordDict, state: RecordDict):
+    return fed.strategy.downlink.receive(content, state, _shapes(fed))
 
 
 @pytest.mark.parametrize("mangle", [
@@ -245,46 +250,42 @@ def test_malformed_residual_payload_is_rejected_and_state_untouched(mangle, tmp_
     fed.run(3)
     content = _down_content(fed, 4, 1)
     payload = unpack(content, CODEC.stype)
-    assert CODEC.decode(payload, [(fed.strategy.n,)]).header.residual
+    assert CODEC.decode(payload, [(fed.strategy.link.n,)]).header.residual
     before = recorddict_to_proto(fed.state_of(1)).SerializeToString()
     bad = RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, mangle(payload))})
-    side = _client(fed)
     try:
-        side.receive("train", bad, fed.state_of(1))
+        _receive(fed, bad, fed.state_of(1))
     except CodecError:
         pass
     else:  # a flip that still decodes must at least not have touched the state
         pass
     assert recorddict_to_proto(fed.state_of(1)).SerializeToString() == before
     with pytest.raises(CodecError):
-        side.receive("train", RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload[:-1])}),
-                     fed.state_of(1))
+        _receive(fed, RecordDict({PAYLOAD_RECORD: pack(CODEC.stype, payload[:-1])}),
+                 fed.state_of(1))
 
 
 def test_a_payload_for_another_history_version_is_rejected(tmp_path):
     fed = federation(tmp_path, CONFIGS[0], rounds=4)
     fed.run(3)
     content = _down_content(fed, 4, 1)
-    side = _client(fed)
     with pytest.raises(CodecError, match="history version"):
-        side.receive("train", content, fed.state_of(2))
+        _receive(fed, content, fed.state_of(2))
     with pytest.raises(CodecError, match="history version"):
-        side.receive("train", content, RecordDict())  # state lost
+        _receive(fed, content, RecordDict())  # state lost
 
 
 def test_an_upload_against_a_stale_mirror_is_rejected_and_not_committed(tmp_path):
     fed = federation(tmp_path, CONFIGS[0], rounds=4)
     fed.run(3)
-    st = fed.strategy
+    link = fed.strategy.link
     content = _down_content(fed, 4, 0)
-    side = _client(fed)
-    arrays = side.receive("train", content, fed.state_of(0))
-    reply = side.send("train", arrays, fed.state_of(0))
-    reply[METRICS_RECORD] = MetricRecord({"num-examples": 1})
-    st.nodes.pending[0].history = History()
+    arrays, pending = _receive(fed, content, fed.state_of(0))
+    reply = RecordDict(fed.strategy.downlink.reply(arrays, pending, fed.state_of(0)))
+    link.nodes.pending[0].history = History()
     with pytest.raises(CodecError, match="history version"):
-        st.decode_up(4, fed.grid.node_of(0), reply)
-    assert st.stats["mismatch"] == 1 and st.nodes.mirrors[0][0].count == 3
+        link.decode(4, 0, reply, _shapes(fed))
+    assert link.stats["mismatch"] == 1 and link.nodes.mirrors[0][0].count == 3
 
 
 def test_the_reconstructions_clients_train_from_are_offered_for_evaluation(tmp_path):
@@ -293,19 +294,21 @@ def test_the_reconstructions_clients_train_from_are_offered_for_evaluation(tmp_p
     models = fed.strategy.models_to_evaluate(3)["reconstructed"]
     assert len(models) == EVALUATED_RECONSTRUCTIONS < len(row["clients"])
     for model, p in zip(models, row["clients"]):
-        assert list(model) == fed.strategy.keys
+        assert list(model) == list(fed.arrays.keys())
         received = load_history(fed.state_of(p)).g[-1]  # the G^ client p trained from
         assert flatten(list(model.values())).tobytes() == received.tobytes()
     assert 0 <= row["accuracy_reconstructed_min"] <= row["accuracy_reconstructed"] <= 1
 
 
 def test_config_is_validated():
-    with pytest.raises(ConfigError, match="resfed.sparsity-up"):
-        get_method("resfed")(RunSettings(), {"resfed.sparsity-up": 1.0})
-    with pytest.raises(ConfigError, match="resfed.predictor"):
-        get_method("resfed")(RunSettings(), {"resfed.predictor": "cubic"})
-    with pytest.raises(ConfigError, match="resfed.qe"):
-        get_method("resfed")(RunSettings(), {"resfed.qe": 9})
+    for keys, key in (({"residual.sparsity-up": 1.0}, "residual.sparsity-up"),
+                      ({"residual.predictor": "cubic"}, "residual.predictor"),
+                      ({"residual.qe": 9}, "residual.qe")):
+        with pytest.raises(ConfigError, match=key):
+            run_channels(get_method("resfed")(RunSettings(), keys), keys)
+    with pytest.raises(ConfigError, match="codes both directions"):
+        keys = {"uplink": "topk-ef"}
+        run_channels(get_method("resfed")(RunSettings(), keys), keys)
 
 
 def test_reconstruct_only_touches_the_coded_positions():
@@ -338,12 +341,12 @@ def test_two_round_simulation_runs_residuals_with_zero_gap(tmp_path):
 
 
 def test_without_sparsification_or_quantization_resfed_is_fedavg_up_to_rounding(tmp_path):
-    fed = federation(tmp_path, {"resfed.sparsity-up": 0.0, "resfed.sparsity-down": 0.0,
-                                "resfed.quantizer": "fp32", "resfed.predictor": "linear"},
+    fed = federation(tmp_path, {"residual.sparsity-up": 0.0, "residual.sparsity-down": 0.0,
+                                "residual.quantizer": "fp32", "residual.predictor": "linear"},
                      rounds=7)
     for _ in range(1, 8):
         row = fed.run_round()
-        for p, (mirror, _) in fed.strategy.nodes.mirrors.items():
+        for p, (mirror, _) in fed.strategy.link.nodes.mirrors.items():
             # G^ = P + (G - P) in float32: the client holds exactly the server's G^
             assert np.array_equal(mirror.g[-1], load_history(fed.state_of(p)).g[-1])
     assert row["resfed_down_rel_error"] < 1e-6
