@@ -80,6 +80,9 @@ from .build import build_strategy, strategy_from_run_config
 from .channel import Channel, channel_names, get_channel, register_channel
 from .channels.dense import Dense
 from .channels.qsgd import QSGD
+from .channels.residual import Residual
+from .channels.sign_ef import SignEF
+from .channels.ternary_ef import TernaryEF
 from .channels.topk_ef import TopKEF
 from .compressed import Compressed
 from .hooks import TrainingHooks, training_hooks
@@ -87,7 +90,8 @@ from .mods import compression_mod, method_mod
 from .registry import get_method, method_names, register
 
 __all__ = [
-    "QSGD", "Channel", "Compressed", "Dense", "TopKEF", "TrainingHooks", "build_strategy",
+    "QSGD", "Channel", "Compressed", "Dense", "Residual", "SignEF", "TernaryEF", "TopKEF",
+    "TrainingHooks", "build_strategy",
     "channel_names", "compression_mod", "get_channel", "get_method", "method_mod",
     "method_names", "register", "register_channel", "strategy_from_run_config",
     "training_hooks",

@@ -24,6 +24,7 @@ from .hooks import TrainingHooks
 from .model_codec import DenseModelCodec
 from .model_transform import ModelTransform, model_transform_of
 from .replies import (
+    NOT_SENT,
     Failure,
     absurd_values,
     all_finite,
@@ -421,7 +422,7 @@ class SqueezeStrategy(FedAvg):
     def _fail(self, node_id: int, exchange: str, reason: str) -> None:
         log(WARNING, "node %d (%s): %s", node_id, exchange, reason)
         self.failures.append(Failure(node_id, exchange, reason))
-        if reason != "no reply":  # a mirror must not keep what was refused
+        if reason not in ("no reply", NOT_SENT):  # a mirror must not keep what was refused
             self.client_state_lost(self.client_key(node_id))
 
 

@@ -61,7 +61,7 @@ from . import header as h
 from .channel import Channel, Coded
 from .channels.dense import Dense
 from .metering import DOWN, UP, Traffic
-from .replies import Failure, absurd_values, majority_metric_keys, screen, weight_problem
+from .replies import NOT_SENT, Failure, absurd_values, majority_metric_keys, screen, weight_problem
 from .state import NodeMirrors, ServerState, digest
 from .training import derive_seed
 
@@ -473,7 +473,8 @@ class Compressed(Strategy):
     def _fail(self, node_id: int, reason: str) -> None:
         log(WARNING, "node %d (train): %s", node_id, reason)
         self.own_failures.append(Failure(node_id, "train", reason))
-        self.client_state_lost(self.client_key(node_id))
+        if reason != NOT_SENT:  # the node's own reply was refused: its channel starts over
+            self.client_state_lost(self.client_key(node_id))
 
     def _end_round(self) -> None:
         """Clients sent a message whose reply never committed lose their mirror."""

@@ -28,10 +28,15 @@ class Failure:
     reason: str
 
 
+NOT_SENT = "a reply from a node this exchange was not sent to"
+
+
 def screen(replies: Iterable[Message], sent: Mapping[int, str]
            ) -> tuple[list[Message], list[tuple[Message, str]]]:
     """(the replies that may count, [(rejected reply, reason)]); `sent` maps each node a
-    message went to onto that message's group id ("<round>:<exchange>")."""
+    message went to onto that message's group id ("<round>:<exchange>"). A reply rejected as
+    NOT_SENT says nothing of its node's state (anybody can claim a node id); the others are
+    that node's failure."""
     replies = list(replies)
     per_node = Counter(reply.metadata.src_node_id for reply in replies)
     good, rejected, seen = [], [], set()
@@ -41,7 +46,7 @@ def screen(replies: Iterable[Message], sent: Mapping[int, str]
             continue
         problem = None
         if node_id not in sent:
-            problem = "a reply from a node this exchange was not sent to"
+            problem = NOT_SENT
         elif per_node[node_id] > 1:
             problem = f"{per_node[node_id]} replies to one message"
         elif reply.has_error():
