@@ -106,15 +106,38 @@ def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]
     )
 
 
+def _sampled_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]:
+    """`_lossy_runs` and, for every row whose downlink is a compressing channel, its twin
+    without catch-up (`catchup-rounds = 0`: a client that missed a round gets the full
+    model), so the table shows what catch-up saves where clients miss rounds."""
+    runs = _lossy_runs(gwpf_steps)
+    twins = tuple((f"{label} (no catch-up)", {**keys, "catchup-rounds": 0})
+                  for label, keys in runs if keys.get("downlink") not in (None, "dense"))
+    return runs + twins
+
+
+FC2_SETTING: dict[str, UserValue] = {
+    "dataset": "fashion-mnist", "model": "fc2", "partitioner": "pathological",
+    "partition-classes": 2, "class-assignment": "deterministic", "local-epochs": 1,
+    "batch-size": 32, "lr": 0.02, "min-nodes": 2}
+
 PRESETS = {p.name: p for p in (
     Preset("fmnist-fc2",
            "FashionMNIST, 10 clients with 2 classes each (deterministic), fc2, E = 1, batch "
            "32, lr 0.02, 200 rounds",
-           clients=10, rounds=200,
-           setting={"dataset": "fashion-mnist", "model": "fc2", "partitioner": "pathological",
-                    "partition-classes": 2, "class-assignment": "deterministic",
-                    "local-epochs": 1, "batch-size": 32, "lr": 0.02, "min-nodes": 2},
+           clients=10, rounds=200, setting=FC2_SETTING,
            runs=_lossy_runs(gwpf_steps=188)),  # 6,000 rows / 32 = one epoch
+    Preset("fmnist-fc2-partial",
+           "FashionMNIST, 20 clients with 2 classes each (deterministic), half of them "
+           "sampled per round, fc2, E = 1, batch 32, lr 0.02, 200 rounds",
+           clients=20, rounds=200, setting={**FC2_SETTING, "fraction-train": 0.5},
+           runs=_sampled_runs(gwpf_steps=94)),  # 3,000 rows / 32
+    Preset("fmnist-fc2-xdevice",
+           "FashionMNIST, 100 clients with 2 classes each (deterministic), 10% of them "
+           "sampled per round, fc2, E = 1, batch 32, lr 0.02, 300 rounds",
+           clients=100, rounds=300,  # a client's gap between rounds: mean 10, > 64: 0.1%
+           setting={**FC2_SETTING, "fraction-train": 0.1, "catchup-rounds": 64},
+           runs=_sampled_runs(gwpf_steps=19)),  # 600 rows / 32
     Preset("fmnist-cnn",
            "FashionMNIST, 10 clients Dirichlet(1), the GWPF spec's CNN (582,026 parameters), "
            "E = 1, batch 100, SGD lr 0.01, weight decay 0.01, 60 rounds",

@@ -60,7 +60,8 @@ def build_strategy(method: Method, model: nn.Module, run_config: Mapping[str, Us
     uplink, downlink = run_channels(method, run_config)
     if method.plain:
         return Compressed(method.strategy(model, **flower), uplink, downlink, seed=s.seed,
-                          max_abs_value=s.max_abs_value, min_replies=s.min_nodes, meter=meter)
+                          max_abs_value=s.max_abs_value, min_replies=s.min_nodes, meter=meter,
+                          catchup=s.catchup_rounds)
     return method.strategy(model, **flower, min_replies=s.min_nodes,
                            max_abs_value=s.max_abs_value, exchange_timeout=s.round_timeout)
 

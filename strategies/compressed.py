@@ -55,17 +55,20 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import no_object_id_recompute
 
-from fedsqueeze.codecs import CodecError
+from fedsqueeze.codecs import CodecError, encode_sparse_parts, get_codec
 
 from . import header as h
+from .catchup import ChangeHistory
 from .channel import Channel, Coded
 from .channels.dense import Dense
 from .metering import DOWN, UP, Traffic
+from .payload import PAYLOAD_RECORD, pack, payload_bytes
 from .replies import NOT_SENT, Failure, absurd_values, majority_metric_keys, screen, weight_problem
 from .state import NodeMirrors, ServerState, digest
 from .training import derive_seed
 
 FULL = Dense("fp32")  # how a full transfer (and an evaluation) carries the model
+SPARSE = get_codec("sparse")  # how a catch-up carries the current values where they changed
 DOWN_SEED_SALT = 0xD0
 
 
@@ -113,11 +116,15 @@ class Compressed(Strategy):
         Fewer decodable replies than this and the round aggregates nothing (None, None).
     meter : bool (default: True)
         Count payload and message bytes per node and direction.
+    catchup : int (default: 16)
+        A versioned downlink sends a client that missed up to this many rounds the current
+        values where the model changed since its version (when smaller than the model);
+        0: such a client gets the full model.
     """
 
     def __init__(self, strategy: Strategy, uplink: Channel | None = None,
                  downlink: Channel | None = None, *, seed: int = 0, max_abs_value: float = 0.0,
-                 min_replies: int = 1, meter: bool = True) -> None:
+                 min_replies: int = 1, meter: bool = True, catchup: int = 16) -> None:
         self.strategy = strategy
         self.uplink, self.downlink = uplink, downlink
         self.seed, self.max_abs_value = seed, max_abs_value
@@ -133,6 +140,8 @@ class Compressed(Strategy):
         self._layout: h.Layout | None = None  # of the last train messages
         self.broadcast: Broadcast | None = None
         self.holders: NodeMirrors[bytes, bytes] = NodeMirrors()
+        self.history = ChangeHistory(catchup)
+        self._catchups: dict[bytes, tuple[dict, int]] = {}  # this round's, by base version
         self.accepted: set[int] = set()   # clients whose last train reply was accepted
         self.own_failures: list[Failure] = []
         self.traffic: dict[int, dict[int, dict[str, Traffic]]] = {}
@@ -175,6 +184,9 @@ class Compressed(Strategy):
             return own
         return {**own, "down_change": self._stats.get("change", 0),
                 "down_full": self._stats.get("full", 0),
+                "down_catchup": self._stats.get("catchup", 0),
+                "down_catchup_skipped": self._stats.get("skipped", 0),
+                "payload_down_catchup": self._stats.get("catchup_bytes", 0),
                 "down_resyncs": self.holders.resyncs - self._stats.get("resyncs_before", 0)}
 
     def models_to_evaluate(self, server_round: int) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -213,6 +225,9 @@ class Compressed(Strategy):
             state.arrays.update({f"error/{i}": a for i, a in enumerate(b.error)})
             state.meta.update(mirrors=mirrors.meta, keys=list(b.layout.keys),
                               coded=list(b.layout.coded))
+            history = self.history.export()
+            state.arrays.update({f"history/{k}": v for k, v in history.arrays.items()})
+            state.meta["history"] = history.meta
         return state
 
     def import_state(self, state: ServerState) -> None:
@@ -233,6 +248,9 @@ class Compressed(Strategy):
                 np.asarray(state.arrays[f"error/{i}"], np.float32) for i in range(len(coded))])
             self.holders.restore(ServerState({}, state.meta["mirrors"]),
                                  lambda arrays, meta: bytes.fromhex(meta["version"]))
+            self.history.restore(ServerState(
+                {k[len("history/"):]: v for k, v in state.arrays.items()
+                 if k.startswith("history/")}, state.meta.get("history", {})))
 
     # -- Flower's verbs --------------------------------------------------------------------
     def summary(self) -> None:
@@ -244,7 +262,9 @@ class Compressed(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.own_failures, self._sent = [], {}
         self._dtypes = {k: a.dtype for k, a in arrays.items()}
-        self._stats = {"change": 0, "full": 0, "resyncs_before": self.holders.resyncs}
+        self._stats = {"change": 0, "full": 0, "catchup": 0, "skipped": 0, "catchup_bytes": 0,
+                       "resyncs_before": self.holders.resyncs}
+        self._catchups = {}
         if self.versioned:
             arrays = self._advance_broadcast(server_round, arrays)
         if self.link is not None:
@@ -299,6 +319,7 @@ class Compressed(Strategy):
         if b is None or b.layout != layout:
             self.broadcast = Broadcast(layout, [x.copy() for x in g],
                                        [np.zeros_like(x) for x in g])
+            self.history.start(self.broadcast.version, sum(x.size for x in g))
         else:
             d = [np.add(np.subtract(x, m, dtype=np.float32), e, dtype=np.float32)
                  for x, m, e in zip(g, b.model, b.error)]
@@ -309,6 +330,8 @@ class Compressed(Strategy):
                 layout, [np.add(m, c, dtype=np.float32) for m, c in zip(b.model, delivered)],
                 [np.subtract(x, c, dtype=np.float32) for x, c in zip(d, delivered)],
                 b.version, coded.records)
+            self.history.record(self.broadcast.version,
+                                np.concatenate([c.reshape(-1) != 0 for c in delivered]))
         return layout.join(self.broadcast.model, raw)
 
     def _encode_train(self, server_round: int, message: Message) -> Message:
@@ -375,12 +398,40 @@ class Compressed(Strategy):
                            h.BASE: b.previous.hex()})
             _, raw = layout.split(record)
             return {**b.change, **({} if raw is None else {h.RAW_RECORD: raw})}, b.model, version
+        _, raw = layout.split(record)
+        catchup = None if held is None else self._catchup(held)
+        if catchup is not None:
+            records, skipped = catchup
+            self._stats["catchup"] += 1
+            self._stats["skipped"] += skipped
+            self._stats["catchup_bytes"] += payload_bytes(RecordDict(records))
+            header.update({h.FORM: h.CATCHUP, h.BASE: held.hex()})
+            return {**records, **({} if raw is None else {h.RAW_RECORD: raw})}, b.model, version
         if held is None:  # a client synced before that lost its copy (failure, restart)
             self.holders.reset(client)  # counts a resync; an older copy (sat out) does not
         self._stats["full"] += 1
         header[h.HOLD] = True
         records, _ = self._down(record, layout, header, FULL)
         return records, b.model, version
+
+    def _catchup(self, held: bytes) -> tuple[dict, int] | None:
+        """(records, versions missed) of the catch-up from `held` to the current broadcast
+        model: its values where the model changed since, when that is smaller than the
+        model; None otherwise (or when the history does not reach back to `held`)."""
+        if held not in self._catchups:
+            changed = self.history.changed_since(held)
+            if changed is None:
+                return None
+            model = np.concatenate([m.reshape(-1) for m in self.broadcast.model])
+            idx = np.flatnonzero(changed)
+            if idx.size == model.size:  # everything changed: the full model is smaller
+                return None
+            payload = encode_sparse_parts([(model.size,)], [idx], [model[idx]], values="fp32")
+            if len(payload) >= 4 * model.size:
+                return None
+            self._catchups[held] = ({PAYLOAD_RECORD: pack(SPARSE.stype, payload)},
+                                    self.history.versions_after(held) - 1)
+        return self._catchups[held]
 
     def _duplex_down(self, server_round: int, client: int, layout: h.Layout,
                      record: ArrayRecord, header: dict[str, Any]) -> tuple[dict, list]:

@@ -9,7 +9,9 @@ Keys (all prefixed `fsq.`; the mod removes them before the user's handler sees t
     fsq.form    str        "model": the arrays themselves; "change": the coded change of the
                            model the client holds (`fsq.base` names it); "duplex": a
                            channel's per-client coding of both ways (the layout travels
-                           when the client starts over, and is kept)
+                           when the client starts over, and is kept); "catchup": the
+                           current values where the model the client holds (`fsq.base`)
+                           changed since (a `sparse` payload over its coded arrays)
     fsq.base    str        digest (hex) of the held model a change applies to
     fsq.keys    list[str]  the ArrayRecord's keys, in order ("model" form)
     fsq.shapes  list[int]  the coded arrays' shapes, concatenated, with
@@ -40,7 +42,7 @@ KEYS, SHAPES, NDIMS = "fsq.keys", "fsq.shapes", "fsq.ndims"
 CODED = "fsq.coded"  # a kept layout: the coded keys
 HOLD, RESET, SEED, KEY = "fsq.hold", "fsq.reset", "fsq.seed", "fsq.key"
 RAW_RECORD = "fsq.raw"
-MODEL, CHANGE, DUPLEX = "model", "change", "duplex"
+MODEL, CHANGE, DUPLEX, CATCHUP = "model", "change", "duplex", "catchup"
 SAME = "="  # fsq.up: the same channel as the downlink
 ARRAYS = "arrays"  # Flower's default ArrayRecord name
 

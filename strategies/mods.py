@@ -27,23 +27,24 @@ from flwr.app import (
 )
 from flwr.clientapp.typing import ClientAppCallable
 
-from fedsqueeze.codecs import CodecError
+from fedsqueeze.codecs import CodecError, decode_sparse_parts, get_codec
 
 from . import header as h
 from .base import ARRAYS, CONFIG_RECORD, METHOD_KEY, TRAIN, ClientSide
 from .channel import Channel, channel_from_spec
 from .hooks import using_hooks
-from .payload import METRICS_RECORD, is_payload
+from .payload import METRICS_RECORD, is_payload, unpack
 from .registry import get_method
 from .replies import absurd_values
 from .settings import RunSettings, UserValue
 from .state import digest, load_array_list, save_array_list
-from .tensors import from_arrayrecord, to_arrayrecord
+from .tensors import from_arrayrecord, to_arrayrecord, unflatten
 from .training import derive_seed
 
 OWN = "own."         # evaluation: the ArrayRecords of a client's own models ("own.<name>")
 HELD = "fsq.held"    # context.state: the broadcast model this client holds
 HELD_LAYOUT = "fsq.held.layout"  # ... and its layout
+SPARSE = get_codec("sparse")
 DUPLEX_LAYOUT = "fsq.duplex.layout"  # context.state: the layout of a duplex channel's messages
 ERROR = "fsq.error"  # context.state: the uplink's error memory
 
@@ -104,6 +105,11 @@ def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: Record
               ) -> tuple[h.Layout, list[np.ndarray], ArrayRecord | None]:
     """(layout, coded arrays, raw arrays) of a message, holding what it says to hold."""
     down = str(config.get(h.DOWN, ""))
+    if config.get(h.FORM) == h.CATCHUP:
+        layout, held = _held(state, str(config.get(h.BASE, "")))
+        coded = _caught_up(content, held)
+        _hold(state, layout, coded)
+        return layout, coded, content.array_records.get(h.RAW_RECORD)
     if not down:  # the arrays travel as they are
         record = content.array_records.get(key)
         if record is None:
@@ -124,6 +130,14 @@ def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: Record
     if config.get(h.HOLD, False):
         _hold(state, layout, coded)
     return layout, coded, raw
+
+
+def _caught_up(content: RecordDict, held: list[np.ndarray]) -> list[np.ndarray]:
+    """The held model with the catch-up's values set where they changed."""
+    flat = np.concatenate([a.reshape(-1) for a in held]).astype(np.float32)
+    (part,) = decode_sparse_parts(unpack(content, SPARSE.stype), [(flat.size,)])
+    flat[part.indices.astype(np.int64)] = part.values
+    return unflatten(flat, [a.shape for a in held])
 
 
 def _hold(state: RecordDict, layout: h.Layout, coded: list[np.ndarray]) -> None:

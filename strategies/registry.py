@@ -60,12 +60,12 @@ def register(name: str) -> Callable[[M], M]:
     gives its config dataclass the key prefix `fedavg.`."""
 
     def decorate(cls: M) -> M:
+        config = cls.Config  # checked before anything is registered: a refusal leaves no trace
+        if config is not MethodConfig and "prefix" in vars(config) and config.prefix != name:
+            raise ValueError(f"{config.__name__} already belongs to method "
+                             f"{config.prefix!r}; give {name!r} a config class of its own")
         METHODS.add(name, cls)
-        config = cls.Config
         if config is not MethodConfig:
-            if "prefix" in vars(config) and config.prefix != name:
-                raise ValueError(f"{config.__name__} already belongs to method "
-                                 f"{config.prefix!r}; give {name!r} a config class of its own")
             config.prefix = name
         cls.name = name
         return cls

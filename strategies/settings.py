@@ -179,6 +179,7 @@ class RunSettings:
     max_abs_value: float = 1e4
     checkpoint_every: int = 0
     resume: bool = False
+    catchup_rounds: int = 16
 
     def __post_init__(self) -> None:
         check_all(self, {
@@ -208,6 +209,7 @@ class RunSettings:
             "local_eval_clients": (lambda v: v >= 0, "must be >= 0 (0 = every client)"),
             "max_abs_value": (lambda v: v >= 0, "must be >= 0 (0 = no bound)"),
             "checkpoint_every": (lambda v: v >= 0, "must be >= 0 (0 = no checkpoints)"),
+            "catchup_rounds": (lambda v: v >= 0, "must be >= 0 (0 = no catch-up)"),
         })
         check(self.local_eval_every == 0 or self.local_test_fraction > 0, "local-eval-every",
               self.local_eval_every, "needs local-test-fraction > 0 (each client's local "

@@ -52,13 +52,13 @@ def test_synced_clients_get_the_change_and_hold_the_servers_broadcast_bit_for_bi
 
 
 def test_a_client_that_missed_rounds_gets_the_model_and_a_stale_copy_resyncs(tmp_path):
-    fed = _federation(tmp_path, "topk-ef", **{"fraction-train": 0.67})
+    fed = _federation(tmp_path, "topk-ef", **{"fraction-train": 0.67, "catchup-rounds": 0})
     full = 0
     for _ in range(3):
         row = fed.run_round()
         full += row["down_full"]
         assert any(_held(fed, p) is not None for p in range(3))
-    assert full > 3  # beyond round 1, clients that sat a round out were sent the model
+    assert full > 3  # without catch-up, clients that sat a round out were sent the model
 
     fed2 = _federation(tmp_path / "stale", "topk-ef", **{"num-server-rounds": 4,
                                                          "eval-every": 4})
@@ -89,3 +89,54 @@ def test_channels_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="codes both directions"):
         Federation({**SETTINGS, "method": "resfed", "uplink": "topk-ef"}, clients=2,
                    results_dir=tmp_path)
+
+
+@pytest.mark.parametrize("channel", ["topk-ef", "qsgd", "sign-ef", "ternary-ef"])
+def test_a_client_that_missed_rounds_catches_up_to_the_servers_broadcast_bit_for_bit(
+        tmp_path, channel):
+    """Half the clients per round: every client that takes part holds, after the round, the
+    server's broadcast model exactly, whether it was synced, missed rounds (a catch-up: the
+    values that changed since its version) or is new (the full model)."""
+    fed = Federation({**SETTINGS, "method": "fedavg", "uplink": channel, "downlink": channel,
+                      "fraction-train": 0.5, "num-server-rounds": 8, "eval-every": 8},
+                     clients=4, results_dir=tmp_path)
+    caught_up = 0
+    for _ in range(8):
+        row = fed.run_round()
+        assert row["failed_replies"] == 0, row["failures"]
+        for p in row["clients"]:
+            assert np.array_equal(_held(fed, p), _broadcast(fed))
+        caught_up += row["down_catchup"]
+    if channel == "topk-ef":  # sparse changes: catching up beats the model
+        assert caught_up > 0
+
+
+def test_catching_up_costs_less_than_the_model_and_zero_rounds_turns_it_off(tmp_path):
+    def run(rounds):
+        fed = Federation({**SETTINGS, "method": "fedavg", "uplink": "topk-ef",
+                          "downlink": "topk-ef", "topk-ef.sparsity": 0.99,
+                          "fraction-train": 0.5, "num-server-rounds": 6, "eval-every": 6,
+                          "catchup-rounds": rounds}, clients=4, results_dir=tmp_path / str(rounds))
+        return fed.run(6)
+
+    on, off = run(16), run(0)
+    assert sum(r["down_catchup"] for r in off) == 0
+    assert sum(r["down_catchup"] for r in on) > 0
+    assert [r["accuracy"] for r in on] == [r["accuracy"] for r in off]  # same models
+    assert sum(r["payload_down"] for r in on) < 0.7 * sum(r["payload_down"] for r in off)
+
+
+def test_the_history_stays_within_its_horizon_over_a_long_run(tmp_path):
+    fed = Federation({**SETTINGS, "method": "fedavg", "uplink": "topk-ef",
+                      "downlink": "topk-ef", "fraction-train": 0.25, "num-server-rounds": 12,
+                      "eval-every": 12, "catchup-rounds": 2}, clients=8, results_dir=tmp_path)
+    history = fed.strategy.history
+    full_after_a_long_absence = 0
+    for _ in range(12):
+        row = fed.run_round()
+        assert len(history.changes) <= 2 and len(history.versions) <= 3
+        assert row["down_catchup_skipped"] <= row["down_catchup"] * 1  # at most 1 missed
+        full_after_a_long_absence += row["down_full"]
+        for p in row["clients"]:
+            assert np.array_equal(_held(fed, p), _broadcast(fed))
+    assert full_after_a_long_absence > 8  # beyond first contacts: absent longer than 2
