@@ -62,7 +62,7 @@ from .catchup import ChangeHistory
 from .channel import Channel, Coded
 from .channels.dense import Dense
 from .metering import DOWN, UP, Traffic
-from .payload import PAYLOAD_RECORD, pack, payload_bytes
+from .payload import PAYLOAD_RECORD, pack, payload_bytes, read_payload
 from .replies import NOT_SENT, Failure, absurd_values, majority_metric_keys, screen, weight_problem
 from .state import NodeMirrors, ServerState, digest
 from .training import derive_seed
@@ -141,7 +141,7 @@ class Compressed(Strategy):
         self.broadcast: Broadcast | None = None
         self.holders: NodeMirrors[bytes, bytes] = NodeMirrors()
         self.history = ChangeHistory(catchup)
-        self._catchups: dict[bytes, tuple[dict, int]] = {}  # this round's, by base version
+        self._catchups: dict[bytes, tuple[dict, dict, int]] = {}  # this round's, by base
         self.accepted: set[int] = set()   # clients whose last train reply was accepted
         self.own_failures: list[Failure] = []
         self.traffic: dict[int, dict[int, dict[str, Traffic]]] = {}
@@ -185,6 +185,7 @@ class Compressed(Strategy):
         return {**own, "down_change": self._stats.get("change", 0),
                 "down_full": self._stats.get("full", 0),
                 "down_catchup": self._stats.get("catchup", 0),
+                "down_catchup_replay": self._stats.get("replay", 0),
                 "down_catchup_skipped": self._stats.get("skipped", 0),
                 "payload_down_catchup": self._stats.get("catchup_bytes", 0),
                 "down_resyncs": self.holders.resyncs - self._stats.get("resyncs_before", 0)}
@@ -262,8 +263,8 @@ class Compressed(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.own_failures, self._sent = [], {}
         self._dtypes = {k: a.dtype for k, a in arrays.items()}
-        self._stats = {"change": 0, "full": 0, "catchup": 0, "skipped": 0, "catchup_bytes": 0,
-                       "resyncs_before": self.holders.resyncs}
+        self._stats = {"change": 0, "full": 0, "catchup": 0, "replay": 0, "skipped": 0,
+                       "catchup_bytes": 0, "resyncs_before": self.holders.resyncs}
         self._catchups = {}
         if self.versioned:
             arrays = self._advance_broadcast(server_round, arrays)
@@ -331,7 +332,9 @@ class Compressed(Strategy):
                 [np.subtract(x, c, dtype=np.float32) for x, c in zip(d, delivered)],
                 b.version, coded.records)
             self.history.record(self.broadcast.version,
-                                np.concatenate([c.reshape(-1) != 0 for c in delivered]))
+                                np.concatenate([c.reshape(-1) != 0 for c in delivered]),
+                                {name: read_payload(RecordDict(coded.records), name)
+                                 for name in coded.records})
         return layout.join(self.broadcast.model, raw)
 
     def _encode_train(self, server_round: int, message: Message) -> Message:
@@ -401,11 +404,12 @@ class Compressed(Strategy):
         _, raw = layout.split(record)
         catchup = None if held is None else self._catchup(held)
         if catchup is not None:
-            records, skipped = catchup
+            records, form, skipped = catchup
             self._stats["catchup"] += 1
+            self._stats["replay"] += form[h.FORM] == h.REPLAY
             self._stats["skipped"] += skipped
             self._stats["catchup_bytes"] += payload_bytes(RecordDict(records))
-            header.update({h.FORM: h.CATCHUP, h.BASE: held.hex()})
+            header.update({**form, h.BASE: held.hex()})
             return {**records, **({} if raw is None else {h.RAW_RECORD: raw})}, b.model, version
         if held is None:  # a client synced before that lost its copy (failure, restart)
             self.holders.reset(client)  # counts a resync; an older copy (sat out) does not
@@ -414,23 +418,32 @@ class Compressed(Strategy):
         records, _ = self._down(record, layout, header, FULL)
         return records, b.model, version
 
-    def _catchup(self, held: bytes) -> tuple[dict, int] | None:
-        """(records, versions missed) of the catch-up from `held` to the current broadcast
-        model: its values where the model changed since, when that is smaller than the
-        model; None otherwise (or when the history does not reach back to `held`)."""
+    def _catchup(self, held: bytes) -> tuple[dict, dict[str, Any], int] | None:
+        """(records, header, versions missed) of the catch-up from `held` to the current
+        broadcast model, in the smaller of its two forms (`strategies/catchup.py`) when that is
+        smaller than the model; None otherwise (or when the history does not reach back to
+        `held`). Computed once per held version and round."""
         if held not in self._catchups:
             changed = self.history.changed_since(held)
             if changed is None:
                 return None
             model = np.concatenate([m.reshape(-1) for m in self.broadcast.model])
             idx = np.flatnonzero(changed)
-            if idx.size == model.size:  # everything changed: the full model is smaller
+            values = encode_sparse_parts([(model.size,)], [idx], [model[idx]], values="fp32")
+            changes = self.history.payloads_since(held)
+            replayed = sum(len(data) for change in changes for _, data in change.values())
+            if min(len(values), replayed) >= 4 * model.size:
                 return None
-            payload = encode_sparse_parts([(model.size,)], [idx], [model[idx]], values="fp32")
-            if len(payload) >= 4 * model.size:
-                return None
-            self._catchups[held] = ({PAYLOAD_RECORD: pack(SPARSE.stype, payload)},
-                                    self.history.versions_after(held) - 1)
+            if len(values) <= replayed:
+                records = {PAYLOAD_RECORD: pack(SPARSE.stype, values)}
+                form: dict[str, Any] = {h.FORM: h.CATCHUP}
+            else:
+                records = {h.replay_name(j, name): pack(stype, data)
+                           for j, change in enumerate(changes)
+                           for name, (stype, data) in change.items()}
+                form = {h.FORM: h.REPLAY, h.CHANGES: len(changes),
+                        h.DOWN: self.downlink.spec()}
+            self._catchups[held] = (records, form, len(changes) - 1)
         return self._catchups[held]
 
     def _duplex_down(self, server_round: int, client: int, layout: h.Layout,

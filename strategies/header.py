@@ -11,8 +11,12 @@ Keys (all prefixed `fsq.`; the mod removes them before the user's handler sees t
                            channel's per-client coding of both ways (the layout travels
                            when the client starts over, and is kept); "catchup": the
                            current values where the model the client holds (`fsq.base`)
-                           changed since (a `sparse` payload over its coded arrays)
+                           changed since (a `sparse` payload over its coded arrays);
+                           "replay": the coded changes since the model the client holds
+                           (`fsq.base`), `fsq.changes` of them, in order, change j's
+                           records named "replay.<j>.<name>"
     fsq.base    str        digest (hex) of the held model a change applies to
+    fsq.changes int        how many changes a "replay" message carries
     fsq.keys    list[str]  the ArrayRecord's keys, in order ("model" form)
     fsq.shapes  list[int]  the coded arrays' shapes, concatenated, with
     fsq.ndims   list[int]  the number of dimensions of each
@@ -42,7 +46,8 @@ KEYS, SHAPES, NDIMS = "fsq.keys", "fsq.shapes", "fsq.ndims"
 CODED = "fsq.coded"  # a kept layout: the coded keys
 HOLD, RESET, SEED, KEY = "fsq.hold", "fsq.reset", "fsq.seed", "fsq.key"
 RAW_RECORD = "fsq.raw"
-MODEL, CHANGE, DUPLEX, CATCHUP = "model", "change", "duplex", "catchup"
+MODEL, CHANGE, DUPLEX, CATCHUP, REPLAY = "model", "change", "duplex", "catchup", "replay"
+CHANGES = "fsq.changes"
 SAME = "="  # fsq.up: the same channel as the downlink
 ARRAYS = "arrays"  # Flower's default ArrayRecord name
 
@@ -139,3 +144,19 @@ def header_of(content: RecordDict) -> tuple[str, ConfigRecord] | None:
 
 def without_header(config: ConfigRecord) -> ConfigRecord:
     return ConfigRecord({k: v for k, v in config.items() if not k.startswith(PREFIX)})
+
+
+def replay_name(index: int, name: str) -> str:
+    """The name of change `index`'s record `name` in a "replay" message."""
+    return f"replay.{index}.{name}"
+
+
+def replay_part(content: RecordDict, index: int) -> RecordDict:
+    """Change `index` of a "replay" message, its records under their own names."""
+    prefix = replay_name(index, "")
+    part = RecordDict({name[len(prefix):]: record for name, record in content.items()
+                       if name.startswith(prefix)})
+    if not part:
+        raise CodecError(f"a replay message without its change {index}")
+    return part
+

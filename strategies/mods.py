@@ -119,10 +119,13 @@ def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: Record
         return layout, coded, raw
     channel = channel_from_spec(down)
     raw = content.array_records.get(h.RAW_RECORD)
-    if config.get(h.FORM) == h.CHANGE:
-        layout, held = _held(state, str(config.get(h.BASE, "")))
-        change = channel.decode(content, list(layout.shapes), memory=True)
-        coded = [np.add(a, c, dtype=np.float32) for a, c in zip(held, change)]
+    if config.get(h.FORM) in (h.CHANGE, h.REPLAY):
+        layout, coded = _held(state, str(config.get(h.BASE, "")))
+        changes = [content] if config.get(h.FORM) == h.CHANGE else \
+            [h.replay_part(content, j) for j in range(int(config.get(h.CHANGES, 0)))]
+        for part in changes:  # added one by one in float32, as the server did
+            change = channel.decode(part, list(layout.shapes), memory=True)
+            coded = [np.add(a, c, dtype=np.float32) for a, c in zip(coded, change)]
         _hold(state, layout, coded)
         return layout, coded, raw
     layout = h.Layout.from_config(config, raw)

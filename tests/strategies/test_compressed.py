@@ -96,19 +96,24 @@ def test_a_client_that_missed_rounds_catches_up_to_the_servers_broadcast_bit_for
         tmp_path, channel):
     """Half the clients per round: every client that takes part holds, after the round, the
     server's broadcast model exactly, whether it was synced, missed rounds (a catch-up: the
-    values that changed since its version) or is new (the full model)."""
+    values that changed since its version, or the changes since replayed) or is new (the
+    full model)."""
     fed = Federation({**SETTINGS, "method": "fedavg", "uplink": channel, "downlink": channel,
                       "fraction-train": 0.5, "num-server-rounds": 8, "eval-every": 8},
                      clients=4, results_dir=tmp_path)
-    caught_up = 0
+    caught_up = replayed = 0
     for _ in range(8):
         row = fed.run_round()
         assert row["failed_replies"] == 0, row["failures"]
         for p in row["clients"]:
             assert np.array_equal(_held(fed, p), _broadcast(fed))
         caught_up += row["down_catchup"]
-    if channel == "topk-ef":  # sparse changes: catching up beats the model
-        assert caught_up > 0
+        replayed += row["down_catchup_replay"]
+    assert caught_up > 0
+    if channel in ("qsgd", "sign-ef"):  # each change touches every coordinate: replayed
+        assert replayed == caught_up
+    if channel == "topk-ef":  # sparse fp32 changes: the values that changed are smaller
+        assert replayed == 0
 
 
 def test_catching_up_costs_less_than_the_model_and_zero_rounds_turns_it_off(tmp_path):
@@ -135,6 +140,7 @@ def test_the_history_stays_within_its_horizon_over_a_long_run(tmp_path):
     for _ in range(12):
         row = fed.run_round()
         assert len(history.changes) <= 2 and len(history.versions) <= 3
+        assert len(history.payloads) <= 2
         assert row["down_catchup_skipped"] <= row["down_catchup"] * 1  # at most 1 missed
         full_after_a_long_absence += row["down_full"]
         for p in row["clients"]:
