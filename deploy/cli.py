@@ -44,6 +44,7 @@ from .flower import stop_local_superlink
 from .launch import LaunchResult
 from .processes import sigterm_as_interrupt
 from .simulate import simulate
+from .tune import parse_grid, tune
 
 USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError, FaultError)
 
@@ -120,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", type=Path,
                       help="output folder (default: compare/<preset>[-engine][-rN])")
     cmp_.add_argument("--list", action="store_true", help="list the presets and their runs")
+
+    tun = sub.add_parser("tune", help="pick one preset run's settings on the clients' "
+                         "held-out local splits (never the test set)")
+    tun.add_argument("preset", help=f"one of {', '.join(PRESETS)}")
+    tun.add_argument("--row", required=True, help="the preset's run (label) to tune")
+    tun.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="values to try for a run-config key (repeat: every combination)")
+    tun.add_argument("--rounds", type=int, required=True, help="rounds of every point")
+    tun.add_argument("--holdout", type=float, default=0.1,
+                     help="fraction of each client's data held out (default 0.1)")
+    tun.add_argument("--out", type=Path,
+                     help="output folder (default: tune/<preset>-<row>-r<rounds>)")
 
     stop = sub.add_parser("stop-local", help="stop the detached local SuperLink that "
                           "`flwr run` starts for :local: connections")
@@ -324,6 +337,14 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace, console: Console) -> int:
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds {args.rounds}: must be >= 1")
+    tune(preset_named(args.preset), args.row, parse_grid(args.grid), rounds=args.rounds,
+         holdout=args.holdout, out=args.out, echo=lambda text: print(text, flush=True))
+    return 0
+
+
 def cmd_stop_local(args: argparse.Namespace, console: Console) -> int:
     stopped = stop_local_superlink(args.port)
     console.print(f"stopped {stopped} process(es)" if stopped else "no local SuperLink running")
@@ -335,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     handler = {"simulate": cmd_simulate, "deploy": cmd_deploy, "report": cmd_report,
                "partitions": cmd_partitions, "stop-local": cmd_stop_local,
-               "compare": cmd_compare}[args.command]
+               "compare": cmd_compare, "tune": cmd_tune}[args.command]
     try:
         with sigterm_as_interrupt():  # same clean teardown as Ctrl-C
             return handler(args, console)

@@ -98,6 +98,9 @@ def _lossy_runs(gwpf_steps: int) -> tuple[tuple[str, dict[str, UserValue]], ...]
         ("fedpara x resfed-0.95", {"method": "resfed", "model-transform": "fedpara",
                                    "fedpara.gamma": 0.3}),
         ("fedpara x topk-ef-0.99-both", {**fedpara, **topk_both}),
+        ("fedpara x topk-ef-0.99-fp16-both", {**fedpara, **topk_both,
+                                              "topk-ef.values": "fp16"}),
+        ("fedpara x topk-ef-0.99-q8-both", {**fedpara, **topk_both, "topk-ef.values": "q8"}),
         ("fedpara x qsgd-4bit-both", {**fedpara, **qsgd_both}),
         ("fedavgm x topk-ef-0.99-both", {"method": "fedavgm", **topk_both}),
         ("fedadam x qsgd-4bit-both", {"method": "fedadam", **qsgd_both}),
@@ -206,8 +209,9 @@ class Progress:
     round i/N, accuracy, seconds per round, and the ETA of the run and of the comparison."""
 
     def __init__(self, total_rounds: int, echo: Callable[[str], None] = print,
-                 every: float = 10.0) -> None:
+                 every: float = 10.0, accuracy: bool = True) -> None:
         self.left, self.echo, self.every = total_rounds, echo, every
+        self.accuracy = accuracy  # False: the test-set accuracy is not shown (tuning)
         self.spent = self.done = 0.0
         self._last = 0.0
 
@@ -227,9 +231,9 @@ class Progress:
         self._last = now
         per_round = self.spent / self.done
         acc = row["accuracy"]
-        self.echo(f"    {label}: round {row['round']}/{rounds}  accuracy "
-                  f"{'-' if acc is None else f'{acc:.4f}'}  {seconds:.2f} s/round  ETA run "
-                  f"{_duration(per_round * (rounds - row['round']))}, all "
+        shown = f"  accuracy {'-' if acc is None else f'{acc:.4f}'}" if self.accuracy else ""
+        self.echo(f"    {label}: round {row['round']}/{rounds}{shown}  {seconds:.2f} s/round  "
+                  f"ETA run {_duration(per_round * (rounds - row['round']))}, all "
                   f"{_duration(per_round * self.left)}")
 
 
