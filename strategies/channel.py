@@ -79,6 +79,12 @@ class Channel(MethodConfig):
         return False
 
     @property
+    def start_dtype(self) -> str:
+        """An update channel as a downlink: the dense value format (`dense.dtype`) that the
+        broadcast model starts in, its first full transfer (fp32: the model as given)."""
+        return "fp32"
+
+    @property
     def error_feedback(self) -> bool:
         """Whether a client keeps what this channel did not deliver (update channels)."""
         return False

@@ -18,10 +18,14 @@ Downlinks. A "model" channel (dense fp32/fp16/bf16/qN) codes the arrays each rou
 all nodes. An "update" channel (top-k, QSGD, sign, ...) codes the change of a *broadcast
 model* B that synced clients hold, with the server's error memory e. Each round, with G the
 arrays it is given: D = G - B + e, C = channel(D), B <- B + C, e <- D - C; the inner strategy
-is given B as the round's model (clients train from it; a server optimizer steps from it). A
-client that holds the previous B (its digest is mirrored per client, `NodeMirrors`) is sent C
-and the digest it applies to; any other client gets B dense (fp32, exact) to hold. A stale copy
-is refused by the client (an error reply) and it is sent B next time (a resync, counted).
+is given B as the round's model (clients train from it; a server optimizer steps from it). B
+starts as the first model it is given in the channel's `start_dtype` (top-k with q8 values: 8
+bits per weight; the inner strategy steps on from that model). A client that holds the
+previous B (its digest is mirrored per client, `NodeMirrors`) is sent C and the digest it
+applies to; a client that holds an older B still in the history, the catch-up from it
+(`strategies/catchup.py`); a client that holds none, the start model as it was first coded
+plus the catch-up from it, or B dense (fp32, exact), whichever is smaller. A stale copy is
+refused by the client (an error reply) and it is sent B next time (a resync, counted).
 
 Uplinks. A "model" channel codes the client's arrays; an "update" channel codes the client's
 model minus the model it received, plus its error memory (`error_feedback`), and the server
@@ -58,7 +62,7 @@ from flwr.supercore.inflatable.inflatable_object import no_object_id_recompute
 from fedsqueeze.codecs import CodecError, encode_sparse_parts, get_codec
 
 from . import header as h
-from .catchup import ChangeHistory
+from .catchup import ChangeHistory, Payloads
 from .channel import Channel, Coded
 from .channels.dense import Dense
 from .metering import DOWN, UP, Traffic
@@ -85,6 +89,18 @@ class Broadcast:
 
     def __post_init__(self) -> None:
         self.version = digest(*self.model)
+
+
+@dataclasses.dataclass
+class Origin:
+    """The broadcast model's start: its digest and its coded payloads (`Compressed.start`)."""
+
+    version: bytes
+    payloads: Payloads
+
+    def records(self) -> dict[str, ConfigRecord | ArrayRecord]:
+        return {h.start_name(name): pack(stype, data)
+                for name, (stype, data) in self.payloads.items()}
 
 
 @dataclasses.dataclass
@@ -141,6 +157,8 @@ class Compressed(Strategy):
         self.broadcast: Broadcast | None = None
         self.holders: NodeMirrors[bytes, bytes] = NodeMirrors()
         self.history = ChangeHistory(catchup)
+        self.start = Dense(downlink.start_dtype) if self.versioned else FULL
+        self.origin: Origin | None = None  # the broadcast model's start, as it was coded
         self._catchups: dict[bytes, tuple[dict, dict, int]] = {}  # this round's, by base
         self.accepted: set[int] = set()   # clients whose last train reply was accepted
         self.own_failures: list[Failure] = []
@@ -184,6 +202,7 @@ class Compressed(Strategy):
             return own
         return {**own, "down_change": self._stats.get("change", 0),
                 "down_full": self._stats.get("full", 0),
+                "down_full_from_start": self._stats.get("from_start", 0),
                 "down_catchup": self._stats.get("catchup", 0),
                 "down_catchup_replay": self._stats.get("replay", 0),
                 "down_catchup_skipped": self._stats.get("skipped", 0),
@@ -229,6 +248,12 @@ class Compressed(Strategy):
             history = self.history.export()
             state.arrays.update({f"history/{k}": v for k, v in history.arrays.items()})
             state.meta["history"] = history.meta
+            if self.origin is not None:
+                o = self.origin
+                state.arrays.update({f"origin/{name}": np.frombuffer(data, np.uint8)
+                                     for name, (_, data) in o.payloads.items()})
+                state.meta["origin"] = {"version": o.version.hex(), "stypes": {
+                    name: stype for name, (stype, _) in o.payloads.items()}}
         return state
 
     def import_state(self, state: ServerState) -> None:
@@ -252,6 +277,11 @@ class Compressed(Strategy):
             self.history.restore(ServerState(
                 {k[len("history/"):]: v for k, v in state.arrays.items()
                  if k.startswith("history/")}, state.meta.get("history", {})))
+            origin = state.meta.get("origin")
+            self.origin = None if origin is None else Origin(
+                bytes.fromhex(origin["version"]),
+                {name: (stype, np.asarray(state.arrays[f"origin/{name}"], np.uint8).tobytes())
+                 for name, stype in origin["stypes"].items()})
 
     # -- Flower's verbs --------------------------------------------------------------------
     def summary(self) -> None:
@@ -263,8 +293,9 @@ class Compressed(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.own_failures, self._sent = [], {}
         self._dtypes = {k: a.dtype for k, a in arrays.items()}
-        self._stats = {"change": 0, "full": 0, "catchup": 0, "replay": 0, "skipped": 0,
-                       "catchup_bytes": 0, "resyncs_before": self.holders.resyncs}
+        self._stats = {"change": 0, "full": 0, "from_start": 0, "catchup": 0, "replay": 0,
+                       "skipped": 0, "catchup_bytes": 0,
+                       "resyncs_before": self.holders.resyncs}
         self._catchups = {}
         if self.versioned:
             arrays = self._advance_broadcast(server_round, arrays)
@@ -318,8 +349,11 @@ class Compressed(Strategy):
         g, raw = layout.split(arrays)
         b = self.broadcast
         if b is None or b.layout != layout:
-            self.broadcast = Broadcast(layout, [x.copy() for x in g],
+            coded = self.start.encode(g)
+            self.broadcast = Broadcast(layout, [np.array(x, np.float32) for x in
+                                                coded.delivered()],
                                        [np.zeros_like(x) for x in g])
+            self.origin = Origin(self.broadcast.version, _payloads(coded.records))
             self.history.start(self.broadcast.version, sum(x.size for x in g))
         else:
             d = [np.add(np.subtract(x, m, dtype=np.float32), e, dtype=np.float32)
@@ -333,8 +367,7 @@ class Compressed(Strategy):
                 b.version, coded.records)
             self.history.record(self.broadcast.version,
                                 np.concatenate([c.reshape(-1) != 0 for c in delivered]),
-                                {name: read_payload(RecordDict(coded.records), name)
-                                 for name in coded.records})
+                                _payloads(coded.records))
         return layout.join(self.broadcast.model, raw)
 
     def _encode_train(self, server_round: int, message: Message) -> Message:
@@ -415,8 +448,39 @@ class Compressed(Strategy):
             self.holders.reset(client)  # counts a resync; an older copy (sat out) does not
         self._stats["full"] += 1
         header[h.HOLD] = True
+        start = self._from_start(layout)
+        if start is not None:
+            records, form = start
+            self._stats["from_start"] += 1
+            header.update(form)
+            return {**records, **({} if raw is None else {h.RAW_RECORD: raw})}, b.model, version
         records, _ = self._down(record, layout, header, FULL)
         return records, b.model, version
+
+    def _from_start(self, layout: h.Layout) -> tuple[dict, dict[str, Any]] | None:
+        """(records, header) that take a client holding no model to the current broadcast
+        model: the start model as first coded, then the catch-up from it (none while the
+        broadcast is still at its start); None when the history no longer reaches back to
+        the start, or when that is not smaller than the model in fp32."""
+        o = self.origin
+        if o is None:
+            return None
+        form: dict[str, Any] = {h.START: self.start.spec(), h.BASE: o.version.hex(),
+                                **layout.to_config()}
+        records = o.records()
+        if o.version == self.broadcast.version:
+            form[h.FORM] = h.MODEL
+        else:
+            catchup = self._catchup(o.version)
+            if catchup is None:
+                return None
+            records = {**records, **catchup[0]}
+            form.update(catchup[1])
+        size = sum(len(data) for _, data in o.payloads.values()) + \
+            payload_bytes(RecordDict({k: v for k, v in records.items()
+                                      if not k.startswith(h.start_name(""))}))
+        return (records, form) if size < 4 * sum(x.size for x in self.broadcast.model) \
+            else None
 
     def _catchup(self, held: bytes) -> tuple[dict, dict[str, Any], int] | None:
         """(records, header, versions missed) of the catch-up from `held` to the current
@@ -565,6 +629,11 @@ class Compressed(Strategy):
                 totals[f"payload-{direction}"] += t[direction].payload
                 totals[f"message-{direction}"] += t[direction].message
         return dict(totals)
+
+
+def _payloads(records: dict[str, ConfigRecord | ArrayRecord]) -> Payloads:
+    """(stype, codec bytes) of a coding's records, by record name."""
+    return {name: read_payload(RecordDict(records), name) for name in records}
 
 
 def _parts(message: Message) -> tuple[str, ArrayRecord, tuple[str, ConfigRecord], dict]:

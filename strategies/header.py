@@ -16,6 +16,10 @@ Keys (all prefixed `fsq.`; the mod removes them before the user's handler sees t
                            (`fsq.base`), `fsq.changes` of them, in order, change j's
                            records named "replay.<j>.<name>"
     fsq.base    str        digest (hex) of the held model a change applies to
+    fsq.start   str        the message first carries the broadcast model's start (digest
+                           `fsq.base`), coded by this dense spec, records named
+                           "start.<name>": the client decodes and holds it, then applies the
+                           message's form ("model": nothing more) to it
     fsq.changes int        how many changes a "replay" message carries
     fsq.keys    list[str]  the ArrayRecord's keys, in order ("model" form)
     fsq.shapes  list[int]  the coded arrays' shapes, concatenated, with
@@ -48,6 +52,7 @@ HOLD, RESET, SEED, KEY = "fsq.hold", "fsq.reset", "fsq.seed", "fsq.key"
 RAW_RECORD = "fsq.raw"
 MODEL, CHANGE, DUPLEX, CATCHUP, REPLAY = "model", "change", "duplex", "catchup", "replay"
 CHANGES = "fsq.changes"
+START = "fsq.start"
 SAME = "="  # fsq.up: the same channel as the downlink
 ARRAYS = "arrays"  # Flower's default ArrayRecord name
 
@@ -153,10 +158,23 @@ def replay_name(index: int, name: str) -> str:
 
 def replay_part(content: RecordDict, index: int) -> RecordDict:
     """Change `index` of a "replay" message, its records under their own names."""
-    prefix = replay_name(index, "")
+    return _part(content, replay_name(index, ""), f"a replay message without its change {index}")
+
+
+def start_name(name: str) -> str:
+    """The name of the start model's record `name` in a message that carries it."""
+    return f"start.{name}"
+
+
+def start_part(content: RecordDict) -> RecordDict:
+    """The start model's records of a message, under their own names."""
+    return _part(content, start_name(""), "a message with fsq.start but no start records")
+
+
+def _part(content: RecordDict, prefix: str, missing: str) -> RecordDict:
     part = RecordDict({name[len(prefix):]: record for name, record in content.items()
                        if name.startswith(prefix)})
     if not part:
-        raise CodecError(f"a replay message without its change {index}")
+        raise CodecError(missing)
     return part
 

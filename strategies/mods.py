@@ -105,6 +105,11 @@ def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: Record
               ) -> tuple[h.Layout, list[np.ndarray], ArrayRecord | None]:
     """(layout, coded arrays, raw arrays) of a message, holding what it says to hold."""
     down = str(config.get(h.DOWN, ""))
+    if h.START in config:
+        _hold_start(content, config, state)
+        if config.get(h.FORM) == h.MODEL:
+            layout, coded = _held(state, str(config.get(h.BASE, "")))
+            return layout, coded, content.array_records.get(h.RAW_RECORD)
     if config.get(h.FORM) == h.CATCHUP:
         layout, held = _held(state, str(config.get(h.BASE, "")))
         coded = _caught_up(content, held)
@@ -133,6 +138,20 @@ def _downlink(content: RecordDict, config: ConfigRecord, key: str, state: Record
     if config.get(h.HOLD, False):
         _hold(state, layout, coded)
     return layout, coded, raw
+
+
+def _hold_start(content: RecordDict, config: ConfigRecord, state: RecordDict) -> None:
+    """Decode and hold the broadcast model's start that the message carries (`fsq.start`),
+    checked bit for bit against its digest (`fsq.base`)."""
+    layout = h.Layout.from_config(config, content.array_records.get(h.RAW_RECORD))
+    start = channel_from_spec(str(config[h.START]))
+    if start.codes != "model":
+        raise CodecError(f"fsq.start {config[h.START]!r} is not a model channel")
+    coded = [np.asarray(a, np.float32) for a in
+             start.decode(h.start_part(content), list(layout.shapes))]
+    if digest(*coded).hex() != str(config.get(h.BASE, "")):
+        raise CodecError("the start model decodes to another model than the server's")
+    _hold(state, layout, coded)
 
 
 def _caught_up(content: RecordDict, held: list[np.ndarray]) -> list[np.ndarray]:

@@ -41,6 +41,11 @@ class TopKEF(Channel):
     def spreads_outliers(self) -> bool:
         return self.values == "ternary"  # one magnitude for every sent entry
 
+    @property
+    def start_dtype(self) -> str:
+        """The broadcast model starts in the sent values' format (ternary: fp32)."""
+        return "fp32" if self.values == "ternary" else self.values
+
     def encode(self, arrays: list[np.ndarray], *, seed: int = 0, memory: bool = False) -> Coded:
         update = flatten(arrays)
         n = update.size

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord, RecordDict
 
+from fedsqueeze.codecs import CodecError
 from fedsqueeze.deploy.inprocess import Federation
-from fedsqueeze.strategies.mods import HELD
-from fedsqueeze.strategies.state import load_array_list, save_array_list
+from fedsqueeze.strategies import header as h
+from fedsqueeze.strategies.channels.dense import Dense
+from fedsqueeze.strategies.mods import HELD, _downlink
+from fedsqueeze.strategies.state import digest, load_array_list, save_array_list
 from fedsqueeze.strategies.tensors import flatten
 
 SETTINGS = {"partitioner": "iid", "model": "fc2", "min-nodes": 2, "eval-every": 3,
@@ -146,3 +150,44 @@ def test_the_history_stays_within_its_horizon_over_a_long_run(tmp_path):
         for p in row["clients"]:
             assert np.array_equal(_held(fed, p), _broadcast(fed))
     assert full_after_a_long_absence > 8  # beyond first contacts: absent longer than 2
+
+
+def test_the_broadcast_starts_in_the_values_format_and_newcomers_start_from_it(tmp_path):
+    """Top-k with q8 values: the first full transfer is the model in q8 (a byte a weight, not
+    four); a client that first takes part later gets that start plus the catch-up from it,
+    and holds the server's broadcast model bit for bit; with fp32 values nothing changes."""
+    fed = Federation({**SETTINGS, "method": "fedavg", "uplink": "topk-ef",
+                      "downlink": "topk-ef", "topk-ef.values": "q8", "fraction-train": 0.34,
+                      "num-server-rounds": 8, "eval-every": 8, "seed": 1},
+                     clients=6, results_dir=tmp_path)
+    n = 118_282
+    first = fed.run_round()
+    assert first["down_full_from_start"] == first["down_full"] == 2
+    assert first["payload_down"] < 2 * 1.05 * n  # q8: about n bytes each, fp32 would be 4n
+    late = 0
+    for _ in range(7):
+        row = fed.run_round()
+        assert row["failed_replies"] == 0, row["failures"]
+        for p in row["clients"]:
+            assert np.array_equal(_held(fed, p), _broadcast(fed))
+        late += row["down_full_from_start"]
+        assert row["down_full_from_start"] == row["down_full"]  # never the fp32 model
+    assert late > 0
+
+
+def test_a_start_model_that_does_not_decode_to_its_digest_is_refused():
+    arrays = [np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)]
+    coded = Dense("q8").encode(arrays)
+    layout = h.Layout(("w",), ("w",), ((3, 4),))
+    content = RecordDict({h.start_name(k): r for k, r in coded.records.items()})
+    good = digest(*coded.delivered()).hex()
+    for base, ok in ((good, True), (digest(*arrays).hex(), False)):
+        config = ConfigRecord({h.FORM: h.MODEL, h.START: "dense:dtype=q8", h.BASE: base,
+                               **layout.to_config()})
+        state = RecordDict()
+        if ok:
+            _, got, _ = _downlink(content, config, "arrays", state)
+            assert np.array_equal(got[0], coded.delivered()[0])
+        else:
+            with pytest.raises(CodecError, match="another model"):
+                _downlink(content, config, "arrays", state)

@@ -209,6 +209,10 @@ def test_node_mirrors_commit_only_what_was_decoded():
     # seed 6 at half participation: both round-3 clients missed round 2 and catch up
     ("fedavg", {"uplink": "topk-ef", "downlink": "topk-ef", "fraction-train": 0.5, "seed": 6}),
     ("fedavg", {"uplink": "qsgd", "downlink": "qsgd", "fraction-train": 0.5, "seed": 6}),
+    # q8 top-k, seed 2: the broadcast starts in q8; round 3's newcomer gets that start and
+    # the catch-up from it
+    ("fedavg", {"uplink": "topk-ef", "downlink": "topk-ef", "topk-ef.values": "q8",
+                "fraction-train": 0.5, "seed": 2}),
     ("resfed", {"fraction-train": 0.5, "seed": 6})])
 def test_exported_state_resumes_every_method_to_the_same_round(name, keys, tmp_path):
     """Run 3 rounds; separately, restore round 2's server state (through files), client states
@@ -229,8 +233,10 @@ def test_exported_state_resumes_every_method_to_the_same_round(name, keys, tmp_p
         resumed.grid.contexts[resumed.grid.node_of(p)].state = state
     resumed.arrays, resumed.round = arrays, 2
     got = resumed.run_round()
+    if keys.get("topk-ef.values") == "q8":
+        assert expected["down_full_from_start"] == 1
     for key in ("accuracy", "payload_up", "payload_down", "nonzeros", "failed_replies",
-                "down_catchup", "down_catchup_replay"):
+                "down_catchup", "down_catchup_replay", "down_full_from_start"):
         assert got.get(key) == expected.get(key), key
     for key in fed.arrays.keys():
         assert np.array_equal(resumed.arrays[key].numpy(), fed.arrays[key].numpy()), key
