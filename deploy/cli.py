@@ -4,6 +4,7 @@
     fedsqueeze deploy --clients N [--gpus 0,1] [--tls]          SuperLink + N SuperNodes, gRPC
     fedsqueeze report RUN_DIR [RUN_DIR ...]                     table + PNG plots
     fedsqueeze compare PRESET [--engine E] [--rounds N]         every method, same work
+    fedsqueeze side-by-side COMPARE_DIR [COMPARE_DIR ...]       settings in one table
     fedsqueeze partitions --clients N [--run-config ...]        per-client label histogram
     fedsqueeze stop-local                                       stop flwr's local SuperLink
 """
@@ -31,6 +32,7 @@ from fedsqueeze.models import ModelError
 from fedsqueeze.server.checkpoint import latest_checkpoint
 from fedsqueeze.server.report import report
 from fedsqueeze.server.results import fmt_bytes
+from fedsqueeze.server.side_by_side import side_by_side
 from fedsqueeze.strategies.model_transform import FedParaConfig
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
@@ -121,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", type=Path,
                       help="output folder (default: compare/<preset>[-engine][-rN])")
     cmp_.add_argument("--list", action="store_true", help="list the presets and their runs")
+
+    sbs = sub.add_parser("side-by-side", help="one table of several `compare` folders (full "
+                         "and partial participation, ...): bytes to each one's reference's "
+                         "final accuracy minus a point, and downlinks with/without catch-up")
+    sbs.add_argument("compare_dirs", nargs="+", type=Path)
+    sbs.add_argument("--out", type=Path, help="also write the markdown here")
 
     tun = sub.add_parser("tune", help="pick one preset run's settings on the clients' "
                          "held-out local splits (never the test set)")
@@ -337,6 +345,14 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_side_by_side(args: argparse.Namespace, console: Console) -> int:
+    text = side_by_side(args.compare_dirs)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace, console: Console) -> int:
     if args.rounds < 1:
         raise ConfigError(f"--rounds {args.rounds}: must be >= 1")
@@ -356,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     handler = {"simulate": cmd_simulate, "deploy": cmd_deploy, "report": cmd_report,
                "partitions": cmd_partitions, "stop-local": cmd_stop_local,
-               "compare": cmd_compare, "tune": cmd_tune}[args.command]
+               "compare": cmd_compare, "side-by-side": cmd_side_by_side,
+               "tune": cmd_tune}[args.command]
     try:
         with sigterm_as_interrupt():  # same clean teardown as Ctrl-C
             return handler(args, console)
