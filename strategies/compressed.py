@@ -93,7 +93,8 @@ class Broadcast:
 
 @dataclasses.dataclass
 class Origin:
-    """The broadcast model's start: its digest and its coded payloads (`Compressed.start`)."""
+    """The broadcast model's start: its digest and its payloads as `start_channel` coded
+    them."""
 
     version: bytes
     payloads: Payloads
@@ -157,8 +158,8 @@ class Compressed(Strategy):
         self.broadcast: Broadcast | None = None
         self.holders: NodeMirrors[bytes, bytes] = NodeMirrors()
         self.history = ChangeHistory(catchup)
-        self.start = Dense(downlink.start_dtype) if self.versioned else FULL
-        self.origin: Origin | None = None  # the broadcast model's start, as it was coded
+        self.start_channel = Dense(downlink.start_dtype) if self.versioned else FULL
+        self.origin: Origin | None = None  # B's start, as `start_channel` coded it
         self._catchups: dict[bytes, tuple[dict, dict, int]] = {}  # this round's, by base
         self.accepted: set[int] = set()   # clients whose last train reply was accepted
         self.own_failures: list[Failure] = []
@@ -349,7 +350,7 @@ class Compressed(Strategy):
         g, raw = layout.split(arrays)
         b = self.broadcast
         if b is None or b.layout != layout:
-            coded = self.start.encode(g)
+            coded = self.start_channel.encode(g)
             self.broadcast = Broadcast(layout, [np.array(x, np.float32) for x in
                                                 coded.delivered()],
                                        [np.zeros_like(x) for x in g])
@@ -465,7 +466,7 @@ class Compressed(Strategy):
         o = self.origin
         if o is None:
             return None
-        form: dict[str, Any] = {h.START: self.start.spec(), h.BASE: o.version.hex(),
+        form: dict[str, Any] = {h.START: self.start_channel.spec(), h.BASE: o.version.hex(),
                                 **layout.to_config()}
         records = o.records()
         if o.version == self.broadcast.version:
