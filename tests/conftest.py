@@ -52,3 +52,47 @@ def check_two_exchanges_and_local_evaluation():
         return rounds
 
     return check
+
+
+class LocalFlwrRun:
+    """`flwr run APP local-sim` as a Flower user runs it: a private FLWR_HOME whose only
+    connection is Flower's local in-memory SuperLink, on free ports."""
+
+    def __init__(self, home) -> None:
+        from fedsqueeze.deploy.flower import flower_command, flower_env, free_port
+
+        home.mkdir()
+        (home / "config.toml").write_text(
+            '[superlink]\ndefault = "local-sim"\n\n'
+            '[superlink.local-sim]\naddress = ":local-in-memory:"\n')
+        self.port = free_port()
+        self.env = {**flower_env(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.port),
+                    "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}
+        self.flwr = flower_command("flwr")
+
+    def __call__(self, app_dir, overrides: str, supernodes: int = 2) -> tuple[str, str]:
+        """(the run's final status as `flwr ls` says it, its log)."""
+        import json
+        import subprocess
+
+        submitted = subprocess.run(
+            [self.flwr, "run", str(app_dir), "local-sim", "--format", "json",
+             "--federation-config", f"num-supernodes={supernodes}", "--run-config", overrides],
+            env=self.env, capture_output=True, text=True, timeout=300)
+        run_id = json.loads(submitted.stdout)["run-id"]
+        log = subprocess.run([self.flwr, "log", str(run_id), "local-sim", "--stream"],
+                             env=self.env, capture_output=True, text=True, timeout=300)
+        listed = subprocess.run([self.flwr, "ls", "local-sim", "--run-id", str(run_id),
+                                 "--format", "json"], env=self.env, capture_output=True,
+                                text=True, timeout=120)
+        return json.loads(listed.stdout)["runs"][0]["status"], log.stdout + log.stderr
+
+
+@pytest.fixture
+def flwr_run_local(tmp_path):
+    """A `LocalFlwrRun`; Flower's local SuperLink (which outlives runs) is stopped after."""
+    from fedsqueeze.deploy.flower import stop_local_superlink
+
+    run = LocalFlwrRun(tmp_path / "flwr-home")
+    yield run
+    stop_local_superlink(run.port)

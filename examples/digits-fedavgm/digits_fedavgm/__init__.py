@@ -1,0 +1,2 @@
+"""digits-fedavgm: a Flower app (own model, data and training; Flower's FedAvgM) whose
+traffic fedsqueeze compresses."""
