@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup data bench-codecs
+.PHONY: demo test test-newest-flower setup data bench-codecs
 
 setup: $(INSTALLED)
 
@@ -17,7 +17,7 @@ $(INSTALLED): pyproject.toml
 	  echo "warning: $$free MB free here; the venv takes about 6.5 GB (PyTorch's CUDA wheels)" >&2; fi
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip          # the system pip 23 cannot resolve Flower's deps
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,deploy]'
 	touch $(INSTALLED)
 
 data:
@@ -35,6 +35,24 @@ demo: setup data
 test: setup data
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
+	$(MAKE) test-newest-flower
+
+# The library (channels, Compressed, compression_mod, methods, codecs) and the example on the
+# newest Flower the registry serves: a second environment holding only that Flower and what
+# it needs, layered over .venv (everything else comes from there; `site.addsitedir` after its
+# own site-packages, so its Flower wins). The gRPC deployment layer stays on 1.39 (.venv).
+NEWEST := .venv-newest-flower
+NEWEST_TESTS := tests/strategies/test_any_flower_strategy.py tests/examples \
+  tests/core/test_foreign_serverapp.py tests/strategies/test_user_training_loop.py \
+  tests/strategies/channels tests/codecs
+test-newest-flower: setup data
+	@[ -x $(NEWEST)/bin/python ] || python3 -m venv $(NEWEST)
+	@echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > "$$($(NEWEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_project_env.pth"
+	$(NEWEST)/bin/python -m pip install -q -U 'flwr[simulation]'
+	$(NEWEST)/bin/python -c "import flwr, fedsqueeze; print('newest Flower:', flwr.__version__)"
+	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider -m "not simulation" $(NEWEST_TESTS)
+	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider tests/examples tests/core/test_flwr_run.py  # plain flwr run
 
 bench-codecs: setup
 	$(PY) bench/codecs.py --quick

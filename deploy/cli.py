@@ -15,7 +15,7 @@ import argparse
 import json
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -42,7 +42,7 @@ from .compare import ENGINES, PRESETS, compare, config_text, preset_named
 from .config_check import checked_run_config, find_app_dir, parse_overrides
 from .deployment import DeployOptions, deploy
 from .faults import FaultError, parse_kills
-from .flower import stop_local_superlink
+from .flower import require_grpc_flower, stop_local_superlink
 from .launch import LaunchResult
 from .processes import sigterm_as_interrupt
 from .simulate import simulate
@@ -211,7 +211,7 @@ def launch_config(args: argparse.Namespace, settings: RunSettings, engine: str,
         results_parent = Path(args.results_dir).resolve()
         run_name = args.run_name or settings.run_name or (
             f"{settings.method}-{engine}-{settings.dataset}-{settings.model}-"
-            f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+            f"{datetime.now(UTC):%Y%m%d-%H%M%S}")
         run_dir = results_parent / run_name
     overrides = {**_overrides(args), **(extra or {}),
                  "results-dir": str(results_parent), "run-name": run_name, "engine": engine}
@@ -235,6 +235,7 @@ def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
+    require_grpc_flower()  # before anything is prepared or written
     app_dir, _, settings = prepare(args)
     gpus = tuple(g.strip() for g in args.gpus.split(",") if g.strip())
     bad = [g for g in gpus if not g.isdigit()]

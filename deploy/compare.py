@@ -41,6 +41,7 @@ from fedsqueeze.server.results import read_run
 from fedsqueeze.strategies.settings import ConfigError, UserValue
 
 from .config_check import checked_run_config, find_app_dir
+from .flower import require_grpc_flower
 from .inprocess import Federation
 
 ENGINES = ("simulation", "ray", "deployment")
@@ -332,6 +333,8 @@ def compare(preset: Preset, *, engine: str = "simulation", rounds: int | None = 
     """Run (or reuse) the preset's runs and write the table and plots; returns the folder."""
     if engine not in ENGINES:
         raise ConfigError(f"--engine {engine!r}: one of {', '.join(ENGINES)}")
+    if engine == "deployment":
+        require_grpc_flower()
     rounds = rounds or preset.rounds
     if rounds < 1:
         raise ConfigError(f"--rounds {rounds}: must be >= 1")

@@ -8,9 +8,9 @@ processes.
 from __future__ import annotations
 
 import difflib
+import tomllib
 from pathlib import Path
 
-import tomllib
 from flwr.common.config import parse_config_args
 
 from fedsqueeze.strategies.build import run_channels

@@ -30,6 +30,7 @@ from .flower import (
     flower_command,
     flower_env,
     free_port,
+    require_grpc_flower,
     shim_commands,
     start_superlink,
     write_connection,
@@ -200,6 +201,7 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
 
     However it ends (also by Ctrl-C or SIGTERM), every process is stopped, summary.json says
     how it ended and the finished rounds get their wire bytes."""
+    require_grpc_flower()
     launched = time.time()
     work = launch_dir(results_dir)
     logs = results_dir / "logs"

@@ -8,6 +8,7 @@ real outcome is `flwr ls CONN --run-id RID --format json`'s `status`. Connection
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import random
@@ -25,10 +26,27 @@ from pathlib import Path
 
 import psutil
 
+from fedsqueeze.strategies.settings import ConfigError
+
 from .processes import CHILD_SETUP, ProcessGroup, Started, stop_tree, wait_until
 from .tls import TlsFiles
 
 CONNECTION = "fedsqueeze"
+GRPC_FLOWER = ("1", "39")  # the last Flower whose SuperNodes talk gRPC to the SuperLink
+
+
+def require_grpc_flower(version: str | None = None) -> None:
+    """The deployment layer (gRPC Fleet API, wire meter, accelerations) runs on Flower 1.39.x
+    only (1.40 moved the SuperNode link to HTTP); any other Flower gets a ConfigError that
+    says what to install. `version`: Flower's (default: the installed one)."""
+    version = version or importlib.metadata.version("flwr")
+    if tuple(version.split(".")[:2]) != GRPC_FLOWER:
+        raise ConfigError(
+            f"this environment has Flower {version}; fedsqueeze's deployments (SuperLink and "
+            f"SuperNodes over gRPC, wire meter) need Flower {'.'.join(GRPC_FLOWER)}.x, the "
+            "last whose SuperNodes talk gRPC: pip install 'fedsqueeze[deploy]' (it pins "
+            "flwr 1.39.*). The library (channels, Compressed, compression_mod, the methods) "
+            "and Flower's simulation work with any Flower from 1.39.")
 
 # The launcher's entry points around Flower's own (short waits, doorbells), and the names by
 # which a process of each kind is found, Flower's first (what `--stock-latency` starts).

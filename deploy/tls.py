@@ -46,7 +46,7 @@ def make_certificates(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "l
                       days: int = 2) -> TlsFiles:
     """Write ca.crt, server.pem and server.key (valid for `hosts`) into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     valid = dict(not_valid_before=now - dt.timedelta(minutes=5),
                  not_valid_after=now + dt.timedelta(days=days))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging import ERROR, INFO
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def run_directory(settings: RunSettings, run_id: int) -> Path:
         base = Path.cwd() / base
     name = settings.run_name or (
         f"{settings.method}-{settings.dataset}-{settings.model}-"
-        f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{run_id}")
+        f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{run_id}")
     return base / name
 
 
@@ -75,7 +75,7 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
     initial = to_arrayrecord(model_arrays(model))
 
     run_dir = run_directory(settings, run_id)
-    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_utc = datetime.now(UTC).isoformat(timespec="seconds")
     first_round = 1
     if settings.resume:
         checkpoint = latest_checkpoint(run_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fedsqueeze.strategies.state import ServerState
@@ -41,7 +41,7 @@ def save_checkpoint(run_dir: Path, server_round: int, arrays: Arrays, state: Ser
     state.save(tmp / "strategy")
     (tmp / "checkpoint.json").write_text(json.dumps({
         "round": server_round,
-        "written_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
+        "written_utc": datetime.now(UTC).isoformat(timespec="seconds")}) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in base.glob(f"{PREFIX}*"):

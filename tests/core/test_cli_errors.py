@@ -10,7 +10,7 @@ from fedsqueeze.client.app import identify
 from fedsqueeze.client.runtime import client_data
 from fedsqueeze.data import DataError
 from fedsqueeze.deploy.cli import main
-from fedsqueeze.strategies.settings import RunSettings
+from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
 
 def run_cli(capsys, *argv):
@@ -115,3 +115,13 @@ def test_a_key_of_another_method_gets_a_warning(capsys, monkeypatch):
     assert code == 2
     assert any("'fedsparsify.final-sparsity' is a key of method 'fedsparsify'; method = "
                "'fedavg' ignores it" in line for line in err)
+
+
+def test_a_deployment_on_another_flower_than_1_39_says_what_to_install(monkeypatch):
+    from fedsqueeze.deploy import flower
+
+    flower.require_grpc_flower("1.39.0")  # this one runs
+    with pytest.raises(ConfigError, match=r"Flower 1.42.0.*pip install 'fedsqueeze\[deploy\]'"):
+        flower.require_grpc_flower("1.42.0")
+    monkeypatch.setattr(flower.importlib.metadata, "version", lambda name: "1.40.1")
+    assert main(["deploy", "--clients", "2"]) == 2
