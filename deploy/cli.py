@@ -5,6 +5,7 @@
     fedsqueeze report RUN_DIR [RUN_DIR ...]                     table + PNG plots
     fedsqueeze compare PRESET [--engine E] [--rounds N]         every method, same work
     fedsqueeze side-by-side COMPARE_DIR [COMPARE_DIR ...]       settings in one table
+    fedsqueeze methods [NAME]                                   methods, channels, their keys
     fedsqueeze partitions --clients N [--run-config ...]        per-client label histogram
     fedsqueeze stop-local                                       stop flwr's local SuperLink
 """
@@ -38,6 +39,7 @@ from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
+from .catalog import catalog
 from .compare import ENGINES, PRESETS, compare, config_text, preset_named
 from .config_check import checked_run_config, find_app_dir, parse_overrides
 from .deployment import DeployOptions, deploy
@@ -123,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--out", type=Path,
                       help="output folder (default: compare/<preset>[-engine][-rN])")
     cmp_.add_argument("--list", action="store_true", help="list the presets and their runs")
+
+    met = sub.add_parser("methods", help="list the registered methods and channels with their "
+                         "run-config keys and defaults")
+    met.add_argument("name", nargs="?", default="", help="only this method or channel")
+    met.add_argument("--app", help="Flower app directory (default: this checkout)")
 
     sbs = sub.add_parser("side-by-side", help="one table of several `compare` folders (full "
                          "and partial participation, ...): bytes to each one's reference's "
@@ -346,6 +353,15 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace, console: Console) -> int:
+    try:
+        print(catalog(find_app_dir(args.app), args.name))
+    except KeyError:
+        raise ConfigError(f"no method or channel named {args.name!r}; `fedsqueeze methods` "
+                          "lists them") from None
+    return 0
+
+
 def cmd_side_by_side(args: argparse.Namespace, console: Console) -> int:
     text = side_by_side(args.compare_dirs)
     if args.out:
@@ -373,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     handler = {"simulate": cmd_simulate, "deploy": cmd_deploy, "report": cmd_report,
                "partitions": cmd_partitions, "stop-local": cmd_stop_local,
-               "compare": cmd_compare, "side-by-side": cmd_side_by_side,
+               "compare": cmd_compare, "side-by-side": cmd_side_by_side, "methods": cmd_methods,
                "tune": cmd_tune}[args.command]
     try:
         with sigterm_as_interrupt():  # same clean teardown as Ctrl-C

@@ -125,3 +125,20 @@ def test_a_deployment_on_another_flower_than_1_39_says_what_to_install(monkeypat
         flower.require_grpc_flower("1.42.0")
     monkeypatch.setattr(flower.importlib.metadata, "version", lambda name: "1.40.1")
     assert main(["deploy", "--clients", "2"]) == 2
+
+
+def test_methods_lists_every_method_and_channel_with_its_keys(capsys):
+    from fedsqueeze.strategies.channel import channel_names
+    from fedsqueeze.strategies.registry import method_names
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split(":")[0].strip() for line in out.splitlines()
+              if line.startswith("  ") and not line.startswith("      ")]
+    assert listed == method_names() + channel_names()
+    assert '      fedavgm.server-momentum = 0.9    FedAvgM: server momentum' in out
+    assert main(["methods", "topk-ef"]) == 0
+    one = capsys.readouterr().out
+    assert "topk-ef.values = \"fp32\"" in one and "fedavgm" not in one
+    assert main(["methods", "nope"]) == 2
+    assert "no method or channel named 'nope'" in capsys.readouterr().err
