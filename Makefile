@@ -51,8 +51,9 @@ test-newest-flower: setup data
 	  > "$$($(NEWEST)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_project_env.pth"
 	$(NEWEST)/bin/python -m pip install -q -U 'flwr[simulation]'
 	$(NEWEST)/bin/python -c "import flwr, fedsqueeze; print('newest Flower:', flwr.__version__)"
-	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider -m "not simulation" $(NEWEST_TESTS)
-	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider tests/examples tests/core/test_flwr_run.py  # plain flwr run
+	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider -m "not simulation and not deployment" $(NEWEST_TESTS)
+	$(NEWEST)/bin/python -m pytest -q -p no:cacheprovider -m "not deployment" tests/examples \
+	  tests/core/test_flwr_run.py  # plain flwr run
 
 bench-codecs: setup
 	$(PY) bench/codecs.py --quick

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from fedsqueeze.data import (
     DataError,
@@ -41,8 +42,13 @@ from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
 from .catalog import catalog
 from .compare import ENGINES, PRESETS, compare, config_text, preset_named
-from .config_check import checked_run_config, find_app_dir, parse_overrides
-from .deployment import DeployOptions, deploy
+from .config_check import (
+    checked_run_config,
+    find_app_dir,
+    is_fedsqueeze_app,
+    parse_overrides,
+)
+from .deployment import WIRE_FILE, DeployOptions, deploy
 from .faults import FaultError, parse_kills
 from .flower import require_grpc_flower, stop_local_superlink
 from .launch import LaunchResult
@@ -243,7 +249,23 @@ def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     require_grpc_flower()  # before anything is prepared or written
+    if not is_fedsqueeze_app(find_app_dir(args.app)):
+        return deploy_any_app(args, console)
     app_dir, _, settings = prepare(args)
+    options = _deploy_options(args)
+    extra = {"server-poll-interval": 3.0} if args.stock_latency else {}
+    run_dir, overrides = launch_config(args, settings, "deployment", extra)
+    console.print(f"{_deployment_header(options)}, method {settings.method}, "
+                  f"{settings.num_server_rounds} rounds -> {run_dir}")
+    result = deploy(app_dir, overrides, run_dir, options)
+    if result.wire:
+        explain_wire(result, console)
+    return finish(result, console)
+
+
+def _deploy_options(args: argparse.Namespace) -> DeployOptions:
+    if args.clients < 1:
+        raise ConfigError(f"--clients = {args.clients} is invalid: must be >= 1")
     gpus = tuple(g.strip() for g in args.gpus.split(",") if g.strip())
     bad = [g for g in gpus if not g.isdigit()]
     if bad:
@@ -253,23 +275,65 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     if args.restart_after is not None and (args.restart_after < 0 or not kills):
         raise ConfigError(f"--restart-after {args.restart_after}: needs --kill and a "
                           "non-negative number of seconds")
-    extra = {"server-poll-interval": 3.0} if args.stock_latency else {}
-    run_dir, overrides = launch_config(args, settings, "deployment", extra)
-    console.print(f"deployment: SuperLink + {args.clients} SuperNodes over gRPC on 127.0.0.1"
-                  f"{' (TLS)' if args.tls or args.auth else ''}"
-                  f"{', SuperNode authentication' if args.auth else ''}, {args.executor} "
-                  "ClientApp executor"
-                  f"{', GPUs ' + ','.join(gpus) if gpus else ''}, method {settings.method}, "
-                  f"{settings.num_server_rounds} rounds -> {run_dir}")
-    options = DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls or args.auth,
-                            auth=args.auth,
-                            tuned_latency=not args.stock_latency, executor=args.executor,
-                            echo=not args.quiet, kills=tuple(kills),
-                            restart_after=args.restart_after)
-    result = deploy(app_dir, overrides, run_dir, options)
-    if result.wire:
-        explain_wire(result, console)
-    return finish(result, console)
+    return DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls or args.auth,
+                         auth=args.auth, tuned_latency=not args.stock_latency,
+                         executor=args.executor, echo=not args.quiet, kills=tuple(kills),
+                         restart_after=args.restart_after)
+
+
+def _deployment_header(options: DeployOptions) -> str:
+    return (f"deployment: SuperLink + {options.clients} SuperNodes over gRPC on 127.0.0.1"
+            f"{' (TLS)' if options.tls else ''}"
+            f"{', SuperNode authentication' if options.auth else ''}, {options.executor} "
+            "ClientApp executor" + (f", GPUs {','.join(options.gpus)}" if options.gpus else ""))
+
+
+def deploy_any_app(args: argparse.Namespace, console: Console) -> int:
+    """`fedsqueeze deploy --app DIR` for an app that is not fedsqueeze's: its own run config
+    (Flower checks the keys), partition ids in each SuperNode's node config, and the wire
+    bytes per SuperNode in `<run dir>/wire.json` and a table, whatever the app writes."""
+    if args.resume:
+        raise ConfigError("--resume continues a fedsqueeze run; this app is not fedsqueeze's")
+    app_dir = find_app_dir(args.app)
+    options = _deploy_options(args)
+    run_dir = Path(args.results_dir).resolve() / (
+        args.run_name or f"{app_dir.name}-deployment-{datetime.now(UTC):%Y%m%d-%H%M%S}")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not args.overwrite:
+            raise ConfigError(f"{run_dir} holds a run already: choose another --run-name, or "
+                              "pass --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    console.print(f"{_deployment_header(options)}, app {app_dir} -> {run_dir}")
+    result = deploy(app_dir, parse_overrides(args.run_config), run_dir, options)
+    print_wire_by_node(result.wire["by_node"], console)
+    status = result.status.get("status", "unknown")
+    if not result.succeeded or result.leftover_pids:
+        left = f"; processes left behind: {result.leftover_pids}" if result.leftover_pids else ""
+        console.print(f"[red]run {result.run_id} {status}: "
+                      f"{result.status.get('status-details', '')}[/red] (logs: "
+                      f"{result.logs_dir}){left}")
+        return 1
+    console.print(f"run {result.run_id} {status}; wire bytes: {run_dir / WIRE_FILE}")
+    return 0
+
+
+def print_wire_by_node(wire: dict, console: Console) -> None:
+    table = Table(title="wire bytes per SuperNode (TCP between it and the SuperLink)")
+    for column in ("node", "messages up", "messages down", "polls up", "polls down",
+                   "connection + unparsed"):
+        table.add_column(column, justify="right")
+    rows = [(f"partition {p}", n) for p, n in wire["nodes"].items()] + [("all", wire["total"])]
+    for name, n in rows:
+        table.add_row(name, fmt_bytes(n["message_up"]), fmt_bytes(n["message_down"]),
+                      fmt_bytes(n["poll_up"]), fmt_bytes(n["poll_down"]),
+                      fmt_bytes(sum(n[f"{k}_{d}"] for k in ("connection", "unparsed")
+                                    for d in ("up", "down"))))
+    console.print(table)
+    inbound, outbound = wire["flower_inbound_bytes"], wire["flower_outbound_bytes"]
+    if inbound is not None:
+        console.print(f"Flower's own count of its messages: in {fmt_bytes(inbound)}, out "
+                      f"{fmt_bytes(outbound or 0)}", highlight=False)
 
 
 def explain_wire(result: LaunchResult, console: Console) -> None:

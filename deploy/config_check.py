@@ -30,6 +30,13 @@ def find_app_dir(explicit: str | None = None) -> Path:
                       "[tool.flwr.app]); pass --app DIR")
 
 
+def is_fedsqueeze_app(app_dir: Path) -> bool:
+    """Whether the app's ServerApp is fedsqueeze's (its run config, rows and results)."""
+    data = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    components = data["tool"]["flwr"]["app"].get("components", {})
+    return str(components.get("serverapp", "")).startswith("fedsqueeze.")
+
+
 def declared_config(app_dir: Path) -> dict[str, UserValue]:
     data = tomllib.loads((app_dir / "pyproject.toml").read_text())
     return dict(data["tool"]["flwr"]["app"]["config"])

@@ -39,7 +39,7 @@ from .launch import LaunchResult, launch_dir, run_app, settle_status
 from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
 from .tls import make_certificates
 from .wire_meter import WireMeter
-from .wire_results import add_wire_bytes
+from .wire_results import add_wire_bytes, wire_by_node
 
 # Public latency knob of Flower 1.39: how often a SuperExec polls for new tasks (default 1 s).
 # Stock executor: a fixed 0.05 s; warm worker: 0.01 s, its own idle back-off (and doorbell)
@@ -56,6 +56,7 @@ def poll_cap(supernodes: int) -> float:
 
 
 EXECUTORS = ("warm", "stock")
+WIRE_FILE = "wire.json"  # any app's deployment: wire bytes per SuperNode
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,9 @@ def _fault_injector(group: ProcessGroup, env: dict[str, str], nodes: list[SuperN
 
 def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
            options: DeployOptions) -> LaunchResult:
-    """Run one deployment to its end; `run_config` must carry `results-dir` and `run-name`.
+    """Run one deployment to its end; fedsqueeze's app needs `results-dir` and `run-name` in
+    `run_config` (its rows get wire bytes per round); any other app gets `WIRE_FILE` in
+    `results_dir`, its wire bytes per SuperNode.
 
     However it ends (also by Ctrl-C or SIGTERM), every process is stopped, summary.json says
     how it ended and the finished rounds get their wire bytes."""
@@ -268,6 +271,10 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
             shutil.rmtree(work, ignore_errors=True)
         settle_status(results_dir, status, failure, superlink_exit)
         record_deployment(results_dir, options, faults)
-        wire = add_wire_bytes(results_dir, meters[:options.clients], status, since=launched) \
-            if (results_dir / "rounds.jsonl").exists() else {}
+        if (results_dir / "rounds.jsonl").exists():  # fedsqueeze's app: wire bytes per round
+            wire = add_wire_bytes(results_dir, meters[:options.clients], status, since=launched)
+        else:  # any other app: per SuperNode, whatever it writes
+            wire = {"by_node": wire_by_node(meters[:options.clients], status)}
+            (results_dir / WIRE_FILE).write_text(json.dumps(
+                {"flower_status": status, **wire["by_node"]}, indent=1))
     return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)

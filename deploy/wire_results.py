@@ -29,7 +29,7 @@ from typing import Any
 
 from fedsqueeze.server.results import read_run, rewrite_run
 
-from .grpc_calls import POLL, UNPARSED
+from .grpc_calls import CONNECTION, MESSAGE, POLL, UNPARSED
 from .wire_meter import HTTP2_PREFACE, WireMeter, split_by_windows
 
 DIRECTIONS = ("up", "down")
@@ -159,3 +159,24 @@ def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict,
         summary[key] = None if any(v is None for v in values) else sum(values)
     rewrite_run(run_dir, all_rounds, summary)
     return section
+
+
+CALL_KINDS = (MESSAGE, POLL, CONNECTION, UNPARSED)
+
+
+def wire_by_node(meters: list[WireMeter], flower_status: dict) -> dict[str, Any]:
+    """Any app's wire bytes (no rounds needed): per SuperNode (by partition id) and direction,
+    the bytes of the gRPC calls that carry messages, of polls and heartbeats, of connection
+    frames and of what could not be parsed; their totals; Flower's own count beside them."""
+    nodes: dict[str, dict[str, int]] = {}
+    for partition_id, meter in enumerate(meters):
+        bytes_of = {f"{kind}_{d}": 0 for kind in CALL_KINDS for d in DIRECTIONS}
+        for _, direction, nbytes, kind in meter.kind_events():
+            bytes_of[f"{kind}_{direction}"] += nbytes
+        nodes[str(partition_id)] = bytes_of
+    keys = [f"{kind}_{d}" for kind in CALL_KINDS for d in DIRECTIONS]
+    traffic = flower_status.get("network-traffic", {})
+    return {"nodes": nodes, "total": {k: sum(n[k] for n in nodes.values()) for k in keys},
+            "flower_inbound_bytes": traffic.get("inbound-bytes"),
+            "flower_outbound_bytes": traffic.get("outbound-bytes"),
+            "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)}}

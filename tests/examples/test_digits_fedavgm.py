@@ -67,3 +67,25 @@ def test_flwr_run_runs_the_example_in_flowers_simulation_engine(tmp_path, flwr_r
     rows = json.loads(out.read_text())
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert all(r["message-up"] > 0 and r["message-down"] > 0 for r in rows)
+
+
+@pytest.mark.deployment
+def test_fedsqueeze_deploy_runs_the_example_on_two_supernodes_and_meters_each(tmp_path):
+    """`fedsqueeze deploy --app` on an app that is not fedsqueeze's: it completes, and each
+    SuperNode's wire bytes are in wire.json, at least the message bytes the app's own
+    `Compressed` counted."""
+    from fedsqueeze.deploy.cli import main
+
+    out = tmp_path / "rows.json"
+    code = main(["deploy", "--app", str(EXAMPLE), "--clients", "2", "--quiet",
+                 "--results-dir", str(tmp_path), "--run-name", "any",
+                 "--run-config", f"num-server-rounds=2 out='{out}'"])
+    assert code == 0
+    wire = json.loads((tmp_path / "any" / "wire.json").read_text())
+    assert wire["flower_status"]["status"] == "finished:completed"
+    assert sorted(wire["nodes"]) == ["0", "1"]
+    rows = json.loads(out.read_text())
+    for direction in ("up", "down"):
+        assert all(n[f"message_{direction}"] > 0 for n in wire["nodes"].values())
+        assert wire["total"][f"message_{direction}"] >= sum(r[f"message-{direction}"]
+                                                            for r in rows)
