@@ -13,7 +13,13 @@ import numpy as np
 import torch
 from flwr.supercore import log
 
-from fedsqueeze.data import DataError, default_data_dir, load_split, to_tensor
+from fedsqueeze.data import (
+    DataError,
+    dataset_identity,
+    default_data_dir,
+    load_split,
+    to_tensor,
+)
 from fedsqueeze.data.partition_cache import cached_partition, partition_key
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.training import ClientData
@@ -84,7 +90,8 @@ def _client_data(settings: RunSettings, partition_id: int, num_partitions: int,
                                 num_partitions=num_partitions, seed=settings.seed, **options)
         return images[indices], labels[indices]
 
-    key = partition_key(dataset=settings.dataset, split="train",
+    key = partition_key(dataset=settings.dataset, loader=dataset_identity(settings.dataset),
+                        split="train",
                         data_dir=str(settings.data_dir or default_data_dir()),
                         scheme=settings.partitioner, num_partitions=num_partitions,
                         partition_id=partition_id, seed=settings.seed, **options)

@@ -11,6 +11,7 @@ import importlib
 from fedsqueeze.data.datasets import (
     DEFAULT_DATASET,
     DatasetInfo,
+    dataset_identity,
     dataset_info,
     dataset_names,
     default_data_dir,
@@ -42,6 +43,7 @@ __all__ = [
     "DatasetInfo",
     "cached_partition",
     "PartitionOptions",
+    "dataset_identity",
     "dataset_info",
     "dataset_names",
     "default_data_dir",

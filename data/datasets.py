@@ -9,8 +9,11 @@ torchvision reads.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import inspect
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,6 +93,18 @@ def _source(name: str) -> _Source:
         raise DataError(
             f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}"
         ) from None
+
+
+def dataset_identity(name: str) -> str:
+    """What a dataset's data comes from: its loader's module and name and a digest of that
+    module's source (or its `__version__` when the source cannot be read), so that the
+    partition cache never serves what an earlier version of a loader produced."""
+    load = _source(name).load
+    try:
+        version = hashlib.sha256(Path(inspect.getfile(load)).read_bytes()).hexdigest()[:16]
+    except (TypeError, OSError):
+        version = str(getattr(sys.modules.get(load.__module__), "__version__", "unknown"))
+    return f"{load.__module__}.{load.__qualname__}:{version}"
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -237,15 +252,18 @@ def _cifar100(root: Path, train: bool, download: bool) -> Arrays:
 
 
 def to_tensor(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:
-    """float32 (N,C,H,W) tensor of `images / scale` (FedSparsify divides by 256)."""
+    """float32 tensor of `images / scale` (FedSparsify divides by 256), any numeric dtype:
+    (N,C,H,W) for images (N,H,W) or (N,H,W,C), (N,F) for feature vectors (N,F)."""
     if scale <= 0:
         raise DataError(f"scale must be > 0, got {scale}")
-    if images.ndim == 3:
+    if images.ndim == 2:
+        nchw = images
+    elif images.ndim == 3:
         nchw = images[:, None]
     elif images.ndim == 4:
         nchw = images.transpose(0, 3, 1, 2)
     else:
-        raise DataError(f"images must be (N,H,W) or (N,H,W,C), got shape {images.shape}")
-    out = np.ascontiguousarray(nchw, dtype=np.float32)
+        raise DataError(f"inputs must be (N,F), (N,H,W) or (N,H,W,C), got shape {images.shape}")
+    out = np.array(nchw, dtype=np.float32, order="C")  # a copy: the input may be read-only
     out /= np.float32(scale)
     return torch.from_numpy(out)

@@ -176,8 +176,10 @@ class PartitionHints:
             pass
 
     def take(self) -> None:
-        """Preload every partition reported since the last call."""
-        from fedsqueeze.strategies.settings import RunSettings
+        """Preload every partition reported since the last call (after the run's plugins,
+        which may register its dataset). A preload is a head start only: one that fails is
+        reported here, and the task reads its partition itself (and fails there, if at all)."""
+        from fedsqueeze.strategies.settings import RunSettings, import_plugins
 
         while True:
             try:
@@ -190,8 +192,13 @@ class PartitionHints:
         *lines, self._pending = self._pending.split(b"\n")
         for line in lines:
             hint = json.loads(line)
-            self._runtime.preload(RunSettings(**hint["settings"]), hint["partition_id"],
-                                  hint["num_partitions"])
+            try:
+                import_plugins(str(hint["settings"].get("plugins", "")))
+                self._runtime.preload(RunSettings(**hint["settings"]), hint["partition_id"],
+                                      hint["num_partitions"])
+            except Exception as err:  # noqa: BLE001 - any failure only loses the head start
+                print(f"preload of partition {hint['partition_id']} failed: {err!r}",
+                      flush=True)
 
 
 class ForkExecutor:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import math
+import sys
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
@@ -133,11 +135,28 @@ class MethodConfig:
         check_choice(self.key(field_name), getattr(self, field_name), choices)
 
 
+def import_plugins(names: str) -> None:
+    """Import the comma-separated modules of run-config `plugins` (each registers a user's
+    models or datasets with `register_model` / `register_dataset` when imported); a module
+    that cannot be imported is a ConfigError that says where it was looked for."""
+    for name in (n.strip() for n in names.split(",")):
+        if not name or name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(
+                f"run-config 'plugins': cannot import {name!r} ({err}); it must be importable "
+                "in every process of the run (installed in the environment, or on PYTHONPATH, "
+                "which fedsqueeze's launchers pass on to the processes they start)") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """Method-independent settings of a run (the keys without a method prefix)."""
 
     method: str = "fedavg"
+    plugins: str = ""  # importable modules that register a user's models and datasets
     dataset: str = "fashion-mnist"
     data_dir: str = ""
     data_download: bool = False
@@ -225,6 +244,9 @@ class RunSettings:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, UserValue]) -> RunSettings:
+        """The settings of a run; first imports its `plugins` (every process that reads a run
+        config comes here: the launcher, the ServerApp, each ClientApp, Ray's actors)."""
+        import_plugins(str(run_config.get("plugins", "")))
         return from_run_config(cls, run_config)
 
     def partition_options(self) -> dict[str, Any]:
