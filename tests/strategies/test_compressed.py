@@ -37,6 +37,17 @@ def _broadcast(fed):
     return flatten(fed.strategy.broadcast.model)
 
 
+def _synced_rounds(fed, rounds):
+    """The rows of `rounds` rounds, each checked: no failed reply, and every client that took
+    part holds the server's broadcast model bit for bit."""
+    for _ in range(rounds):
+        row = fed.run_round()
+        assert row["failed_replies"] == 0, row["failures"]
+        for p in row["clients"]:
+            assert np.array_equal(_held(fed, p), _broadcast(fed))
+        yield row
+
+
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_synced_clients_get_the_change_and_hold_the_servers_broadcast_bit_for_bit(
         tmp_path, channel):
@@ -106,11 +117,7 @@ def test_a_client_that_missed_rounds_catches_up_to_the_servers_broadcast_bit_for
                       "fraction-train": 0.5, "num-server-rounds": 8, "eval-every": 8},
                      clients=4, results_dir=tmp_path)
     caught_up = replayed = 0
-    for _ in range(8):
-        row = fed.run_round()
-        assert row["failed_replies"] == 0, row["failures"]
-        for p in row["clients"]:
-            assert np.array_equal(_held(fed, p), _broadcast(fed))
+    for row in _synced_rounds(fed, 8):
         caught_up += row["down_catchup"]
         replayed += row["down_catchup_replay"]
     assert caught_up > 0
@@ -165,11 +172,7 @@ def test_the_broadcast_starts_in_the_values_format_and_newcomers_start_from_it(t
     assert first["down_full_from_start"] == first["down_full"] == 2
     assert first["payload_down"] < 2 * 1.05 * n  # q8: about n bytes each, fp32 would be 4n
     late = 0
-    for _ in range(7):
-        row = fed.run_round()
-        assert row["failed_replies"] == 0, row["failures"]
-        for p in row["clients"]:
-            assert np.array_equal(_held(fed, p), _broadcast(fed))
+    for row in _synced_rounds(fed, 7):
         late += row["down_full_from_start"]
         assert row["down_full_from_start"] == row["down_full"]  # never the fp32 model
     assert late > 0
