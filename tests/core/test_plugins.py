@@ -6,6 +6,7 @@ stale partitions; a module that cannot be imported says where it was looked for.
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -48,11 +49,21 @@ def _plugin(folder, name):
 
 @pytest.fixture
 def on_path(tmp_path, monkeypatch):
-    """`tmp_path` importable here and in every process started from here (PYTHONPATH)."""
+    """`tmp_path` importable here and in every process started from here (PYTHONPATH); what
+    a plugin registers in this process is gone after the test."""
+    from fedsqueeze.data import datasets
+    from fedsqueeze.models import registry
+
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    return tmp_path
+    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    modules = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - modules:
+        if name.startswith("blobs_"):
+            del sys.modules[name]
 
 
 def test_a_plugins_dataset_and_model_train_in_process(on_path):

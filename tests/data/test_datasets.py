@@ -227,6 +227,11 @@ def test_to_tensor_accepts_the_read_only_cached_arrays(tmp_path, no_system_fashi
     assert to_tensor(images).shape == (12, 1, 28, 28)
 
 
-def test_to_tensor_rejects_other_shapes():
-    with pytest.raises(DataError, match=r"\(N,H,W\) or \(N,H,W,C\)"):
-        to_tensor(np.zeros((28, 28), np.uint8))
+def test_to_tensor_rejects_other_shapes_and_takes_feature_vectors():
+    with pytest.raises(DataError, match=r"\(N,F\), \(N,H,W\) or \(N,H,W,C\)"):
+        to_tensor(np.zeros((2, 3, 4, 5, 6), np.uint8))
+    features = np.arange(6, dtype=np.float64).reshape(2, 3)
+    features.flags.writeable = False  # as load_split returns them
+    out = to_tensor(features, scale=2.0)
+    assert out.dtype == torch.float32 and out.shape == (2, 3)
+    assert out.tolist() == [[0.0, 0.5, 1.0], [1.5, 2.0, 2.5]]
