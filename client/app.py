@@ -137,7 +137,8 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {}
     for name, record in msg.content.array_records.items():
         model = received_model(settings, context, record).to(device)
-        loss, accuracy = evaluate(model, test.x, test.y, settings.eval_batch_size)
+        loss, accuracy = evaluate(model, test.x, test.y, settings.eval_batch_size,
+                                  settings.loss)
         if name == ARRAYS:
             metrics.update(accuracy=accuracy, loss=loss)
         elif name.startswith(OWN):

@@ -16,6 +16,7 @@ from flwr.common.config import parse_config_args
 from fedsqueeze.strategies.build import run_channels
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.settings import ConfigError, RunSettings, UserValue
+from fedsqueeze.strategies.training import loss_named, optimizer_named
 
 
 def find_app_dir(explicit: str | None = None) -> Path:
@@ -63,4 +64,6 @@ def checked_run_config(app_dir: Path, overrides: dict[str, UserValue]) -> dict[s
     merged = {**declared, **overrides}
     settings = RunSettings.from_run_config(merged)
     run_channels(get_method(settings.method)(settings, merged), merged)
+    loss_named(settings.loss)  # the names exist (after the plugins registered theirs)
+    optimizer_named(settings.optimizer)
     return merged

@@ -26,11 +26,12 @@ class CentralEvaluator:
         self.y = torch.tensor(labels, dtype=torch.long)
         self.model = model
         self.batch_size = settings.eval_batch_size
+        self.loss = settings.loss
 
     def __call__(self, arrays: dict) -> tuple[float, float]:
         """(loss, accuracy) of the model with these travelling tensors."""
         load_arrays(self.model, arrays)
-        return evaluate(self.model, self.x, self.y, self.batch_size)
+        return evaluate(self.model, self.x, self.y, self.batch_size, self.loss)
 
 
 def local_evaluation(replies: list[Message], sent: dict[int, str]

@@ -180,6 +180,8 @@ class RunSettings:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.02
+    loss: str = "cross-entropy"  # a registered loss (strategies/training.py, or a plugin's)
+    optimizer: str = "sgd"  # a registered optimizer (plain SGD with momentum, weight decay)
     lr_decay: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0

@@ -1,9 +1,13 @@
-"""Local training and evaluation on pre-tensorised data (no DataLoader, no per-sample Python)."""
+"""Local training and evaluation on pre-tensorised data (no DataLoader, no per-sample Python).
+
+The loss and the optimizer are named in run config (`loss`, `optimizer`); a user's plugin adds
+its own with `register_loss` / `register_optimizer`. Evaluation counts top-1 accuracy."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,7 +15,49 @@ from torch import nn
 from torch.optim.sgd import sgd
 
 from .hooks import TrainingHooks
-from .settings import RunSettings
+from .settings import ConfigError, RunSettings
+
+LossFactory = Callable[[str], nn.Module]  # reduction ("mean", "sum") -> loss(logits, targets)
+OptimizerFactory = Callable[..., Any]  # (params, *, lr, momentum, weight_decay) -> an object
+#                                        with zero_grad() and step(), as torch's optimizers
+LOSSES: dict[str, LossFactory] = {
+    "cross-entropy": lambda reduction: nn.CrossEntropyLoss(reduction=reduction)}
+OPTIMIZERS: dict[str, OptimizerFactory] = {}
+
+
+def _register(table: dict, kind: str, name: str) -> Callable[[Any], Any]:
+    def decorate(factory: Any) -> Any:
+        if name in table:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        table[name] = factory
+        return factory
+    return decorate
+
+
+def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
+    """Decorator: `factory(reduction) -> loss module` becomes run-config `loss = name`."""
+    return _register(LOSSES, "loss", name)
+
+
+def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
+    """Decorator: `factory(params, *, lr, momentum, weight_decay)` becomes run-config
+    `optimizer = name` (the methods' training hooks run after each of its steps)."""
+    return _register(OPTIMIZERS, "optimizer", name)
+
+
+def loss_named(name: str, reduction: str = "mean") -> nn.Module:
+    if name not in LOSSES:
+        raise ConfigError(f"run-config 'loss' = {name!r}: one of {', '.join(sorted(LOSSES))} "
+                          "(or register yours with register_loss in a plugin)")
+    return LOSSES[name](reduction)
+
+
+def optimizer_named(name: str) -> OptimizerFactory:
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"run-config 'optimizer' = {name!r}: one of "
+                          f"{', '.join(sorted(OPTIMIZERS))} (or register yours with "
+                          "register_optimizer in a plugin)")
+    return OPTIMIZERS[name]
 
 
 @dataclass
@@ -74,6 +120,9 @@ class PlainSgd:
             self.momentum_buffers[i] = buffer
 
 
+OPTIMIZERS["sgd"] = PlainSgd
+
+
 def sgd_epochs(
     model: nn.Module,
     data: ClientData,
@@ -86,16 +135,20 @@ def sgd_epochs(
     seed: int,
     after_step: Callable[[nn.Module], None] | None = None,
     max_steps: int = 0,
+    loss: str = "cross-entropy",
+    optimizer: str = "sgd",
 ) -> float:
-    """Plain mini-batch SGD; returns the mean training loss of the last epoch.
+    """Mini-batch training (plain SGD by default); returns the mean training loss of the last
+    epoch.
 
     `after_step` runs after every optimizer step (sparse methods re-apply their masks there);
-    `max_steps` > 0 stops after that many steps in all (the last epoch may be partial).
+    `max_steps` > 0 stops after that many steps in all (the last epoch may be partial);
+    `loss`, `optimizer`: registered names (`LOSSES`, `OPTIMIZERS`).
     """
     model.train()
-    optimizer = PlainSgd(model.parameters(), lr=lr, momentum=momentum,
-                         weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
+    opt = optimizer_named(optimizer)(model.parameters(), lr=lr, momentum=momentum,
+                                     weight_decay=weight_decay)
+    loss_fn = loss_named(loss)
     generator = torch.Generator().manual_seed(seed)
     n = data.num_examples
     # Every batch is gathered into the same two buffers: a gather of the whole shuffled
@@ -112,13 +165,13 @@ def sgd_epochs(
             size = index.numel()
             xs = torch.index_select(data.x, 0, index, out=x_batch[:size])
             ys = torch.index_select(data.y, 0, index, out=y_batch[:size])
-            optimizer.zero_grad()
-            loss = loss_fn(model(xs), ys)
-            loss.backward()
-            optimizer.step()
+            opt.zero_grad()
+            batch_loss = loss_fn(model(xs), ys)
+            batch_loss.backward()
+            opt.step()
             if after_step is not None:
                 after_step(model)
-            total += float(loss.detach()) * size
+            total += float(batch_loss.detach()) * size
             seen += size
             steps += 1
             if steps == max_steps:
@@ -139,11 +192,11 @@ def sgd_steps(model: nn.Module, data: ClientData, *, steps: int, batch_size: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
-             ) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) of `model` on (x, y)."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+             loss: str = "cross-entropy") -> tuple[float, float]:
+    """(mean loss, top-1 accuracy) of `model` on (x, y); `loss` a registered name."""
     model.eval()
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    loss_fn = loss_named(loss, "sum")
     total_loss, correct = 0.0, 0
     for start in range(0, len(y), batch_size):
         logits = model(x[start:start + batch_size])
@@ -154,15 +207,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return total_loss / n, correct / n
 
 
-def minibatch_gradient(model: nn.Module, data: ClientData, batch_size: int, seed: int
-                       ) -> dict[str, np.ndarray]:
+def minibatch_gradient(model: nn.Module, data: ClientData, batch_size: int, seed: int,
+                       loss: str = "cross-entropy") -> dict[str, np.ndarray]:
     """The dense gradient of one random minibatch's loss (numpy, by parameter name)."""
     generator = torch.Generator().manual_seed(seed ^ 0x5EED)
     batch = torch.randperm(data.num_examples, generator=generator)[:batch_size].to(
         data.x.device)
     model.train()
     model.zero_grad(set_to_none=True)
-    nn.CrossEntropyLoss()(model(data.x[batch]), data.y[batch]).backward()
+    loss_named(loss)(model(data.x[batch]), data.y[batch]).backward()
     grads = {name: p.grad.detach().cpu().numpy().copy() for name, p in model.named_parameters()
              if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -175,15 +228,16 @@ def local_training(model: nn.Module, data: ClientData, settings: RunSettings,
     a message's training hooks; the mean loss of the last epoch."""
     options = dict(batch_size=settings.batch_size, lr=settings.lr_at(server_round),
                    momentum=settings.momentum, weight_decay=settings.weight_decay, seed=seed,
-                   after_step=hooks.after_step)
+                   after_step=hooks.after_step, loss=settings.loss,
+                   optimizer=settings.optimizer)
     hooks.attach(model)
     try:
         if hooks.local_steps:
             loss = sgd_steps(model, data, steps=hooks.local_steps, **options)
         else:
             loss = sgd_epochs(model, data, epochs=settings.local_epochs, **options)
-        hooks.after_training(model, lambda: minibatch_gradient(model, data,
-                                                               settings.batch_size, seed))
+        hooks.after_training(model, lambda: minibatch_gradient(
+            model, data, settings.batch_size, seed, loss=settings.loss))
     finally:
         hooks.detach()
     return loss

@@ -11,18 +11,23 @@ import sys
 import pytest
 
 from fedsqueeze.data import dataset_identity
-from fedsqueeze.deploy.config_check import find_app_dir
+from fedsqueeze.deploy.config_check import checked_run_config, find_app_dir
 from fedsqueeze.deploy.inprocess import Federation
 from fedsqueeze.server.results import read_run
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
 PLUGIN = '''
-"""A user's plugin: Gaussian blobs (8 float features, 3 classes) and a tiny MLP."""
+"""A user's plugin: Gaussian blobs (8 float features, 3 classes), a tiny MLP, a loss and an
+optimizer of its own."""
 import numpy as np
+import torch
 from torch import nn
 
-from fedsqueeze.data.datasets import DatasetInfo, register_dataset
-from fedsqueeze.models.registry import register_model
+from fedsqueeze.data import DatasetInfo, register_dataset
+from fedsqueeze.models import register_model
+from fedsqueeze.strategies.training import register_loss, register_optimizer
+
+CALLS = {"loss": 0, "optimizer": 0}
 
 CENTRES = np.random.default_rng(7).normal(0.0, 3.0, size=(3, 8)).astype(np.float32)
 
@@ -38,13 +43,26 @@ def blobs(root, train, download):
 @register_model("{name}-mlp")
 def mlp(num_classes, in_shape):
     return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+@register_loss("{name}-smooth")
+def smooth(reduction):
+    CALLS["loss"] += 1
+    return nn.CrossEntropyLoss(reduction=reduction, label_smoothing=0.05)
+
+
+@register_optimizer("{name}-adam")
+def adam(params, *, lr, momentum, weight_decay):
+    CALLS["optimizer"] += 1
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 '''
 
 
 def _plugin(folder, name):
     (folder / f"{name}.py").write_text(PLUGIN.replace("{name}", name))
     return {"plugins": name, "dataset": name, "model": f"{name}-mlp", "input-scale": 1.0,
-            "partitioner": "iid", "num-server-rounds": 3, "min-nodes": 2, "lr": 0.1}
+            "loss": f"{name}-smooth", "optimizer": f"{name}-adam", "lr": 0.02,
+            "partitioner": "iid", "num-server-rounds": 3, "min-nodes": 2}
 
 
 @pytest.fixture
@@ -53,12 +71,15 @@ def on_path(tmp_path, monkeypatch):
     a plugin registers in this process is gone after the test."""
     from fedsqueeze.data import datasets
     from fedsqueeze.models import registry
+    from fedsqueeze.strategies import training
 
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
     monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(training, "LOSSES", dict(training.LOSSES))
+    monkeypatch.setattr(training, "OPTIMIZERS", dict(training.OPTIMIZERS))
     modules = set(sys.modules)
     yield tmp_path
     for name in set(sys.modules) - modules:
@@ -71,6 +92,8 @@ def test_a_plugins_dataset_and_model_train_in_process(on_path):
     rows = Federation(keys, clients=2, results_dir=on_path / "r").run(3)
     assert rows[-1]["accuracy"] > 0.8  # three separated blobs; chance is 1/3
     assert rows[-1]["params"] == 8 * 16 + 16 + 16 * 3 + 3
+    calls = sys.modules["blobs_inproc"].CALLS  # its loss and optimizer trained and evaluated
+    assert calls["optimizer"] == 2 * 3 and calls["loss"] >= 2 * 3
 
 
 def test_a_changed_loader_has_another_identity_so_no_stale_partition(on_path):
@@ -83,9 +106,11 @@ def test_a_changed_loader_has_another_identity_so_no_stale_partition(on_path):
     assert dataset_identity("blobs_ident") != before
 
 
-def test_a_plugin_that_cannot_be_imported_is_a_clear_error():
+def test_a_plugin_that_cannot_be_imported_or_an_unknown_loss_is_a_clear_error():
     with pytest.raises(ConfigError, match="cannot import 'no_such_plugin'.*PYTHONPATH"):
         RunSettings.from_run_config({"plugins": "no_such_plugin"})
+    with pytest.raises(ConfigError, match="'loss' = 'nope': one of cross-entropy"):
+        checked_run_config(find_app_dir(), {"loss": "nope"})
 
 
 @pytest.mark.simulation
