@@ -161,6 +161,7 @@ class Compressed(Strategy):
         self.start_channel = Dense(downlink.start_dtype) if self.versioned else FULL
         self.origin: Origin | None = None  # B's start, as `start_channel` coded it
         self._catchups: dict[bytes, tuple[dict, dict, int]] = {}  # this round's, by base
+        self._starts: dict[bytes, tuple[dict, dict] | None] = {}  # this round's, by version
         self.accepted: set[int] = set()   # clients whose last train reply was accepted
         self.own_failures: list[Failure] = []
         self.traffic: dict[int, dict[int, dict[str, Traffic]]] = {}
@@ -297,7 +298,7 @@ class Compressed(Strategy):
         self._stats = {"change": 0, "full": 0, "from_start": 0, "catchup": 0, "replay": 0,
                        "skipped": 0, "catchup_bytes": 0,
                        "resyncs_before": self.holders.resyncs}
-        self._catchups = {}
+        self._catchups, self._starts = {}, {}
         if self.versioned:
             arrays = self._advance_broadcast(server_round, arrays)
         if self.link is not None:
@@ -461,13 +462,21 @@ class Compressed(Strategy):
     def _from_start(self, layout: h.Layout) -> tuple[dict, dict[str, Any]] | None:
         """(records, header) that take a client holding no model to the current broadcast
         model: the start model as first coded, then the catch-up from it (none while the
-        broadcast is still at its start); None when the history no longer reaches back to
-        the start, or when that is not smaller than the model in fp32."""
+        broadcast is still at its start); None when the start is fp32 (then never smaller than
+        the model), when the history no longer reaches back to it, or when that is not
+        smaller than the model in fp32. Computed once per round."""
+        version = self.broadcast.version
+        if version not in self._starts:
+            self._starts = {version: self._start_form(layout)}
+        return self._starts[version]
+
+    def _start_form(self, layout: h.Layout) -> tuple[dict, dict[str, Any]] | None:
         o = self.origin
-        if o is None:
+        if o is None or self.start_channel.dtype == "fp32":
             return None
         form: dict[str, Any] = {h.START: self.start_channel.spec(), h.BASE: o.version.hex(),
                                 **layout.to_config()}
+        size = sum(len(data) for _, data in o.payloads.values())
         records = o.records()
         if o.version == self.broadcast.version:
             form[h.FORM] = h.MODEL
@@ -475,13 +484,11 @@ class Compressed(Strategy):
             catchup = self._catchup(o.version)
             if catchup is None:
                 return None
+            size += payload_bytes(RecordDict(catchup[0]))
             records = {**records, **catchup[0]}
             form.update(catchup[1])
-        size = sum(len(data) for _, data in o.payloads.values()) + \
-            payload_bytes(RecordDict({k: v for k, v in records.items()
-                                      if not k.startswith(h.start_name(""))}))
-        return (records, form) if size < 4 * sum(x.size for x in self.broadcast.model) \
-            else None
+        model = 4 * sum(x.size for x in self.broadcast.model)
+        return (records, form) if size < model else None
 
     def _catchup(self, held: bytes) -> tuple[dict, dict[str, Any], int] | None:
         """(records, header, versions missed) of the catch-up from `held` to the current
