@@ -26,7 +26,7 @@ from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD, ident
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.replies import absurd_values
 from fedsqueeze.strategies.run_model import build_run_model
-from fedsqueeze.strategies.settings import RunSettings
+from fedsqueeze.strategies.settings import RunSettings, names_in
 from fedsqueeze.strategies.tensors import (
     from_arrayrecord,
     load_arrays,
@@ -34,7 +34,13 @@ from fedsqueeze.strategies.tensors import (
     to_arrayrecord,
     travelling_keys,
 )
-from fedsqueeze.strategies.training import derive_seed, evaluate, local_training, seed_torch
+from fedsqueeze.strategies.training import (
+    METRIC_PREFIX,
+    derive_seed,
+    evaluate,
+    local_training,
+    seed_torch,
+)
 
 from .runtime import (
     client_data,
@@ -137,10 +143,12 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     metrics: dict[str, float] = {}
     for name, record in msg.content.array_records.items():
         model = received_model(settings, context, record).to(device)
-        loss, accuracy = evaluate(model, test.x, test.y, settings.eval_batch_size,
-                                  settings.loss)
+        loss, accuracy, registered = evaluate(
+            model, test.x, test.y, settings.eval_batch_size, settings.loss,
+            names_in(settings.metrics) if name == ARRAYS else ())
         if name == ARRAYS:
             metrics.update(accuracy=accuracy, loss=loss)
+            metrics.update({f"{METRIC_PREFIX}{k}": v for k, v in registered.items()})
         elif name.startswith(OWN):
             metrics[f"accuracy-{name[len(OWN):]}"] = accuracy
     reply = RecordDict({

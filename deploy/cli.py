@@ -32,7 +32,7 @@ from fedsqueeze.data import (
 )
 from fedsqueeze.models import ModelError
 from fedsqueeze.server.checkpoint import latest_checkpoint
-from fedsqueeze.server.report import report
+from fedsqueeze.server.report import Run, report, round_table
 from fedsqueeze.server.results import fmt_bytes
 from fedsqueeze.server.side_by_side import side_by_side
 from fedsqueeze.strategies.model_transform import FedParaConfig
@@ -228,12 +228,19 @@ def launch_config(args: argparse.Namespace, settings: RunSettings, engine: str,
         run_dir = results_parent / run_name
     overrides = {**_overrides(args), **(extra or {}),
                  "results-dir": str(results_parent), "run-name": run_name, "engine": engine}
-    if (run_dir / "config.json").exists() and not args.resume:
-        if not args.overwrite:
+    if not args.resume:
+        claim_run_dir(run_dir, args.overwrite)
+    return run_dir, overrides
+
+
+def claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A fresh run directory: one that holds a run is an error, or with `overwrite` removed
+    (no rows or node logs of the old run mixed into the new one's)."""
+    if (run_dir / "config.json").exists() or (run_dir / WIRE_FILE).exists():
+        if not overwrite:
             raise ConfigError(f"{run_dir} holds a run already: choose another --run-name, or "
                               "pass --overwrite to replace it")
-        shutil.rmtree(run_dir)  # a fresh directory: no rows or node logs of the old run mixed in
-    return run_dir, overrides
+        shutil.rmtree(run_dir)
 
 
 def cmd_simulate(args: argparse.Namespace, console: Console) -> int:
@@ -298,14 +305,15 @@ def deploy_any_app(args: argparse.Namespace, console: Console) -> int:
     options = _deploy_options(args)
     run_dir = Path(args.results_dir).resolve() / (
         args.run_name or f"{app_dir.name}-deployment-{datetime.now(UTC):%Y%m%d-%H%M%S}")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite:
-            raise ConfigError(f"{run_dir} holds a run already: choose another --run-name, or "
-                              "pass --overwrite to replace it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    claim_run_dir(run_dir, args.overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
     console.print(f"{_deployment_header(options)}, app {app_dir} -> {run_dir}")
     result = deploy(app_dir, parse_overrides(args.run_config), run_dir, options)
+    if (run_dir / "rounds.jsonl").is_file():
+        console.print(round_table(Run(run_dir)))
+        if not any(r["message_up"] is not None for r in Run(run_dir).rounds):
+            console.print("payload and message bytes: the app's ServerApp does not use "
+                          "fedsqueeze's Compressed (they are in its rows when it does)")
     print_wire_by_node(result.wire["by_node"], console)
     status = result.status.get("status", "unknown")
     if not result.succeeded or result.leftover_pids:
@@ -314,7 +322,8 @@ def deploy_any_app(args: argparse.Namespace, console: Console) -> int:
                       f"{result.status.get('status-details', '')}[/red] (logs: "
                       f"{result.logs_dir}){left}")
         return 1
-    console.print(f"run {result.run_id} {status}; wire bytes: {run_dir / WIRE_FILE}")
+    console.print(f"run {result.run_id} {status}; results: {run_dir} (rounds.jsonl, "
+                  f"summary.json, {WIRE_FILE})")
     return 0
 
 

@@ -220,13 +220,15 @@ def config_text(keys: dict[str, UserValue]) -> str:
 
 class Progress:
     """One line per run start and, at most every `every` seconds, one per round: which run,
-    round i/N, accuracy, seconds per round, and the ETA of the run and of the comparison."""
+    round i/N, accuracy, seconds per round, and the ETA of the run (from its own seconds per
+    round) and of the comparison (the rest of this run, then the other runs' rounds at the
+    mean of the runs' own rates so far: a slow run after a fast one is not averaged away)."""
 
     def __init__(self, total_rounds: int, echo: Callable[[str], None] = print,
                  every: float = 10.0, accuracy: bool = True) -> None:
         self.left, self.echo, self.every = total_rounds, echo, every
         self.accuracy = accuracy  # False: the test-set accuracy is not shown (tuning)
-        self.spent = self.done = 0.0
+        self.runs: dict[str, tuple[float, int]] = {}  # label -> (seconds, rounds) so far
         self._last = 0.0
 
     def start(self, index: int, count: int, label: str, note: str = "") -> None:
@@ -235,20 +237,26 @@ class Progress:
     def skip(self, rounds: int) -> None:
         self.left -= rounds
 
+    def etas(self, label: str, rounds_left: int) -> tuple[float, float]:
+        """(seconds left in run `label`, seconds left in the comparison)."""
+        spent, done = self.runs[label]
+        own = spent / done
+        typical = sum(s / d for s, d in self.runs.values()) / len(self.runs)
+        return own * rounds_left, own * rounds_left + typical * (self.left - rounds_left)
+
     def round(self, label: str, row: dict[str, Any], rounds: int, seconds: float) -> None:
         self.left -= 1
-        self.done += 1
-        self.spent += seconds
+        spent, done = self.runs.get(label, (0.0, 0))
+        self.runs[label] = (spent + seconds, done + 1)
         now = time.monotonic()
         if now - self._last < self.every and row["round"] < rounds:
             return
         self._last = now
-        per_round = self.spent / self.done
+        run_eta, all_eta = self.etas(label, rounds - row["round"])
         acc = row["accuracy"]
         shown = f"  accuracy {'-' if acc is None else f'{acc:.4f}'}" if self.accuracy else ""
         self.echo(f"    {label}: round {row['round']}/{rounds}{shown}  {seconds:.2f} s/round  "
-                  f"ETA run {_duration(per_round * (rounds - row['round']))}, all "
-                  f"{_duration(per_round * self.left)}")
+                  f"ETA run {_duration(run_eta)}, all {_duration(all_eta)}")
 
 
 def _duration(seconds: float) -> str:

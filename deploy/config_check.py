@@ -15,8 +15,9 @@ from flwr.common.config import parse_config_args
 
 from fedsqueeze.strategies.build import run_channels
 from fedsqueeze.strategies.registry import get_method
-from fedsqueeze.strategies.settings import ConfigError, RunSettings, UserValue
-from fedsqueeze.strategies.training import loss_named, optimizer_named
+from fedsqueeze.strategies.settings import ConfigError, RunSettings, UserValue, names_in
+from fedsqueeze.strategies.sinks import check_sinks
+from fedsqueeze.strategies.training import loss_named, metric_named, optimizer_named
 
 
 def find_app_dir(explicit: str | None = None) -> Path:
@@ -66,4 +67,7 @@ def checked_run_config(app_dir: Path, overrides: dict[str, UserValue]) -> dict[s
     run_channels(get_method(settings.method)(settings, merged), merged)
     loss_named(settings.loss)  # the names exist (after the plugins registered theirs)
     optimizer_named(settings.optimizer)
+    for name in names_in(settings.metrics):
+        metric_named(name)
+    check_sinks(names_in(settings.sinks))
     return merged

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsqueeze.server.doorbell import ENV as DOORBELLS
+from fedsqueeze.strategies.sinks import ROUNDS_LOG_ENV
 
 from .auth import make_node_key, register
+from .config_check import is_fedsqueeze_app
 from .faults import FaultInjector, Kill
 from .flower import (
     SERVERAPP_ENTRY,
@@ -39,7 +41,7 @@ from .launch import LaunchResult, launch_dir, run_app, settle_status
 from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
 from .tls import make_certificates
 from .wire_meter import WireMeter
-from .wire_results import add_wire_bytes, wire_by_node
+from .wire_results import add_wire_bytes, read_rounds_log, wire_by_node, write_any_app_results
 
 # Public latency knob of Flower 1.39: how often a SuperExec polls for new tasks (default 1 s).
 # Stock executor: a fixed 0.05 s; warm worker: 0.01 s, its own idle back-off (and doorbell)
@@ -57,6 +59,7 @@ def poll_cap(supernodes: int) -> float:
 
 EXECUTORS = ("warm", "stock")
 WIRE_FILE = "wire.json"  # any app's deployment: wire bytes per SuperNode
+ROUNDS_LOG = "compressed-rounds.jsonl"  # what a `Compressed` in any app logged
 
 
 @dataclass(frozen=True)
@@ -199,8 +202,8 @@ def _fault_injector(group: ProcessGroup, env: dict[str, str], nodes: list[SuperN
 def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
            options: DeployOptions) -> LaunchResult:
     """Run one deployment to its end; fedsqueeze's app needs `results-dir` and `run-name` in
-    `run_config` (its rows get wire bytes per round); any other app gets `WIRE_FILE` in
-    `results_dir`, its wire bytes per SuperNode.
+    `run_config` (its rows get wire bytes per round); any other app gets rows by round in
+    `results_dir` (`write_any_app_results`) and `WIRE_FILE`, its wire bytes per SuperNode.
 
     However it ends (also by Ctrl-C or SIGTERM), every process is stopped, summary.json says
     how it ended and the finished rounds get their wire bytes."""
@@ -210,6 +213,10 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     logs = results_dir / "logs"
     env = flower_env(work / "flwr-home")
     group = ProcessGroup(logs)
+    ours = is_fedsqueeze_app(app_dir)
+    rounds_log = results_dir / ROUNDS_LOG
+    if not ours:  # a `Compressed` in the app's ServerApp logs its bytes per round here
+        env[ROUNDS_LOG_ENV] = str(rounds_log)
     link_env = env
     if options.tuned_latency:
         env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
@@ -270,10 +277,13 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
         if not leftover:  # a process that would not stop may still use its Flower home
             shutil.rmtree(work, ignore_errors=True)
         settle_status(results_dir, status, failure, superlink_exit)
+        if not ours:  # any other app: rows by round from its messages' group ids
+            write_any_app_results(results_dir, app_dir, run_config, meters[:options.clients],
+                                  read_rounds_log(rounds_log), status, failure)
         record_deployment(results_dir, options, faults)
-        if (results_dir / "rounds.jsonl").exists():  # fedsqueeze's app: wire bytes per round
+        if ours and (results_dir / "rounds.jsonl").exists():  # wire bytes into its rows
             wire = add_wire_bytes(results_dir, meters[:options.clients], status, since=launched)
-        else:  # any other app: per SuperNode, whatever it writes
+        else:  # per SuperNode, whatever the app wrote
             wire = {"by_node": wire_by_node(meters[:options.clients], status)}
             (results_dir / WIRE_FILE).write_text(json.dumps(
                 {"flower_status": status, **wire["by_node"]}, indent=1))

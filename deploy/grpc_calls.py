@@ -13,6 +13,11 @@ learn each stream's `:path`, and classifies every stream when it ends:
 * `connection`: the client preface and frames of stream 0 (SETTINGS, PING, WINDOW_UPDATE,
   GOAWAY), which serve whatever the connection carries; counted with `message`.
 
+Each `message` stream also gets the message the SuperNode last pulled (`Pulled`: its type,
+creation time and group id), and PushMessages calls (replies) are marked, so any app's wire
+bytes split by round (deploy/wire_results.py); the node id the pulled messages were addressed
+to names the SuperNode.
+
 The parser sees bytes exactly as the relay delivers them; a frame's bytes are attributed when
 the frame is complete. Anything it cannot parse (TLS, a protocol error) turns the connection
 into `unparsed` from there on, never into a wrong split.
@@ -21,6 +26,7 @@ into `unparsed` from there on, never into a wrong split.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 from hpack import Decoder
@@ -34,22 +40,34 @@ FRAME_HEADER = 9
 FLEET = "/flwr.proto.Fleet/"
 HEARTBEAT = FLEET + "SendNodeHeartbeat"
 PULL_MESSAGES = FLEET + "PullMessages"
+PUSH_MESSAGES = FLEET + "PushMessages"
 POLL, MESSAGE, CONNECTION, UNPARSED = "poll", "message", "connection", "unparsed"
 MAX_PULL_RESPONSE = 1 << 20  # keep at most this much of a PullMessages response to decode
 
 
-def empty_pull_response(body: bytes) -> bool:
-    """Whether a PullMessages response (gRPC length-prefixed protobufs) carried no message."""
+class Pulled(NamedTuple):
+    """What the relay learns of a message a SuperNode pulled (its metadata)."""
+    message_type: str
+    created_at: float  # by the ServerApp's clock (time.time())
+    group_id: str
+    dst_node_id: int
+
+
+def pulled_messages(body: bytes) -> list[Pulled]:
+    """The messages a PullMessages response (gRPC length-prefixed protobufs) delivered; none:
+    an idle poll."""
     from flwr.proto.fleet_pb2 import PullMessagesResponse
 
-    offset, any_message = 0, False
+    offset, messages = 0, []
     while offset + 5 <= len(body):
         length = struct.unpack_from(">I", body, offset + 1)[0]
         response = PullMessagesResponse()
         response.ParseFromString(bytes(body[offset + 5:offset + 5 + length]))
-        any_message |= len(response.messages_list) > 0
+        messages += [Pulled(m.metadata.message_type, m.metadata.created_at,
+                            m.metadata.group_id, m.metadata.dst_node_id)
+                     for m in response.messages_list]
         offset += 5 + length
-    return not any_message
+    return messages
 
 
 class ConnectionCalls:
@@ -63,6 +81,9 @@ class ConnectionCalls:
         self._paths: dict[int, str] = {}
         self._pull_body: dict[int, bytearray] = {}
         self._kinds: dict[int, str] = {}
+        self._served: dict[int, Pulled] = {}  # message streams: the message they served
+        self.pulled: list[Pulled] = []        # every message the SuperNode pulled
+        self.pushes: set[int] = set()         # streams of PushMessages calls (replies)
         self.unparsed = False
         self.reason = ""                     # why the connection became unparsed
 
@@ -74,6 +95,11 @@ class ConnectionCalls:
         if stream == 0:
             return CONNECTION
         return self._kinds.get(stream, MESSAGE)
+
+    def served_by(self, stream: int) -> Pulled | None:
+        """The message a finished message stream served (the last one pulled before it
+        ended), else None."""
+        return self._served.get(stream)
 
     def feed(self, direction: str, data: bytes) -> list[tuple[int, int]]:
         """Bytes delivered in `direction`; returns (stream id, bytes) of the frames they
@@ -125,6 +151,8 @@ class ConnectionCalls:
                     self._paths[stream] = path
                     if path == PULL_MESSAGES:
                         self._pull_body[stream] = bytearray()
+                    elif path == PUSH_MESSAGES:
+                        self.pushes.add(stream)
         if direction == DOWN and isinstance(frame, DataFrame) and stream in self._pull_body:
             body = self._pull_body[stream]
             if len(body) < MAX_PULL_RESPONSE:
@@ -135,7 +163,11 @@ class ConnectionCalls:
     def _close(self, stream: int) -> None:
         path = self._paths.pop(stream)
         body = self._pull_body.pop(stream, None)
-        if path == HEARTBEAT or (body is not None and empty_pull_response(body)):
+        pulled = pulled_messages(body) if body is not None else []
+        self.pulled += pulled
+        if path == HEARTBEAT or (body is not None and not pulled):
             self._kinds[stream] = POLL
         else:
             self._kinds[stream] = MESSAGE
+            if self.pulled:
+                self._served[stream] = self.pulled[-1]

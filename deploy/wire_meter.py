@@ -57,7 +57,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 
-from .grpc_calls import ConnectionCalls
+from .grpc_calls import MESSAGE, ConnectionCalls, Pulled
 
 __all__ = ["WireMeter", "EventTimeline", "bytes_between", "split_by_windows", "HTTP2_PREFACE"]
 
@@ -249,6 +249,29 @@ class WireMeter:
         with self._lock:
             events = list(self._call_events)
         return [(t, d, n, self._calls[c].kind(stream)) for t, d, n, c, stream in events]
+
+    def message_events(self) -> list[tuple[float, str, int, Pulled | None]]:
+        """(time, direction, bytes, the message it served) per frame of a finished message
+        stream; frames of polls, connection frames and unparsed bytes are not in it."""
+        with self._lock:
+            events = list(self._call_events)
+        return [(t, d, n, self._calls[c].served_by(stream)) for t, d, n, c, stream in events
+                if self._calls[c].kind(stream) == MESSAGE]
+
+    def push_times(self) -> list[float]:
+        """When each PushMessages call (a reply) started."""
+        with self._lock:
+            events = list(self._call_events)
+        first: dict[tuple[int, int], float] = {}
+        for t, _, _, c, stream in events:
+            if stream in self._calls[c].pushes:
+                first.setdefault((c, stream), t)
+        return sorted(first.values())
+
+    def pulled(self) -> list[Pulled]:
+        """Every message the SuperNode behind this relay pulled."""
+        with self._lock:
+            return [p for c in self._calls for p in c.pulled]
 
     def events(self) -> list[Event]:
         """(time.time(), "up"|"down", nbytes) in time order, merged per ``resolution``."""

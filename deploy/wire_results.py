@@ -24,12 +24,20 @@ Checks written into summary.json:
 
 from __future__ import annotations
 
+import json
+import warnings
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any
 
-from fedsqueeze.server.results import read_run, rewrite_run
+import flwr
+from flwr.app import MessageType
 
-from .grpc_calls import CONNECTION, MESSAGE, POLL, UNPARSED
+from fedsqueeze.server.results import ROUND_KEYS, ResultsWriter, read_run, rewrite_run
+from fedsqueeze.strategies.settings import import_plugins, names_in
+from fedsqueeze.strategies.sinks import deliver, sinks_named
+
+from .grpc_calls import CONNECTION, MESSAGE, POLL, UNPARSED, Pulled
 from .wire_meter import HTTP2_PREFACE, WireMeter, split_by_windows
 
 DIRECTIONS = ("up", "down")
@@ -158,7 +166,23 @@ def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict,
         values = [r.get(key) for r in all_rounds]
         summary[key] = None if any(v is None for v in values) else sum(values)
     rewrite_run(run_dir, all_rounds, summary)
+    wire_to_sinks(config.get("run_config", {}), run_dir, rounds)
     return section
+
+
+def wire_to_sinks(run_config: dict[str, Any], run_dir: Path, rounds: list[dict[str, Any]]
+                  ) -> None:
+    """The wire bytes of these rounds to the run's results sinks (the ServerApp gave them
+    everything else; only the launcher sees the wire)."""
+    names = names_in(str(run_config.get("sinks", "")))
+    if not names:
+        return
+    import_plugins(str(run_config.get("plugins", "")))  # a plugin's sinks
+    sinks = sinks_named(names, run_dir)
+    for row in rounds:
+        deliver(sinks, {key: row[key] for key in ("round", "wire_up", "wire_down")})
+    for sink in sinks:
+        sink.close()
 
 
 CALL_KINDS = (MESSAGE, POLL, CONNECTION, UNPARSED)
@@ -180,3 +204,115 @@ def wire_by_node(meters: list[WireMeter], flower_status: dict) -> dict[str, Any]
             "flower_inbound_bytes": traffic.get("inbound-bytes"),
             "flower_outbound_bytes": traffic.get("outbound-bytes"),
             "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)}}
+
+
+def round_starts(meters: list[WireMeter]) -> list[float]:
+    """When each round's train messages were created, under Flower's `Strategy.start`: train
+    messages created with no reply pushed in between are one round's (a round creates all
+    its train messages before it sends any; the next round's come after its replies)."""
+    trains = sorted({p.created_at for m in meters for p in m.pulled()
+                     if p.message_type == MessageType.TRAIN})
+    pushes = sorted(t for m in meters for t in m.push_times())
+    starts: list[float] = []
+    for previous, created in zip([None, *trains], trains):
+        if previous is None or bisect_left(pushes, created) > bisect_right(pushes, previous):
+            starts.append(created)
+    return starts
+
+
+def round_of(message: Pulled, starts: list[float]) -> int | None:
+    """The round a message served: its group id when that is a number, else the last round
+    started when it was created (None: created before the first train message)."""
+    if message.group_id.isdigit():
+        return int(message.group_id)
+    return bisect_right(starts, message.created_at) or None
+
+
+def rounds_of_any_app(meters: list[WireMeter], logged: list[dict[str, Any]]
+                      ) -> list[dict[str, Any]]:
+    """Rows in the results schema for an app that is not fedsqueeze's, one per round
+    (`round_of` each message the SuperNodes pulled; needs cleartext gRPC).
+
+    `wire_*`: the bytes of the gRPC calls that served the round's messages, in total and per
+    SuperNode (`per_client`, by partition id; polls and connection frames are per SuperNode in
+    `wire.json`). `payload_*` and `message_*`: what a `Compressed` in the app logged
+    (`logged`, its rows: the round's train messages), else None; its federated evaluation's
+    `accuracy` and `loss` when it reports them."""
+    partition_of = {p.dst_node_id: str(pid) for pid, m in enumerate(meters) for p in m.pulled()}
+    starts = round_starts(meters)
+    rows: dict[int, dict[str, Any]] = {}
+    for pid, meter in enumerate(meters):
+        for t, direction, nbytes, served in meter.message_events():
+            number = None if served is None else round_of(served, starts)
+            if number is None:  # calls before the first train message
+                continue
+            row = rows.get(number)
+            if row is None:
+                row = rows[number] = {key: None for key in ROUND_KEYS}
+                row.update(round=number, wire_up=0, wire_down=0, per_client={},
+                           started_unix=t, ended_unix=t)
+            row[f"wire_{direction}"] += nbytes
+            row["started_unix"] = min(row["started_unix"], t)
+            row["ended_unix"] = max(row["ended_unix"], t)
+            client = row["per_client"].setdefault(str(pid), {"wire_up": 0, "wire_down": 0})
+            client[f"wire_{direction}"] += nbytes
+    for row in rows.values():
+        row["seconds"] = row["ended_unix"] - row["started_unix"]
+    for entry in logged:
+        row = rows.get(entry.get("round"))
+        if row is None:
+            continue
+        for key in ("payload_up", "payload_down", "message_up", "message_down"):
+            if key in entry:
+                row[key] = entry[key]
+        for node, values in entry.get("per_client", {}).items():
+            row["per_client"].setdefault(partition_of.get(int(node), f"node {node}"),
+                                         {}).update(values)
+        evaluated = entry.get("evaluate") or {}
+        for key in ("accuracy", "loss"):
+            if isinstance(evaluated.get(key), (int, float)):
+                row[key] = float(evaluated[key])
+        if evaluated:
+            row["evaluate"] = evaluated
+    return [rows[number] for number in sorted(rows)]
+
+
+def read_rounds_log(path: Path) -> list[dict[str, Any]]:
+    """The rows a `Compressed` logged (`$FEDSQUEEZE_ROUNDS_LOG`); none if it logged none; a
+    line cut short by a killed ServerApp is skipped with a warning."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: skipping a broken line ({line[:40]!r}...)", stacklevel=2)
+    return rows
+
+
+def write_any_app_results(run_dir: Path, app_dir: Path, run_config: dict[str, Any],
+                          meters: list[WireMeter], logged: list[dict[str, Any]],
+                          flower_status: dict[str, Any], failure: BaseException | None
+                          ) -> list[dict[str, Any]]:
+    """config.json, rounds.jsonl and summary.json (the results schema) of a deployment of an
+    app that is not fedsqueeze's: `rounds_of_any_app`, and how the run ended (Flower's
+    status; `interrupted` when the launcher was stopped). Returns the rows."""
+    writer = ResultsWriter(run_dir, {
+        "app": str(app_dir), "run_config": dict(run_config), "engine": "deployment",
+        "transport": "grpc-rere (Fleet API)", "flwr_version": flwr.__version__})
+    rows = rounds_of_any_app(meters, logged)
+    for row in rows:
+        writer.write_round(row)
+    said = str(flower_status.get("status", "unknown"))
+    if isinstance(failure, KeyboardInterrupt):
+        status, error = "interrupted", "the launcher was stopped (Ctrl-C or SIGTERM)"
+    elif said == "finished:completed":
+        status, error = "completed", None
+    else:
+        status = "failed"
+        error = f"Flower says {said} {flower_status.get('status-details', '')}".rstrip()
+        if failure is not None:
+            error += f"; the launch failed: {failure}"
+    writer.finish(status, sum(r["seconds"] for r in rows), error)
+    return rows

@@ -19,7 +19,8 @@ from flwr.supercore import log
 from fedsqueeze.strategies.build import build_strategy
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
-from fedsqueeze.strategies.settings import RunSettings
+from fedsqueeze.strategies.settings import RunSettings, names_in
+from fedsqueeze.strategies.sinks import sinks_named
 from fedsqueeze.strategies.tensors import (
     count_nonzeros,
     model_arrays,
@@ -88,7 +89,8 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
         first_round = checkpoint.round + 1
         writer = ResultsWriter.resume(run_dir, checkpoint.round,
                                       {**dict(run_config), **method.run_config()},
-                                      {"run_id": run_id, "started_utc": started_utc})
+                                      {"run_id": run_id, "started_utc": started_utc},
+                                      sinks_named(names_in(settings.sinks), run_dir))
         log(INFO, "resuming %s after round %d (its checkpoint)", run_dir, checkpoint.round)
     else:
         writer = ResultsWriter(run_dir, {
@@ -98,7 +100,7 @@ def start_run(grid: Grid, run_config: dict, run_id: int) -> tuple[RoundRunner, A
             "transport": TRANSPORTS.get(settings.engine, "unknown"),
             "run_id": run_id,
             "started_utc": started_utc,
-        })
+        }, sinks=sinks_named(names_in(settings.sinks), run_dir))
     log(INFO, "results: %s", run_dir)
     exit_when_launcher_gone(ORPHAN_GRACE_S, lambda: _orphaned(writer))
     trainable = trainable_keys(model)

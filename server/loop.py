@@ -40,6 +40,7 @@ from fedsqueeze.strategies.sampling import ClientDirectory
 from fedsqueeze.strategies.settings import RunSettings
 from fedsqueeze.strategies.state import ServerState
 from fedsqueeze.strategies.tensors import from_arrayrecord
+from fedsqueeze.strategies.training import Evaluation
 
 from .checkpoint import save_checkpoint
 from .evaluation import local_evaluation
@@ -214,12 +215,12 @@ def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Mess
 
 
 def evaluate_extra(strategy: Strategy, server_round: int,
-                   evaluate_fn: Callable[[dict], tuple[float, float]]) -> dict[str, float]:
+                   evaluate_fn: Callable[..., Evaluation]) -> dict[str, float]:
     """`accuracy_<name>` (mean) and `accuracy_<name>_min` of the strategy's extra models."""
     row: dict[str, float] = {}
     extra = getattr(strategy, "models_to_evaluate", lambda t: {})(server_round)
     for name, models in extra.items():
-        accuracies = [evaluate_fn(model)[1] for model in models]
+        accuracies = [evaluate_fn(model, metrics=False).accuracy for model in models]
         if accuracies:
             row[f"accuracy_{name}"] = sum(accuracies) / len(accuracies)
             row[f"accuracy_{name}_min"] = min(accuracies)
@@ -235,7 +236,7 @@ class RoundRunner:
     """Runs the rounds of one run against a (metered) grid and writes their rows."""
 
     def __init__(self, grid: MeteredGrid, strategy: Strategy, settings: RunSettings,
-                 writer: ResultsWriter, evaluate_fn: Callable[[dict], tuple[float, float]],
+                 writer: ResultsWriter, evaluate_fn: Callable[..., Evaluation],
                  count_nonzeros: Callable[[dict], tuple[int, int]], first_round: int = 1
                  ) -> None:
         self.grid = grid
@@ -313,10 +314,11 @@ class RoundRunner:
         timing["aggregate"] = self._aggregate_seconds
         plain = from_arrayrecord(arrays)
         loss = accuracy = None
+        metrics: dict[str, float] = {}
         extra_accuracy: dict[str, float | None] = {}
         if server_round % s.eval_every == 0 or server_round == s.num_server_rounds:
             evaluate_started = time.monotonic()
-            loss, accuracy = self.evaluate_fn(plain)
+            loss, accuracy, metrics = self.evaluate_fn(plain)
             timing["evaluate"] = time.monotonic() - evaluate_started
             extra_accuracy = evaluate_extra(strategy, server_round, self.evaluate_fn)
         local = self._evaluate_locally(server_round, arrays) \
@@ -330,6 +332,7 @@ class RoundRunner:
             "round": server_round,
             "accuracy": accuracy,
             "loss": loss,
+            **({"metrics": metrics} if metrics else {}),
             **totals,
             "wire_up": None,
             "wire_down": None,

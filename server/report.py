@@ -80,7 +80,8 @@ def round_table(run: Run) -> Table:
         table.add_row(str(r["round"]), fmt_acc(r["accuracy"]), str(r.get("failed_replies", 0)),
                       *(fmt_bytes(r[k]) for k in ("payload_up", "payload_down", "message_up",
                                                   "message_down", "wire_up", "wire_down")),
-                      f"{r['nonzeros']:,}", f"{r['seconds']:.2f}")
+                      "-" if r["nonzeros"] is None else f"{r['nonzeros']:,}",
+                      f"{r['seconds']:.2f}")
     return table
 
 
@@ -117,7 +118,8 @@ def plot_runs(runs: list[Run], out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
-        ax.plot([r["round"] for r in run.rounds], [r["nonzeros"] for r in run.rounds],
+        counted = [r for r in run.rounds if r["nonzeros"] is not None]  # any app's: none
+        ax.plot([r["round"] for r in counted], [r["nonzeros"] for r in counted],
                 marker=".", label=run.label)
     ax.set(xlabel="round", ylabel="non-zero parameters", title="Model size vs round")
     paths.append(_save(fig, ax, out_dir / "nonzeros_vs_round.png"))

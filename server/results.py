@@ -11,8 +11,11 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from fedsqueeze.strategies.sinks import RoundSink, deliver
 
 # Keys every row of rounds.jsonl has (bytes are of that round, all clients together).
 ROUND_KEYS = ("round", "accuracy", "loss", "payload_up", "payload_down", "message_up",
@@ -55,12 +58,14 @@ def _finite_or_null(value: Any) -> Any:
 
 class ResultsWriter:
     def __init__(self, run_dir: Path, config: dict[str, Any],
-                 rows: list[dict[str, Any]] | None = None) -> None:
+                 rows: list[dict[str, Any]] | None = None,
+                 sinks: Sequence[RoundSink] = ()) -> None:
         """A new run's results (or, with `rows`, a resumed run's: those rows are kept and
-        the next ones appended)."""
+        the next ones appended); each row written also goes to `sinks`."""
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
         self.config = config
+        self.sinks = list(sinks)
         self.rows: list[dict[str, Any]] = list(rows or [])
         _write_json(run_dir / "config.json", config)
         _write_rows(run_dir, self.rows)
@@ -69,7 +74,7 @@ class ResultsWriter:
 
     @classmethod
     def resume(cls, run_dir: Path, after_round: int, run_config: dict[str, Any],
-               note: dict[str, Any]) -> ResultsWriter:
+               note: dict[str, Any], sinks: Sequence[RoundSink] = ()) -> ResultsWriter:
         """Continue a run directory after round `after_round` (its checkpoint): rows of later
         rounds (written after the checkpoint) are dropped; config.json takes the resumed
         run's config and gains a `resumed` entry naming the keys that changed."""
@@ -80,7 +85,7 @@ class ResultsWriter:
         config["run_config"] = {**before, **run_config}
         config.setdefault("resumed", []).append({"after_round": after_round,
                                                  "changed": changed, **note})
-        return cls(run_dir, config, [r for r in rounds if r["round"] <= after_round])
+        return cls(run_dir, config, [r for r in rounds if r["round"] <= after_round], sinks)
 
     def update_config(self, **entries: Any) -> None:
         self.config.update(entries)
@@ -95,9 +100,13 @@ class ResultsWriter:
         self._rounds.write(json.dumps(row, sort_keys=True, allow_nan=False) + "\n")
         self._rounds.flush()
         os.fsync(self._rounds.fileno())  # a row written is a row kept, whatever dies next
+        deliver(self.sinks, row)
 
     def finish(self, status: str, seconds: float, error: str | None = None) -> dict[str, Any]:
         self._rounds.close()
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
         summary = summarize(self.config, self.rows, status, seconds, error)
         _write_json(self.run_dir / "summary.json", summary)
         return summary

@@ -5,6 +5,7 @@ Public API (what a Flower user's app imports)::
     from fedsqueeze.strategies import Compressed, compression_mod, TopKEF
     strategy = Compressed(FedAvgM(...), uplink=TopKEF(sparsity=0.99), downlink=TopKEF())
     app = ClientApp(mods=[compression_mod])          # the handler sees plain ArrayRecords
+    Compressed(..., sinks=[TensorBoardSink("runs/x")])  # bytes per round to a tracker
 
     strategy, arrays = strategy_from_run_config(run_config)  # a registered method, any app
     strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)
@@ -88,11 +89,12 @@ from .compressed import Compressed
 from .hooks import TrainingHooks, training_hooks
 from .mods import compression_mod, method_mod
 from .registry import get_method, method_names, register
+from .sinks import JsonlSink, RoundSink, TensorBoardSink, register_sink
 
 __all__ = [
-    "QSGD", "Channel", "Compressed", "Dense", "Residual", "SignEF", "TernaryEF", "TopKEF",
-    "TrainingHooks", "build_strategy",
+    "QSGD", "Channel", "Compressed", "Dense", "JsonlSink", "Residual", "RoundSink", "SignEF",
+    "TensorBoardSink", "TernaryEF", "TopKEF", "TrainingHooks", "build_strategy",
     "channel_names", "compression_mod", "get_channel", "get_method", "method_mod",
-    "method_names", "register", "register_channel", "strategy_from_run_config",
+    "method_names", "register", "register_channel", "register_sink", "strategy_from_run_config",
     "training_hooks",
 ]

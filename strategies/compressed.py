@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -68,6 +68,7 @@ from .channels.dense import Dense
 from .metering import DOWN, UP, Traffic
 from .payload import PAYLOAD_RECORD, pack, payload_bytes, read_payload
 from .replies import NOT_SENT, Failure, absurd_values, majority_metric_keys, screen, weight_problem
+from .sinks import RoundSink, deliver, sinks_from_environment
 from .state import NodeMirrors, ServerState, digest
 from .training import derive_seed
 
@@ -137,15 +138,22 @@ class Compressed(Strategy):
         A versioned downlink sends a client that missed up to this many rounds the current
         values where the model changed since its version (when smaller than the model);
         0: such a client gets the full model.
+    sinks : sequence of RoundSink or None (default: None)
+        With `meter`, each round's bytes (payload and message, per direction, in total and
+        per node) go to these when the round's replies are aggregated, and the federated
+        evaluation's metrics when they are (`strategies/sinks.py`; `TensorBoardSink`, say).
+        None: the sink a launcher named in `$FEDSQUEEZE_ROUNDS_LOG`, if any.
     """
 
     def __init__(self, strategy: Strategy, uplink: Channel | None = None,
                  downlink: Channel | None = None, *, seed: int = 0, max_abs_value: float = 0.0,
-                 min_replies: int = 1, meter: bool = True, catchup: int = 16) -> None:
+                 min_replies: int = 1, meter: bool = True, catchup: int = 16,
+                 sinks: Sequence[RoundSink] | None = None) -> None:
         self.strategy = strategy
         self.uplink, self.downlink = uplink, downlink
         self.seed, self.max_abs_value = seed, max_abs_value
         self.min_replies, self.meter = min_replies, meter
+        self.sinks = list(sinks_from_environment() if sinks is None else sinks)
         self.versioned = downlink is not None and downlink.codes == "update"
         self.link = None  # a duplex channel's per-client state (ResFed's histories)
         if downlink is not None and downlink.codes == "duplex" or \
@@ -322,8 +330,13 @@ class Compressed(Strategy):
             self._end_round()
         if arrays is not None:
             arrays = self._as_given(arrays)
-        if self.meter and metrics is not None:
-            metrics = MetricRecord({**metrics, **self._round_bytes(server_round)})
+        if self.meter:
+            round_bytes = self._round_bytes(server_round)
+            deliver(self.sinks, {"round": server_round, **{k.replace("-", "_"): v
+                                                  for k, v in round_bytes.items()},
+                        "per_client": self._bytes_by_node(server_round)})
+            if metrics is not None:
+                metrics = MetricRecord({**metrics, **round_bytes})
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -333,7 +346,10 @@ class Compressed(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if self.meter and metrics is not None:
+            deliver(self.sinks, {"round": server_round, "evaluate": dict(metrics)})
+        return metrics
 
     def _as_given(self, arrays: ArrayRecord) -> ArrayRecord:
         """The inner's aggregate in the dtypes of the model it was given (Flower's FedAdam,
@@ -629,6 +645,11 @@ class Compressed(Strategy):
                 node_id = (message.metadata.dst_node_id if direction == DOWN
                            else message.metadata.src_node_id)
                 per_node[node_id][direction].measure(message, 1 << 28)
+
+    def _bytes_by_node(self, server_round: int) -> dict[str, dict[str, int]]:
+        return {str(node_id): {f"{layer}_{d}": getattr(t[d], layer)
+                               for layer in ("payload", "message") for d in (UP, DOWN)}
+                for node_id, t in sorted(self.traffic.get(server_round, {}).items())}
 
     def _round_bytes(self, server_round: int) -> dict[str, int]:
         totals: Counter = Counter()

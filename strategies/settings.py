@@ -135,12 +135,17 @@ class MethodConfig:
         check_choice(self.key(field_name), getattr(self, field_name), choices)
 
 
+def names_in(text: str) -> tuple[str, ...]:
+    """The names of a comma-separated run-config list (`"a, b"` -> ("a", "b"))."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def import_plugins(names: str) -> None:
     """Import the comma-separated modules of run-config `plugins` (each registers a user's
     models or datasets with `register_model` / `register_dataset` when imported); a module
     that cannot be imported is a ConfigError that says where it was looked for."""
-    for name in (n.strip() for n in names.split(",")):
-        if not name or name in sys.modules:
+    for name in names_in(names):
+        if name in sys.modules:
             continue
         try:
             importlib.import_module(name)
@@ -182,6 +187,8 @@ class RunSettings:
     lr: float = 0.02
     loss: str = "cross-entropy"  # a registered loss (strategies/training.py, or a plugin's)
     optimizer: str = "sgd"  # a registered optimizer (plain SGD with momentum, weight decay)
+    metrics: str = ""  # registered metrics evaluated beside loss and accuracy (comma-separated)
+    sinks: str = ""  # registered results sinks each round's row also goes to (tensorboard)
     lr_decay: float = 1.0
     momentum: float = 0.0
     weight_decay: float = 0.0

@@ -1,13 +1,14 @@
 """Local training and evaluation on pre-tensorised data (no DataLoader, no per-sample Python).
 
 The loss and the optimizer are named in run config (`loss`, `optimizer`); a user's plugin adds
-its own with `register_loss` / `register_optimizer`. Evaluation counts top-1 accuracy."""
+its own with `register_loss` / `register_optimizer`. Evaluation counts the loss and top-1
+accuracy, and the registered metrics run config names (`metrics`; `register_metric`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ OptimizerFactory = Callable[..., Any]  # (params, *, lr, momentum, weight_decay)
 LOSSES: dict[str, LossFactory] = {
     "cross-entropy": lambda reduction: nn.CrossEntropyLoss(reduction=reduction)}
 OPTIMIZERS: dict[str, OptimizerFactory] = {}
+Metric = Callable[[torch.Tensor, torch.Tensor], float]  # (logits, targets) of a whole split
+METRICS: dict[str, Metric] = {}
+METRIC_PREFIX = "metric-"  # a registered metric's key in a client's evaluation reply
 
 
 def _register(table: dict, kind: str, name: str) -> Callable[[Any], Any]:
@@ -43,6 +47,20 @@ def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFacto
     """Decorator: `factory(params, *, lr, momentum, weight_decay)` becomes run-config
     `optimizer = name` (the methods' training hooks run after each of its steps)."""
     return _register(OPTIMIZERS, "optimizer", name)
+
+
+def register_metric(name: str) -> Callable[[Metric], Metric]:
+    """Decorator: `metric(logits, targets) -> float`, over a whole evaluation split, becomes a
+    name run-config `metrics` may list (reported beside loss and accuracy, central and local)."""
+    return _register(METRICS, "metric", name)
+
+
+def metric_named(name: str) -> Metric:
+    if name not in METRICS:
+        known = ", ".join(sorted(METRICS)) or "none registered"
+        raise ConfigError(f"run-config 'metrics' names {name!r}: not a registered metric "
+                          f"({known}); register yours with register_metric in a plugin")
+    return METRICS[name]
 
 
 def loss_named(name: str, reduction: str = "mean") -> nn.Module:
@@ -191,20 +209,35 @@ def sgd_steps(model: nn.Module, data: ClientData, *, steps: int, batch_size: int
                       max_steps=steps, **options)
 
 
+class Evaluation(NamedTuple):
+    loss: float
+    accuracy: float
+    metrics: dict[str, float]  # the registered metrics asked for, by name
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
-             loss: str = "cross-entropy") -> tuple[float, float]:
-    """(mean loss, top-1 accuracy) of `model` on (x, y); `loss` a registered name."""
+             loss: str = "cross-entropy", metrics: Iterable[str] = ()) -> Evaluation:
+    """Mean loss, top-1 accuracy and the named metrics of `model` on (x, y); `loss` and
+    `metrics` registered names."""
     model.eval()
     loss_fn = loss_named(loss, "sum")
+    metric_fns = {name: metric_named(name) for name in metrics}
     total_loss, correct = 0.0, 0
+    outputs = []
     for start in range(0, len(y), batch_size):
         logits = model(x[start:start + batch_size])
         target = y[start:start + batch_size]
         total_loss += float(loss_fn(logits, target))
         correct += int((logits.argmax(dim=1) == target).sum())
+        if metric_fns:
+            outputs.append(logits.float().cpu())
     n = max(len(y), 1)
-    return total_loss / n, correct / n
+    values = {}
+    if metric_fns:
+        logits = torch.cat(outputs) if outputs else torch.empty(0)
+        values = {name: float(fn(logits, y.cpu())) for name, fn in metric_fns.items()}
+    return Evaluation(total_loss / n, correct / n, values)
 
 
 def minibatch_gradient(model: nn.Module, data: ClientData, batch_size: int, seed: int,

@@ -9,7 +9,14 @@ import dataclasses
 import pytest
 
 from fedsqueeze.deploy.cli import main
-from fedsqueeze.deploy.compare import PRESETS, Preset, compare, config_text, preset_named
+from fedsqueeze.deploy.compare import (
+    PRESETS,
+    Preset,
+    Progress,
+    compare,
+    config_text,
+    preset_named,
+)
 from fedsqueeze.server.compare import compare_rows, reached
 from fedsqueeze.server.results import read_run
 from fedsqueeze.strategies.registry import method_names
@@ -213,3 +220,19 @@ def test_a_run_another_comparison_is_writing_is_waited_for_then_reused(tmp_path)
         fcntl.flock(held, fcntl.LOCK_UN)
     second.join(120)
     assert any("reused" in line for line in lines)
+
+
+def test_the_eta_of_a_slow_run_after_a_fast_one_is_its_own():
+    """Run A, 100 rounds at 0.1 s, then run B at 2 s: B's ETA is its own 2 s per round (not
+    the average over both runs' rounds), the comparison's the rest of B plus run C's rounds
+    at the runs' mean rate."""
+    lines: list[str] = []
+    progress = Progress(100 + 150 + 50, echo=lines.append, every=0.0)
+    for t in range(1, 101):
+        progress.round("A", {"round": t, "accuracy": 0.5}, 100, 0.1)
+    for t in range(1, 8):
+        progress.round("B", {"round": t, "accuracy": 0.5}, 150, 2.0)
+    run_eta, all_eta = progress.etas("B", 150 - 7)
+    assert run_eta == pytest.approx(143 * 2.0)
+    assert all_eta == pytest.approx(143 * 2.0 + 50 * (0.1 + 2.0) / 2)
+    assert lines[-1].endswith("ETA run 4m46s, all 5m38s")

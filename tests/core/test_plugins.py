@@ -1,7 +1,8 @@
-"""Run-config `plugins`: a user's own dataset (float feature vectors, not uint8 images) and
-model, registered by a module the run config names, reach every process: in process, in
-Flower's simulation engine (Ray actors) and in a deployment; a changed loader never gets
-stale partitions; a module that cannot be imported says where it was looked for."""
+"""Run-config `plugins`: a user's own dataset (float feature vectors, not uint8 images), model,
+loss, optimizer, metric and results sink, registered by a module the run config names, reach
+every process: in process, in Flower's simulation engine (Ray actors) and in a deployment; a
+changed loader never gets stale partitions; a module that cannot be imported says where it
+was looked for."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from torch import nn
 
 from fedsqueeze.data import DatasetInfo, register_dataset
 from fedsqueeze.models import register_model
-from fedsqueeze.strategies.training import register_loss, register_optimizer
+from fedsqueeze.strategies.sinks import register_sink
+from fedsqueeze.strategies.training import register_loss, register_metric, register_optimizer
 
 CALLS = {"loss": 0, "optimizer": 0}
+ROWS = []
 
 CENTRES = np.random.default_rng(7).normal(0.0, 3.0, size=(3, 8)).astype(np.float32)
 
@@ -55,6 +58,26 @@ def smooth(reduction):
 def adam(params, *, lr, momentum, weight_decay):
     CALLS["optimizer"] += 1
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@register_metric("{name}-recall0")
+def recall_of_class_0(logits, targets):
+    first = targets == 0
+    return float((logits.argmax(dim=1)[first] == 0).float().mean())
+
+
+class Remember:
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def write_round(self, row):
+        ROWS.append(row)
+
+    def close(self):
+        ROWS.append("closed")
+
+
+register_sink("{name}-rows")(Remember)
 '''
 
 
@@ -62,6 +85,7 @@ def _plugin(folder, name):
     (folder / f"{name}.py").write_text(PLUGIN.replace("{name}", name))
     return {"plugins": name, "dataset": name, "model": f"{name}-mlp", "input-scale": 1.0,
             "loss": f"{name}-smooth", "optimizer": f"{name}-adam", "lr": 0.02,
+            "metrics": f"{name}-recall0", "local-test-fraction": 0.2, "local-eval-every": 3,
             "partitioner": "iid", "num-server-rounds": 3, "min-nodes": 2}
 
 
@@ -71,7 +95,7 @@ def on_path(tmp_path, monkeypatch):
     a plugin registers in this process is gone after the test."""
     from fedsqueeze.data import datasets
     from fedsqueeze.models import registry
-    from fedsqueeze.strategies import training
+    from fedsqueeze.strategies import sinks, training
 
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
@@ -80,6 +104,8 @@ def on_path(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(training, "LOSSES", dict(training.LOSSES))
     monkeypatch.setattr(training, "OPTIMIZERS", dict(training.OPTIMIZERS))
+    monkeypatch.setattr(training, "METRICS", dict(training.METRICS))
+    monkeypatch.setattr(sinks, "SINKS", dict(sinks.SINKS))
     modules = set(sys.modules)
     yield tmp_path
     for name in set(sys.modules) - modules:
@@ -89,11 +115,29 @@ def on_path(tmp_path, monkeypatch):
 
 def test_a_plugins_dataset_and_model_train_in_process(on_path):
     keys = _plugin(on_path, "blobs_inproc")
-    rows = Federation(keys, clients=2, results_dir=on_path / "r").run(3)
+    fed = Federation({**keys, "sinks": "blobs_inproc-rows"}, clients=2,
+                     results_dir=on_path / "r")
+    rows = fed.run(3)
+    fed.runner.writer.finish("completed", 1.0)
     assert rows[-1]["accuracy"] > 0.8  # three separated blobs; chance is 1/3
     assert rows[-1]["params"] == 8 * 16 + 16 + 16 * 3 + 3
-    calls = sys.modules["blobs_inproc"].CALLS  # its loss and optimizer trained and evaluated
+    plugin = sys.modules["blobs_inproc"]
+    calls = plugin.CALLS  # its loss and optimizer trained and evaluated
     assert calls["optimizer"] == 2 * 3 and calls["loss"] >= 2 * 3
+    # its metric, central every round and on the clients' local splits in round 3
+    assert all(0 <= r["metrics"]["blobs_inproc-recall0"] <= 1 for r in rows)
+    assert rows[-1]["metrics"]["blobs_inproc-recall0"] > 0.8
+    assert 0 <= rows[-1]["metrics_local"]["blobs_inproc-recall0"] <= 1
+    assert "metrics_local" not in rows[0]
+    # its sink got every row as written, then the close
+    assert plugin.ROWS == [*rows, "closed"]
+
+
+def test_an_unknown_metric_or_sink_is_a_clear_error():
+    with pytest.raises(ConfigError, match="'metrics' names 'f2': not a registered metric"):
+        checked_run_config(find_app_dir(), {"metrics": "f2"})
+    with pytest.raises(ConfigError, match="'sinks' names 'wandb': one of tensorboard"):
+        checked_run_config(find_app_dir(), {"sinks": "wandb"})
 
 
 def test_a_changed_loader_has_another_identity_so_no_stale_partition(on_path):
@@ -125,6 +169,8 @@ def test_ray_actors_load_the_plugin_too(on_path):
     assert result.succeeded, result.status
     _, rows, _ = read_run(on_path / "ray")
     assert len(rows) == 3 and rows[-1]["accuracy"] > 0.8
+    assert rows[-1]["metrics"]["blobs_ray-recall0"] > 0.8
+    assert "blobs_ray-recall0" in rows[-1]["metrics_local"]  # from the Ray actors
 
 
 @pytest.mark.deployment
@@ -132,9 +178,26 @@ def test_the_launcher_and_a_deployments_processes_load_the_plugin(on_path):
     from fedsqueeze.deploy.cli import main
     from fedsqueeze.deploy.flower import format_run_config
 
-    keys = _plugin(on_path, "blobs_dep")
+    keys = {**_plugin(on_path, "blobs_dep"), "sinks": "tensorboard"}
     assert main(["deploy", "--clients", "2", "--quiet", "--results-dir", str(on_path),
                  "--run-name", "dep", "--run-config", format_run_config(keys)]) == 0
     _, rows, summary = read_run(on_path / "dep")
     assert summary["status"] == "completed" and rows[-1]["accuracy"] > 0.8
     assert rows[-1]["wire_up"] > 0
+    assert "blobs_dep-recall0" in rows[-1]["metrics_local"]  # from the SuperNodes' ClientApps
+    # TensorBoard: the ServerApp's scalars and the launcher's wire bytes, one log directory
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    events = EventMultiplexer().AddRunsFromDirectory(str(on_path / "dep" / "tensorboard"))
+    events.Reload()
+    logged = {tag: {e.step: e.value for run in events.Runs()
+                    if tag in events.GetAccumulator(run).Tags()["scalars"]
+                    for e in events.Scalars(run, tag)}
+              for tag in ("accuracy", "metrics/blobs_dep-recall0", "bytes/wire_up",
+                          "bytes/message_down")}
+    for tag, key in (("accuracy", "accuracy"), ("bytes/wire_up", "wire_up"),
+                     ("bytes/message_down", "message_down")):
+        assert logged[tag] == {r["round"]: pytest.approx(r[key], rel=1e-6) for r in rows}, tag
+    assert logged["metrics/blobs_dep-recall0"][3] == pytest.approx(
+        rows[-1]["metrics"]["blobs_dep-recall0"])
