@@ -24,11 +24,11 @@ def documented_keys(app_dir: Path) -> dict[str, tuple[object, str]]:
     return {key: (value, docs.get(key, "")) for key, value in defaults.items()}
 
 
-def _summary(cls: type) -> str:
-    """The first sentence of the class's module docstring."""
+def _summary(cls: type, width: int) -> str:
+    """The first sentence of the class's module docstring (at most about `width` long)."""
     doc = " ".join((sys.modules[cls.__module__].__doc__ or cls.__doc__ or "").split())
     first = re.split(r"(?<!\bal)\.\s", doc, maxsplit=1)[0].rstrip(".")
-    return first if len(first) <= 150 else first[:150].rsplit(" ", 1)[0] + " ..."
+    return first if len(first) <= width else first[:width].rsplit(" ", 1)[0] + " ..."
 
 
 def _value(value: object) -> str:
@@ -36,16 +36,18 @@ def _value(value: object) -> str:
         if isinstance(value, bool) else str(value)
 
 
-def _entry(name: str, cls: type, keys: dict[str, tuple[object, str]]) -> list[str]:
-    lines = [f"  {name}: {_summary(cls)}"]
-    for key, (default, doc) in keys.items():
+def _entry(name: str, cls: type, keys: dict[str, tuple[object, str]], brief: bool
+           ) -> list[str]:
+    lines = [f"  {name}: {_summary(cls, 90 if brief else 150)}"]
+    for key, (default, doc) in ({} if brief else keys).items():
         if key.startswith(f"{name}."):
             lines.append(f"      {key} = {_value(default)}" + (f"    {doc}" if doc else ""))
     return lines
 
 
-def catalog(app_dir: Path, only: str = "") -> str:
-    """The methods and channels (or only the one named `only`) with their keys."""
+def catalog(app_dir: Path, only: str = "", brief: bool = False) -> str:
+    """The methods and channels (or only the one named `only`) with their keys (`brief`:
+    without)."""
     keys = documented_keys(app_dir)
     methods = [n for n in method_names() if not only or n == only]
     channels = [n for n in channel_names() if not only or n == only]
@@ -55,10 +57,10 @@ def catalog(app_dir: Path, only: str = "") -> str:
     if methods:
         lines.append('methods (run config method = "NAME"; its keys NAME.*):')
         for name in methods:
-            lines += _entry(name, get_method(name), keys)
+            lines += _entry(name, get_method(name), keys, brief)
     if channels:
         lines.append('channels (run config uplink = "NAME" / downlink = "NAME"; its keys '
                      "NAME.*; in Python, constructor arguments):")
         for name in channels:
-            lines += _entry(name, get_channel(name), keys)
+            lines += _entry(name, get_channel(name), keys, brief)
     return "\n".join(lines)

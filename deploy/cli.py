@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "run-config keys and defaults")
     met.add_argument("name", nargs="?", default="", help="only this method or channel")
     met.add_argument("--app", help="Flower app directory (default: this checkout)")
+    met.add_argument("--brief", action="store_true", help="one line each, no keys")
 
     sbs = sub.add_parser("side-by-side", help="one table of several `compare` folders (full "
                          "and partial participation, ...): bytes to each one's reference's "
@@ -428,7 +429,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_methods(args: argparse.Namespace, console: Console) -> int:
     try:
-        print(catalog(find_app_dir(args.app), args.name))
+        print(catalog(find_app_dir(args.app), args.name, brief=args.brief))
     except KeyError:
         raise ConfigError(f"no method or channel named {args.name!r}; `fedsqueeze methods` "
                           "lists them") from None

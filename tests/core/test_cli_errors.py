@@ -142,3 +142,14 @@ def test_methods_lists_every_method_and_channel_with_its_keys(capsys):
     assert "topk-ef.values = \"fp32\"" in one and "fedavgm" not in one
     assert main(["methods", "nope"]) == 2
     assert "no method or channel named 'nope'" in capsys.readouterr().err
+
+
+def test_the_readme_shows_what_methods_brief_prints(capsys):
+    """The README's list of methods and channels is the command's output, whole."""
+    from pathlib import Path
+
+    assert main(["methods", "--brief"]) == 0
+    out = capsys.readouterr().out
+    assert "      " not in out  # no keys
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"```\n{out}```" in readme
