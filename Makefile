@@ -43,7 +43,7 @@ test: setup data
 # own site-packages, so its Flower wins). The gRPC deployment layer stays on 1.39 (.venv).
 NEWEST := .venv-newest-flower
 NEWEST_TESTS := tests/strategies/test_any_flower_strategy.py tests/examples \
-  tests/core/test_foreign_serverapp.py tests/strategies/test_user_training_loop.py \
+  tests/core/test_user_app.py tests/strategies/test_user_training_loop.py \
   tests/strategies/channels tests/codecs
 test-newest-flower: setup data
 	@[ -x $(NEWEST)/bin/python ] || python3 -m venv $(NEWEST)

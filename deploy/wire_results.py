@@ -37,7 +37,7 @@ from fedsqueeze.server.results import ROUND_KEYS, ResultsWriter, read_run, rewri
 from fedsqueeze.strategies.settings import import_plugins, names_in
 from fedsqueeze.strategies.sinks import deliver, sinks_named
 
-from .grpc_calls import CONNECTION, MESSAGE, POLL, UNPARSED, Pulled
+from .grpc_calls import CONNECTION, MESSAGE, POLL, UNPARSED
 from .wire_meter import HTTP2_PREFACE, WireMeter, split_by_windows
 
 DIRECTIONS = ("up", "down")
@@ -206,32 +206,35 @@ def wire_by_node(meters: list[WireMeter], flower_status: dict) -> dict[str, Any]
             "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)}}
 
 
+def _round_in_group(group_id: str) -> str | None:
+    """The round a group id names (`"3"`, fedsqueeze's `"3:train"`), else None."""
+    head = group_id.split(":", 1)[0]
+    return head if head.isdigit() else None
+
+
 def round_starts(meters: list[WireMeter]) -> list[float]:
     """When each round's train messages were created, under Flower's `Strategy.start`: train
     messages created with no reply pushed in between are one round's (a round creates all
-    its train messages before it sends any; the next round's come after its replies)."""
-    trains = sorted({p.created_at for m in meters for p in m.pulled()
-                     if p.message_type == MessageType.TRAIN})
+    its train messages before it sends any; the next round's come after its replies), and so
+    are those whose group ids name the same round (a method's exchanges before `train`, such
+    as GWPF's signals: `"3:signals"`, then `"3:train"`)."""
+    trains = sorted({(p.created_at, _round_in_group(p.group_id)) for m in meters
+                     for p in m.pulled() if p.message_type == MessageType.TRAIN})
     pushes = sorted(t for m in meters for t in m.push_times())
     starts: list[float] = []
-    for previous, created in zip([None, *trains], trains):
-        if previous is None or bisect_left(pushes, created) > bisect_right(pushes, previous):
+    for previous, (created, named) in zip([None, *trains], trains):
+        replied = previous is not None and \
+            bisect_left(pushes, created) > bisect_right(pushes, previous[0])
+        if previous is None or replied and (named is None or named != previous[1]):
             starts.append(created)
     return starts
-
-
-def round_of(message: Pulled, starts: list[float]) -> int | None:
-    """The round a message served: its group id when that is a number, else the last round
-    started when it was created (None: created before the first train message)."""
-    if message.group_id.isdigit():
-        return int(message.group_id)
-    return bisect_right(starts, message.created_at) or None
 
 
 def rounds_of_any_app(meters: list[WireMeter], logged: list[dict[str, Any]]
                       ) -> list[dict[str, Any]]:
     """Rows in the results schema for an app that is not fedsqueeze's, one per round
-    (`round_of` each message the SuperNodes pulled; needs cleartext gRPC).
+    (`round_starts`; each message is the round's that started last before it was created;
+    needs cleartext gRPC: over TLS there are no rows).
 
     `wire_*`: the bytes of the gRPC calls that served the round's messages, in total and per
     SuperNode (`per_client`, by partition id; polls and connection frames are per SuperNode in
@@ -243,8 +246,9 @@ def rounds_of_any_app(meters: list[WireMeter], logged: list[dict[str, Any]]
     rows: dict[int, dict[str, Any]] = {}
     for pid, meter in enumerate(meters):
         for t, direction, nbytes, served in meter.message_events():
-            number = None if served is None else round_of(served, starts)
-            if number is None:  # calls before the first train message
+            # the last round started when the message was created (0: before any)
+            number = 0 if served is None else bisect_right(starts, served.created_at)
+            if number == 0:  # calls before the first train message
                 continue
             row = rows.get(number)
             if row is None:
