@@ -135,6 +135,18 @@ class MethodConfig:
         check_choice(self.key(field_name), getattr(self, field_name), choices)
 
 
+def register_in(table: dict[str, Any], kind: str, name: str) -> Callable[[Any], Any]:
+    """A decorator that enters what it decorates in `table` under `name` (the run-config
+    registries of losses, optimizers, metrics and results sinks); a name taken twice is an
+    error, never a silent replacement."""
+    def decorate(entry: Any) -> Any:
+        if name in table:
+            raise ValueError(f"{kind} {name!r} is already registered")
+        table[name] = entry
+        return entry
+    return decorate
+
+
 def names_in(text: str) -> tuple[str, ...]:
     """The names of a comma-separated run-config list (`"a, b"` -> ("a", "b"))."""
     return tuple(n.strip() for n in text.split(",") if n.strip())

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from flwr.supercore import log
 
-from .settings import ConfigError
+from .settings import ConfigError, register_in
 
 ROUNDS_LOG_ENV = "FEDSQUEEZE_ROUNDS_LOG"
 BYTE_LAYERS = ("payload", "bound", "message", "wire")
@@ -44,12 +44,7 @@ SINKS: dict[str, SinkFactory] = {}
 
 def register_sink(name: str) -> Callable[[SinkFactory], SinkFactory]:
     """Decorator: `factory(run_dir) -> sink` becomes a name run-config `sinks` may list."""
-    def decorate(factory: SinkFactory) -> SinkFactory:
-        if name in SINKS:
-            raise ValueError(f"sink {name!r} is already registered")
-        SINKS[name] = factory
-        return factory
-    return decorate
+    return register_in(SINKS, "sink", name)
 
 
 def check_sinks(names: Iterable[str]) -> None:

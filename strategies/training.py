@@ -16,7 +16,7 @@ from torch import nn
 from torch.optim.sgd import sgd
 
 from .hooks import TrainingHooks
-from .settings import ConfigError, RunSettings
+from .settings import ConfigError, RunSettings, register_in
 
 LossFactory = Callable[[str], nn.Module]  # reduction ("mean", "sum") -> loss(logits, targets)
 OptimizerFactory = Callable[..., Any]  # (params, *, lr, momentum, weight_decay) -> an object
@@ -29,30 +29,21 @@ METRICS: dict[str, Metric] = {}
 METRIC_PREFIX = "metric-"  # a registered metric's key in a client's evaluation reply
 
 
-def _register(table: dict, kind: str, name: str) -> Callable[[Any], Any]:
-    def decorate(factory: Any) -> Any:
-        if name in table:
-            raise ValueError(f"{kind} {name!r} is already registered")
-        table[name] = factory
-        return factory
-    return decorate
-
-
 def register_loss(name: str) -> Callable[[LossFactory], LossFactory]:
     """Decorator: `factory(reduction) -> loss module` becomes run-config `loss = name`."""
-    return _register(LOSSES, "loss", name)
+    return register_in(LOSSES, "loss", name)
 
 
 def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
     """Decorator: `factory(params, *, lr, momentum, weight_decay)` becomes run-config
     `optimizer = name` (the methods' training hooks run after each of its steps)."""
-    return _register(OPTIMIZERS, "optimizer", name)
+    return register_in(OPTIMIZERS, "optimizer", name)
 
 
 def register_metric(name: str) -> Callable[[Metric], Metric]:
     """Decorator: `metric(logits, targets) -> float`, over a whole evaluation split, becomes a
     name run-config `metrics` may list (reported beside loss and accuracy, central and local)."""
-    return _register(METRICS, "metric", name)
+    return register_in(METRICS, "metric", name)
 
 
 def metric_named(name: str) -> Metric:

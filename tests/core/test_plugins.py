@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,76 +18,17 @@ from fedsqueeze.deploy.inprocess import Federation
 from fedsqueeze.server.results import read_run
 from fedsqueeze.strategies.settings import ConfigError, RunSettings
 
-PLUGIN = '''
-"""A user's plugin: Gaussian blobs (8 float features, 3 classes), a tiny MLP, a loss and an
-optimizer of its own."""
-import numpy as np
-import torch
-from torch import nn
-
-from fedsqueeze.data import DatasetInfo, register_dataset
-from fedsqueeze.models import register_model
-from fedsqueeze.strategies.sinks import register_sink
-from fedsqueeze.strategies.training import register_loss, register_metric, register_optimizer
-
-CALLS = {"loss": 0, "optimizer": 0}
-ROWS = []
-
-CENTRES = np.random.default_rng(7).normal(0.0, 3.0, size=(3, 8)).astype(np.float32)
-
-
-@register_dataset(DatasetInfo("{name}", 3, (1, 1, 8)), layout="generated")
-def blobs(root, train, download):
-    rng = np.random.default_rng(1 if train else 2)
-    labels = rng.integers(0, 3, size=1200 if train else 300)
-    features = CENTRES[labels] + rng.normal(size=(len(labels), 8)).astype(np.float32)
-    return features.astype(np.float32), labels.astype(np.int64)
-
-
-@register_model("{name}-mlp")
-def mlp(num_classes, in_shape):
-    return nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, num_classes))
-
-
-@register_loss("{name}-smooth")
-def smooth(reduction):
-    CALLS["loss"] += 1
-    return nn.CrossEntropyLoss(reduction=reduction, label_smoothing=0.05)
-
-
-@register_optimizer("{name}-adam")
-def adam(params, *, lr, momentum, weight_decay):
-    CALLS["optimizer"] += 1
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-
-@register_metric("{name}-recall0")
-def recall_of_class_0(logits, targets):
-    first = targets == 0
-    return float((logits.argmax(dim=1)[first] == 0).float().mean())
-
-
-class Remember:
-    def __init__(self, run_dir):
-        self.run_dir = run_dir
-
-    def write_round(self, row):
-        ROWS.append(row)
-
-    def close(self):
-        ROWS.append("closed")
-
-
-register_sink("{name}-rows")(Remember)
-'''
+# the plugin of tests/fixtures/user-app, registered under other names ("user-" -> "<name>-")
+PLUGIN = (Path(__file__).resolve().parents[1] / "fixtures" / "user-app" / "user_app"
+          / "blobs.py").read_text()
 
 
 def _plugin(folder, name):
-    (folder / f"{name}.py").write_text(PLUGIN.replace("{name}", name))
-    return {"plugins": name, "dataset": name, "model": f"{name}-mlp", "input-scale": 1.0,
-            "loss": f"{name}-smooth", "optimizer": f"{name}-adam", "lr": 0.02,
-            "metrics": f"{name}-recall0", "local-test-fraction": 0.2, "local-eval-every": 3,
-            "partitioner": "iid", "num-server-rounds": 3, "min-nodes": 2}
+    (folder / f"{name}.py").write_text(PLUGIN.replace('"user-', f'"{name}-'))
+    return {"plugins": name, "dataset": f"{name}-blobs", "model": f"{name}-mlp",
+            "input-scale": 1.0, "loss": f"{name}-smooth-ce", "optimizer": f"{name}-adam",
+            "lr": 0.02, "metrics": f"{name}-recall-0", "local-test-fraction": 0.2,
+            "local-eval-every": 3, "partitioner": "iid", "num-server-rounds": 3, "min-nodes": 2}
 
 
 @pytest.fixture
@@ -120,14 +62,14 @@ def test_a_plugins_dataset_and_model_train_in_process(on_path):
     rows = fed.run(3)
     fed.runner.writer.finish("completed", 1.0)
     assert rows[-1]["accuracy"] > 0.8  # three separated blobs; chance is 1/3
-    assert rows[-1]["params"] == 8 * 16 + 16 + 16 * 3 + 3
+    assert rows[-1]["params"] == 8 * 32 + 32 + 32 * 3 + 3
     plugin = sys.modules["blobs_inproc"]
     calls = plugin.CALLS  # its loss and optimizer trained and evaluated
     assert calls["optimizer"] == 2 * 3 and calls["loss"] >= 2 * 3
     # its metric, central every round and on the clients' local splits in round 3
-    assert all(0 <= r["metrics"]["blobs_inproc-recall0"] <= 1 for r in rows)
-    assert rows[-1]["metrics"]["blobs_inproc-recall0"] > 0.8
-    assert 0 <= rows[-1]["metrics_local"]["blobs_inproc-recall0"] <= 1
+    assert all(0 <= r["metrics"]["blobs_inproc-recall-0"] <= 1 for r in rows)
+    assert rows[-1]["metrics"]["blobs_inproc-recall-0"] > 0.8
+    assert 0 <= rows[-1]["metrics_local"]["blobs_inproc-recall-0"] <= 1
     assert "metrics_local" not in rows[0]
     # its sink got every row as written, then the close
     assert plugin.ROWS == [*rows, "closed"]
@@ -143,11 +85,11 @@ def test_an_unknown_metric_or_sink_is_a_clear_error():
 def test_a_changed_loader_has_another_identity_so_no_stale_partition(on_path):
     _plugin(on_path, "blobs_ident")
     RunSettings.from_run_config({"plugins": "blobs_ident"})
-    before = dataset_identity("blobs_ident")
+    before = dataset_identity("blobs_ident-blobs")
     assert before.startswith("blobs_ident.blobs:")
     source = on_path / "blobs_ident.py"
     source.write_text(source.read_text().replace("size=(3, 8)", "size=(3, 8)) * 1.5 + (0"))
-    assert dataset_identity("blobs_ident") != before
+    assert dataset_identity("blobs_ident-blobs") != before
 
 
 def test_a_plugin_that_cannot_be_imported_or_an_unknown_loss_is_a_clear_error():
@@ -169,8 +111,8 @@ def test_ray_actors_load_the_plugin_too(on_path):
     assert result.succeeded, result.status
     _, rows, _ = read_run(on_path / "ray")
     assert len(rows) == 3 and rows[-1]["accuracy"] > 0.8
-    assert rows[-1]["metrics"]["blobs_ray-recall0"] > 0.8
-    assert "blobs_ray-recall0" in rows[-1]["metrics_local"]  # from the Ray actors
+    assert rows[-1]["metrics"]["blobs_ray-recall-0"] > 0.8
+    assert "blobs_ray-recall-0" in rows[-1]["metrics_local"]  # from the Ray actors
 
 
 @pytest.mark.deployment
@@ -184,7 +126,7 @@ def test_the_launcher_and_a_deployments_processes_load_the_plugin(on_path):
     _, rows, summary = read_run(on_path / "dep")
     assert summary["status"] == "completed" and rows[-1]["accuracy"] > 0.8
     assert rows[-1]["wire_up"] > 0
-    assert "blobs_dep-recall0" in rows[-1]["metrics_local"]  # from the SuperNodes' ClientApps
+    assert "blobs_dep-recall-0" in rows[-1]["metrics_local"]  # from the SuperNodes' ClientApps
     # TensorBoard: the ServerApp's scalars and the launcher's wire bytes, one log directory
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
@@ -194,10 +136,10 @@ def test_the_launcher_and_a_deployments_processes_load_the_plugin(on_path):
     logged = {tag: {e.step: e.value for run in events.Runs()
                     if tag in events.GetAccumulator(run).Tags()["scalars"]
                     for e in events.Scalars(run, tag)}
-              for tag in ("accuracy", "metrics/blobs_dep-recall0", "bytes/wire_up",
+              for tag in ("accuracy", "metrics/blobs_dep-recall-0", "bytes/wire_up",
                           "bytes/message_down")}
     for tag, key in (("accuracy", "accuracy"), ("bytes/wire_up", "wire_up"),
                      ("bytes/message_down", "message_down")):
         assert logged[tag] == {r["round"]: pytest.approx(r[key], rel=1e-6) for r in rows}, tag
-    assert logged["metrics/blobs_dep-recall0"][3] == pytest.approx(
-        rows[-1]["metrics"]["blobs_dep-recall0"])
+    assert logged["metrics/blobs_dep-recall-0"][3] == pytest.approx(
+        rows[-1]["metrics"]["blobs_dep-recall-0"])
