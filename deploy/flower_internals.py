@@ -63,6 +63,14 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   file (always so without TLS) makes a NIST P-384 pair and signs every Fleet call with it,
   and the SuperLink verifies each signature; the launcher's SuperNodes make a P-256 pair
   instead (`auth.py` says why: a tenth of the signing and verifying CPU, 128-bit security);
+* `flwr.superlink.grid.http_grid`: the ServerApp's `HttpGrid.send_and_receive` (what
+  Flower's `Strategy.start` and any ServerApp that is not fedsqueeze's wait on) sleeps
+  `time.sleep(3)` between reply pulls, so every exchange of such an app took at least 3 s;
+  the module's `time` becomes a proxy whose 3 s sleep waits on the run's doorbell
+  (`serverapp/<run id>`, rung by the SuperLink when a reply is stored; `HttpGrid.set_run`
+  gives the run id) with a fallback poll, or backs off from `idle_poll` to `poll_cap`
+  without a bell. fedsqueeze's own app waits on that bell through `MeteredGrid` and never
+  calls this method;
 * `flwr.supercore.telemetry.create_event`: with telemetry off (`FLWR_TELEMETRY_ENABLED=0`,
   as the launcher sets it) and not logged, Flower still builds every event's payload, and
   `platform.architecture()` and `platform.processor()` in it run the `file` and `uname`
@@ -133,6 +141,8 @@ INLINE_DEPENDENCIES = (
 FLEET_CONNECTION = "flwr.client.grpc_rere_client.connection"
 EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
+SERVERAPP_GRID = ("flwr.superlink.grid.http_grid", "HttpGrid")
+STOCK_GRID_REPLY_POLL = 3  # HttpGrid.send_and_receive: seconds between reply pulls
 
 
 class FlowerInternalsError(RuntimeError):
@@ -151,6 +161,7 @@ class Waits:
     heartbeat_interval: float = 10.0  # SuperNode heartbeats (Flower: 30; SuperLink's least: 10)
     bell_cap: float = 2.0        # with a doorbell, idle polls are fallbacks: back off to this
     reply_fallback: float = 0.1  # SuperNode: reply wait, woken when the reply is stored
+    reply_poll_fallback: float = 0.5  # ServerApp: reply pulls, woken by the run's doorbell
 
 
 class IdleBackoff:
@@ -244,6 +255,53 @@ def patch_supernode_waits(waits: Waits) -> _ScaledSleep:
         raise FlowerInternalsError(f"{SUPERNODE_LOOP}.time is not the time module")
     module.time = _ScaledSleep(waits)
     return module.time
+
+
+class _ReplyPoll:
+    """A stand-in for the ServerApp grid module's `time`: the reply poll waits on the run's
+    doorbell (opened at the first wait, once `run_id` is known), else backs off."""
+
+    def __init__(self, waits: Waits) -> None:
+        self.waits = waits
+        self.run_id: int | None = None
+        self.idle = IdleBackoff(waits.idle_poll, waits.poll_cap)
+        self._opened = False
+
+    def sleep(self, seconds: float) -> None:
+        if seconds != STOCK_GRID_REPLY_POLL:
+            _time.sleep(seconds)
+            return
+        if not self._opened and self.run_id is not None:
+            self._opened = True
+            bell = open_bell("serverapp", self.run_id)
+            if bell is not None:
+                self.idle.attach(bell, self.waits.reply_poll_fallback)
+        self.idle.sleep()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+def patch_serverapp_reply_poll(waits: Waits) -> _ReplyPoll:
+    """Shorten `HttpGrid.send_and_receive`'s 3 s reply poll (see the module docstring)."""
+    grid = _class(SERVERAPP_GRID)
+    module = sys.modules[grid.__module__]
+    literal = f"time.sleep({STOCK_GRID_REPLY_POLL})"
+    if literal not in inspect.getsource(_attribute(grid, "send_and_receive")):
+        raise FlowerInternalsError(f"Flower {flwr.__version__}: {SERVERAPP_GRID[1]}."
+                                   f"send_and_receive no longer calls {literal}")
+    if isinstance(module.time, _ReplyPoll):
+        return module.time
+    if _attribute(module, "time") is not _time:
+        raise FlowerInternalsError(f"{module.__name__}.time is not the time module")
+    poll = _ReplyPoll(waits)
+
+    def run_set(_grid: Any, _result: None, run: Any) -> None:
+        poll.run_id = int(run.run_id)
+
+    _call_after(grid, "set_run", run_set)
+    module.time = poll
+    return poll
 
 
 def _class(where: tuple[str, str]) -> type:
@@ -590,13 +648,14 @@ def patch_generated_node_key() -> None:
     module.generate_key_pairs = generate_key_pairs
 
 
-def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
-                executor_bell: str | None = None) -> bool:
+def apply_waits(waits: Waits, *, supernode: bool, serverapp: bool = False,
+                fallback: bool = False, executor_bell: str | None = None) -> bool:
     """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
     internal keeps Flower's stock waits and prints one warning line. A SuperNode also gets
     its doorbells (`executor_bell`: the name its SuperExec waits on, if any), a P-256 key
     pair when it makes its own, its runtime API's translation layers as `RuntimeUnary` and
-    Flower's runtime dependencies in the event loop (`InlineDependencies`)."""
+    Flower's runtime dependencies in the event loop (`InlineDependencies`); a ServerApp
+    (`serverapp`) its grid's reply poll on the run's doorbell."""
     try:
         check_version()
         if supernode:
@@ -606,6 +665,8 @@ def apply_waits(waits: Waits, *, supernode: bool, fallback: bool = False,
             patch_generated_node_key()
             patch_supernode_runtime_unary()
             patch_inline_dependencies()
+        if serverapp:
+            patch_serverapp_reply_poll(waits)
         patch_pull_backoff(waits)
     except FlowerInternalsError as err:
         if not fallback:

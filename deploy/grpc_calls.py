@@ -26,6 +26,7 @@ into `unparsed` from there on, never into a wrong split.
 from __future__ import annotations
 
 import struct
+from collections import Counter, defaultdict
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
@@ -84,6 +85,9 @@ class ConnectionCalls:
         self._served: dict[int, Pulled] = {}  # message streams: the message they served
         self.pulled: list[Pulled] = []        # every message the SuperNode pulled
         self.pushes: set[int] = set()         # streams of PushMessages calls (replies)
+        # per stream: its path and its bytes by (direction, frame type): what a call costs
+        self.call_paths: dict[int, str] = {}
+        self.call_bytes: dict[int, Counter[tuple[str, str]]] = defaultdict(Counter)
         self.unparsed = False
         self.reason = ""                     # why the connection became unparsed
 
@@ -123,6 +127,9 @@ class ConnectionCalls:
                     break
                 frame.parse_body(memoryview(bytes(buffer[FRAME_HEADER:FRAME_HEADER + length])))
                 del buffer[:FRAME_HEADER + length]
+                if frame.stream_id:
+                    self.call_bytes[frame.stream_id][direction, type(frame).__name__] += \
+                        FRAME_HEADER + length
                 self._frame(direction, frame)
                 out.append((frame.stream_id, FRAME_HEADER + length))
         except (HyperframeError, HPACKError, DecodeError, ValueError, struct.error) as err:
@@ -148,7 +155,7 @@ class ConnectionCalls:
                 raw_path = dict(headers).get(b":path")
                 if raw_path is not None:
                     path = raw_path.decode("ascii", "replace")
-                    self._paths[stream] = path
+                    self._paths[stream] = self.call_paths[stream] = path
                     if path == PULL_MESSAGES:
                         self._pull_body[stream] = bytearray()
                     elif path == PUSH_MESSAGES:

@@ -55,6 +55,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
 from .grpc_calls import MESSAGE, ConnectionCalls, Pulled
@@ -267,6 +268,20 @@ class WireMeter:
             if stream in self._calls[c].pushes:
                 first.setdefault((c, stream), t)
         return sorted(first.values())
+
+    def calls_by_path(self) -> dict[str, Counter[str]]:
+        """Per gRPC method (`:path`): `calls`, and bytes by direction and frame type
+        (`up HeadersFrame`, `down DataFrame`, ...) of its streams: what each kind of call
+        costs on the wire (polls included; read after the run)."""
+        with self._lock:
+            calls = list(self._calls)
+        out: dict[str, Counter[str]] = defaultdict(Counter)
+        for connection in calls:
+            for stream, path in connection.call_paths.items():
+                out[path]["calls"] += 1
+                for (direction, frame), nbytes in connection.call_bytes[stream].items():
+                    out[path][f"{direction} {frame}"] += nbytes
+        return dict(out)
 
     def pulled(self) -> list[Pulled]:
         """Every message the SuperNode behind this relay pulled."""

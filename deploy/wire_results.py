@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import warnings
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,7 @@ def add_wire_bytes(run_dir: Path, meters: list[WireMeter], flower_status: dict,
             for d, key in (("up", "inbound-bytes"), ("down", "outbound-bytes"))},
         "wire_below_message": below,
         "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)},
+        "wire_calls": calls_by_path(meters),
     }
     summary.update(section)
     for key in ("wire_up", "wire_down", "wire_poll_up", "wire_poll_down"):  # the whole run's
@@ -203,7 +205,18 @@ def wire_by_node(meters: list[WireMeter], flower_status: dict) -> dict[str, Any]
     return {"nodes": nodes, "total": {k: sum(n[k] for n in nodes.values()) for k in keys},
             "flower_inbound_bytes": traffic.get("inbound-bytes"),
             "flower_outbound_bytes": traffic.get("outbound-bytes"),
-            "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)}}
+            "protocol": {str(i): protocol_seen(m) for i, m in enumerate(meters)},
+            "calls": calls_by_path(meters)}
+
+
+def calls_by_path(meters: list[WireMeter]) -> dict[str, dict[str, int]]:
+    """Every SuperNode's gRPC calls by method, whole run: how many, and their bytes by
+    direction and HTTP/2 frame type (what framing costs per kind of call)."""
+    total: dict[str, Counter[str]] = {}
+    for meter in meters:
+        for path, counts in meter.calls_by_path().items():
+            total.setdefault(path.rsplit("/", 1)[-1], Counter()).update(counts)
+    return {path: dict(sorted(counts.items())) for path, counts in sorted(total.items())}
 
 
 def _round_in_group(group_id: str) -> str | None:

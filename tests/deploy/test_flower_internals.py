@@ -264,3 +264,25 @@ def test_a_missing_state_method_is_reported_by_name(monkeypatch):
         fi.patch_supernode_bells(fi.Waits(), sleeper, None)
     with pytest.raises(fi.FlowerInternalsError, match="no attribute 'object_store'"):
         fi.patch_superlink_rings()
+
+
+def test_a_serverapps_reply_poll_wakes_on_the_runs_doorbell(monkeypatch):
+    """Flower's `HttpGrid.send_and_receive` sleeps 3 s between reply pulls; patched, that
+    sleep waits on `serverapp/<run id>` (the run id from `set_run`) and ends when it rings,
+    or after the fallback poll; other sleeps are untouched."""
+    _bells(monkeypatch)
+    code = ("import threading, time; from fedsqueeze.deploy.flower_internals import *; "
+            "from fedsqueeze.server.doorbell import bell_name, ring; "
+            "assert apply_waits(Waits(reply_poll_fallback=2.0), supernode=False, "
+            "                   serverapp=True); "
+            "import flwr.superlink.grid.http_grid as g; from flwr.supercore.run import Run; "
+            "grid = g.HttpGrid.__new__(g.HttpGrid); "
+            "grid.set_run(Run.create_empty(run_id=42)); assert g.time.run_id == 42; "
+            "threading.Timer(0.3, ring, [bell_name('serverapp', 42)]).start(); "
+            "t = time.monotonic(); g.time.sleep(3); woke = time.monotonic() - t; "
+            "assert 0.25 < woke < 1.5, woke; "
+            "t = time.monotonic(); g.time.sleep(2.5); assert time.monotonic() - t >= 2.5; "
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ))
+    assert done.stdout.strip() == "ok", done.stderr
