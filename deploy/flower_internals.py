@@ -71,6 +71,21 @@ message. The launcher's processes (SuperNodes and the warm worker) change exactl
   gives the run id) with a fallback poll, or backs off from `idle_poll` to `poll_cap`
   without a bell. fedsqueeze's own app waits on that bell through `MeteredGrid` and never
   calls this method;
+* node key ids: every Fleet call of a SuperNode carries its whole public key (Flower's
+  `NodeAuthClientInterceptor`, `flwr-public-key-bin`, 178 bytes of PEM for P-256), and gRPC
+  sends custom metadata as literal, never-indexed HPACK headers, so the key costs about 200
+  bytes per call, a tenth of a compressed round's wire (bench/framing.py). The launcher's
+  SuperNodes send the key on RegisterNode and ActivateNode only and, on every other call,
+  `fsq-key-id-bin`: the first 8 bytes of the key's SHA-256. The launcher's SuperLink
+  (`NodeAuthServerInterceptor.intercept_service`) keeps the keys it has seen by id and puts
+  the whole key back into the call's metadata before Flower's own checks, which then verify
+  the signature against it as always; an id it does not know is refused with
+  `UNKNOWN_KEY_ID`, and the SuperNode repeats that call with its key. Those calls also leave
+  out the runtime-version metadata (`flwr-package-name`, `-version`, `flwr-component-name`,
+  another 100 bytes), which RegisterNode and ActivateNode carry and Flower's SuperLink
+  checks there (it accepts calls without it, as from older SuperNodes). A stock SuperLink
+  refuses the id as "Missing authentication metadata": the SuperNode then sends its whole
+  key on every call from there on, so mixed deployments work either way round;
 * `flwr.supercore.telemetry.create_event`: with telemetry off (`FLWR_TELEMETRY_ENABLED=0`,
   as the launcher sets it) and not logged, Flower still builds every event's payload, and
   `platform.architecture()` and `platform.processor()` in it run the `file` and `uname`
@@ -302,6 +317,90 @@ def patch_serverapp_reply_poll(waits: Waits) -> _ReplyPoll:
     _call_after(grid, "set_run", run_set)
     module.time = poll
     return poll
+
+
+CLIENT_AUTH = ("flwr.client.grpc_rere_client.node_auth_client_interceptor",
+               "NodeAuthClientInterceptor")
+SERVER_AUTH = ("flwr.server.superlink.fleet.grpc_rere.node_auth_server_interceptor",
+               "NodeAuthServerInterceptor")
+KEY_ID_HEADER = "fsq-key-id-bin"
+UNKNOWN_KEY_ID = "fedsqueeze: unknown node key id"
+KEY_CALLS = ("/flwr.proto.Fleet/RegisterNode", "/flwr.proto.Fleet/ActivateNode")
+# the SuperNode's runtime version (Flower's `RuntimeVersionClientInterceptor`): checked on the
+# key calls; Flower's SuperLink accepts calls without it
+RUNTIME_KEYS = ("flwr-package-name", "flwr-package-version", "flwr-component-name")
+MAX_KNOWN_KEYS = 1 << 16
+
+
+def key_id(public_key: bytes) -> bytes:
+    """A node key's short name: the first 8 bytes of its SHA-256."""
+    return hashlib.sha256(public_key).digest()[:8]
+
+
+def patch_compact_node_key() -> None:
+    """SuperNode side of node key ids (see the module docstring)."""
+    cls = _class(CLIENT_AUTH)
+    header = _attribute(sys.modules[cls.__module__], "PUBLIC_KEY_HEADER")
+    stock = _attribute(cls, "intercept_unary_unary")
+    stock = getattr(stock, "fedsqueeze_stock", stock)
+    import grpc
+
+    def intercept(self: Any, continuation: Callable[..., Any], details: Any, request: Any
+                  ) -> Any:
+        if not getattr(self, "fsq_key_ids", True) or details.method in KEY_CALLS:
+            return stock(self, continuation, details, request)
+        named = (KEY_ID_HEADER, key_id(self.public_key_bytes))
+
+        def with_key_id(signed: Any, request: Any) -> Any:  # Flower's call, key -> its id
+            metadata = [(k, v) for k, v in signed.metadata
+                        if k != header and k not in RUNTIME_KEYS] + [named]
+            return continuation(signed._replace(metadata=metadata), request)
+
+        call = stock(self, with_key_id, details, request)
+        if call.code() != grpc.StatusCode.UNAUTHENTICATED:
+            return call
+        if call.details() != UNKNOWN_KEY_ID:  # a SuperLink that knows no key ids
+            self.fsq_key_ids = False
+        return stock(self, continuation, details, request)
+
+    intercept.fedsqueeze_stock = stock  # type: ignore[attr-defined]
+    cls.intercept_unary_unary = intercept
+
+
+class _CallDetails:
+    """A `grpc.HandlerCallDetails` with other metadata."""
+
+    def __init__(self, method: str, invocation_metadata: tuple) -> None:
+        self.method, self.invocation_metadata = method, invocation_metadata
+
+
+def patch_node_key_ids() -> None:
+    """SuperLink side of node key ids (see the module docstring)."""
+    cls = _class(SERVER_AUTH)
+    module = sys.modules[cls.__module__]
+    terminator = _attribute(module, "_unary_unary_rpc_terminator")
+    header = _attribute(module, "PUBLIC_KEY_HEADER")
+    stock = _attribute(cls, "intercept_service")
+    stock = getattr(stock, "fedsqueeze_stock", stock)
+    known: dict[bytes, bytes] = {}
+
+    def intercept_service(self: Any, continuation: Callable[..., Any], details: Any) -> Any:
+        metadata = tuple(details.invocation_metadata or ())
+        keys = [v for k, v in metadata if k == header]
+        ids = [v for k, v in metadata if k == KEY_ID_HEADER]
+        if keys and isinstance(keys[0], bytes):
+            if len(known) >= MAX_KNOWN_KEYS:
+                known.clear()
+            known[key_id(keys[0])] = keys[0]
+        elif ids:
+            public_key = known.get(ids[0])
+            if public_key is None:
+                return terminator(UNKNOWN_KEY_ID)
+            details = _CallDetails(details.method, (*metadata, (header, public_key)))
+        return stock(self, continuation, details)
+
+    intercept_service.fedsqueeze_stock = stock  # type: ignore[attr-defined]
+    cls.intercept_service = intercept_service
 
 
 def _class(where: tuple[str, str]) -> type:
@@ -663,6 +762,7 @@ def apply_waits(waits: Waits, *, supernode: bool, serverapp: bool = False,
             patch_supernode_bells(waits, sleeper, executor_bell)
             patch_heartbeat(waits)
             patch_generated_node_key()
+            patch_compact_node_key()
             patch_supernode_runtime_unary()
             patch_inline_dependencies()
         if serverapp:

@@ -7,7 +7,8 @@ instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so n
 poll fast to pick them up soon. The Control API's middlewares run for Control-API requests
 only (`flower_internals.ControlOnly`), the protobuf and error translation of runtime requests
 without Starlette's per-request streams (`RuntimeUnary`), and Flower's runtime dependencies
-in the event loop (`InlineDependencies`). `--fallback`: where Flower's internals changed,
+in the event loop (`InlineDependencies`), and SuperNodes may name their key by its id instead
+of sending it whole with every call (node key ids). `--fallback`: where Flower's internals changed,
 warn and keep Flower's own behaviour for that part (without rings, the others poll as with a
 stock SuperLink).
 """
@@ -20,6 +21,7 @@ from .flower_internals import (
     FlowerInternalsError,
     check_version,
     patch_inline_dependencies,
+    patch_node_key_ids,
     patch_superlink_control_middleware,
     patch_superlink_rings,
 )
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
                (patch_superlink_control_middleware,
                 "runs Flower's whole middleware stack on every request"),
                (patch_inline_dependencies,
-                "resolves Flower's runtime dependencies in worker threads"))
+                "resolves Flower's runtime dependencies in worker threads"),
+               (patch_node_key_ids, "needs each SuperNode's whole key in every call"))
     for patch, without in patches:
         try:
             check_version()

@@ -286,3 +286,117 @@ def test_a_serverapps_reply_poll_wakes_on_the_runs_doorbell(monkeypatch):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=dict(os.environ))
     assert done.stdout.strip() == "ok", done.stderr
+
+
+class _Call:
+    def __init__(self, code, details=""):
+        self._code, self._details = code, details
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+
+def _details(method, metadata=()):
+    import collections
+
+    Details = collections.namedtuple("Details", "method metadata timeout credentials")
+    return Details(method, list(metadata), None, None)
+
+
+@pytest.fixture
+def key_id_interceptors():
+    """Flower's two node-auth interceptors with fedsqueeze's key-id patches, restored after."""
+    from flwr.client.grpc_rere_client.node_auth_client_interceptor import (
+        NodeAuthClientInterceptor,
+    )
+    from flwr.server.superlink.fleet.grpc_rere.node_auth_server_interceptor import (
+        NodeAuthServerInterceptor,
+    )
+
+    saved = (NodeAuthClientInterceptor.intercept_unary_unary,
+             NodeAuthServerInterceptor.intercept_service)
+    fi.patch_compact_node_key()
+    fi.patch_node_key_ids()
+    yield NodeAuthClientInterceptor, NodeAuthServerInterceptor
+    (NodeAuthClientInterceptor.intercept_unary_unary,
+     NodeAuthServerInterceptor.intercept_service) = saved
+
+
+def test_a_supernode_names_its_key_by_id_and_falls_back_where_ids_are_unknown(
+        key_id_interceptors):
+    import grpc
+    from flwr.supercore.primitives.asymmetric import generate_key_pairs
+
+    client = key_id_interceptors[0](*generate_key_pairs())
+    pem, sent, answers = client.public_key_bytes, [], []
+
+    def continuation(details, request):
+        sent.append(dict(details.metadata))
+        return answers.pop(0) if answers else _Call(grpc.StatusCode.OK)
+
+    extra = [("flwr-package-name", "flwr"), ("flwr-package-version", "1.39.0"),
+             ("flwr-component-name", "SuperNode")]
+    client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/ActivateNode",
+                                                        extra), None)
+    assert sent[-1]["flwr-public-key-bin"] == pem and "flwr-package-version" in sent[-1]
+    client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PullMessages",
+                                                        extra), None)
+    assert "flwr-public-key-bin" not in sent[-1] and "flwr-package-version" not in sent[-1]
+    assert sent[-1][fi.KEY_ID_HEADER] == fi.key_id(pem) and "flwr-signature-bin" in sent[-1]
+    # a SuperLink that lost the key (restarted): this call again, whole; ids afterwards
+    answers[:] = [_Call(grpc.StatusCode.UNAUTHENTICATED, fi.UNKNOWN_KEY_ID)]
+    client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PushObject"), None)
+    assert sent[-1]["flwr-public-key-bin"] == pem
+    client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PushObject"), None)
+    assert fi.KEY_ID_HEADER in sent[-1]
+    # a stock SuperLink: whole keys from then on
+    answers[:] = [_Call(grpc.StatusCode.UNAUTHENTICATED, "Missing authentication metadata")]
+    client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PushObject"), None)
+    client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PullObject"), None)
+    assert all(s["flwr-public-key-bin"] == pem for s in sent[-2:])
+
+
+def test_the_superlink_puts_a_known_key_back_and_refuses_an_unknown_id(key_id_interceptors):
+    """Flower's own checks run on every call: the signature is verified against the key the
+    id names; an id never seen is refused with UNKNOWN_KEY_ID, before any of Flower's."""
+    import types
+
+    import grpc
+    from flwr.supercore.date import now
+    from flwr.supercore.primitives.asymmetric import (
+        generate_key_pairs,
+        public_key_to_bytes,
+        sign_message,
+    )
+
+    server = key_id_interceptors[1](state_factory=None)
+    private, public = generate_key_pairs()
+    pem = public_key_to_bytes(public)
+    reached = []
+
+    def continuation(details):
+        reached.append(dict(details.invocation_metadata))
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: "served")
+
+    def call(*names):
+        stamp = now().isoformat()
+        metadata = (("flwr-timestamp", stamp),
+                    ("flwr-signature-bin", sign_message(private, stamp.encode("ascii"))),
+                    *names)
+        return server.intercept_service(continuation, types.SimpleNamespace(
+            method="/flwr.proto.Fleet/PullMessages", invocation_metadata=metadata))
+
+    aborted = []
+    context = types.SimpleNamespace(abort=lambda code, text: aborted.append((code, text)))
+    with pytest.raises(RuntimeError):  # Flower's terminator raises after aborting
+        call((fi.KEY_ID_HEADER, fi.key_id(pem))).unary_unary(None, context)
+    assert aborted == [(grpc.StatusCode.UNAUTHENTICATED, fi.UNKNOWN_KEY_ID)] and not reached
+    call(("flwr-public-key-bin", pem))           # the key seen once, whole
+    call((fi.KEY_ID_HEADER, fi.key_id(pem)))     # then by its id
+    assert len(reached) == 2 and reached[-1]["flwr-public-key-bin"] == pem
+    other = public_key_to_bytes(generate_key_pairs()[1])
+    call((fi.KEY_ID_HEADER, fi.key_id(other)))   # an id of a key never sent
+    assert len(reached) == 2
