@@ -12,7 +12,7 @@ the median over rounds 2..N.
 
 `--compare` runs the same fc2 deployment (FedAvg, IID, `client-threads=1`) twice, one after the
 other in this invocation: Flower's stock ClientApp executor with Flower's own waits
-(`--executor stock --stock-latency`), then the warm worker with short waits (the default),
+(`--flower stock`), then the warm worker with short waits (the default),
 and prints both and their ratio. Run it on an otherwise idle machine.
 
 While each compared run goes, a sampler reads the CPU time (user + system, with the reaped
@@ -168,8 +168,7 @@ def _finished(run_dir: Path, rounds: int) -> bool:
 
 
 def compare(clients: int, rounds: int, results_dir: Path, reuse: bool = False) -> int:
-    runs = {"stock": DeployOptions(clients=clients, executor="stock", tuned_latency=False,
-                                   echo=False),
+    runs = {"stock": DeployOptions(clients=clients, flower="stock", echo=False),
             "warm": DeployOptions(clients=clients, echo=False)}
     paths = []
     for name, options in runs.items():
@@ -178,7 +177,8 @@ def compare(clients: int, rounds: int, results_dir: Path, reuse: bool = False) -
                       "engine": "deployment", "partitioner": "iid",
                       "num-server-rounds": rounds, "client-threads": 1,
                       "round-timeout": 600.0,
-                      **({"server-poll-interval": 3.0} if not options.tuned_latency else {})}
+                      **({"server-poll-interval": 3.0} if not options.accelerated_server
+                         else {})}
         paths_of_run = results_dir / run_name
         if reuse and _finished(paths_of_run, rounds):
             print(f"reusing {name}: {paths_of_run}", flush=True)

@@ -48,7 +48,7 @@ from .config_check import (
     is_fedsqueeze_app,
     parse_overrides,
 )
-from .deployment import WIRE_FILE, DeployOptions, deploy
+from .deployment import FLOWERS, WIRE_FILE, DeployOptions, deploy
 from .faults import FaultError, parse_kills
 from .flower import require_grpc_flower, stop_local_superlink
 from .launch import LaunchResult
@@ -100,17 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--auth", action="store_true",
                      help="SuperNode authentication: a key pair per SuperNode, registered with "
                      "the SuperLink (implies --tls: Flower refuses it in cleartext)")
-    dep.add_argument("--stock-latency", action="store_true",
-                     help="keep Flower's own waits and polls (to measure what ours save)")
+    dep.add_argument("--flower", choices=FLOWERS, default="accelerated",
+                     help="accelerated (default): fedsqueeze's layer over Flower (shorter "
+                     "waits, doorbells, the warm ClientApp executor, lighter middleware, node "
+                     "key ids; deploy/flower_internals.py); stock: Flower's own SuperLink, "
+                     "SuperNodes, waits and executor")
+    dep.add_argument("--supernode-flower", choices=FLOWERS,
+                     help="the SuperNodes' Flower, if not --flower's (a mixed deployment)")
     dep.add_argument("--kill", action="append", metavar="ROUND:PARTITION[,PARTITION...]",
                      help="fault injection: SIGKILL these SuperNodes in that round, once they "
                      "hold its message (repeatable)")
     dep.add_argument("--restart-after", type=float, metavar="SECONDS",
                      help="start every killed SuperNode again after this many seconds "
                      "(default: they stay dead)")
-    dep.add_argument("--executor", choices=("warm", "stock"), default="warm",
-                     help="warm (default): one worker forks a ClientApp per message from "
-                     "warm imports; stock: Flower starts a new interpreter per message")
+    dep.add_argument("--executor", choices=("warm", "stock"),
+                     help="warm (the default with accelerated SuperNodes): one worker forks "
+                     "a ClientApp per message from warm imports; stock (the default with "
+                     "stock SuperNodes): Flower starts a new interpreter per message")
     _run_options(dep)
 
     rep = sub.add_parser("report", help="table and plots of one or more result directories")
@@ -261,7 +267,7 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
         return deploy_any_app(args, console)
     app_dir, _, settings = prepare(args)
     options = _deploy_options(args)
-    extra = {"server-poll-interval": 3.0} if args.stock_latency else {}
+    extra = {"server-poll-interval": 3.0} if args.flower == "stock" else {}  # Flower's
     run_dir, overrides = launch_config(args, settings, "deployment", extra)
     console.print(f"{_deployment_header(options)}, method {settings.method}, "
                   f"{settings.num_server_rounds} rounds -> {run_dir}")
@@ -284,16 +290,20 @@ def _deploy_options(args: argparse.Namespace) -> DeployOptions:
         raise ConfigError(f"--restart-after {args.restart_after}: needs --kill and a "
                           "non-negative number of seconds")
     return DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls or args.auth,
-                         auth=args.auth, tuned_latency=not args.stock_latency,
-                         executor=args.executor, echo=not args.quiet, kills=tuple(kills),
+                         auth=args.auth, flower=args.flower,
+                         supernode_flower=args.supernode_flower or "",
+                         executor=args.executor or "", echo=not args.quiet, kills=tuple(kills),
                          restart_after=args.restart_after)
 
 
 def _deployment_header(options: DeployOptions) -> str:
     return (f"deployment: SuperLink + {options.clients} SuperNodes over gRPC on 127.0.0.1"
             f"{' (TLS)' if options.tls else ''}"
-            f"{', SuperNode authentication' if options.auth else ''}, {options.executor} "
-            "ClientApp executor" + (f", GPUs {','.join(options.gpus)}" if options.gpus else ""))
+            f"{', SuperNode authentication' if options.auth else ''}, {options.flower} Flower"
+            + (f" (SuperNodes: {options.supernode_flower})"
+               if options.supernode_flower != options.flower else "")
+            + f", {options.executor} ClientApp executor"
+            + (f", GPUs {','.join(options.gpus)}" if options.gpus else ""))
 
 
 def deploy_any_app(args: argparse.Namespace, console: Console) -> int:

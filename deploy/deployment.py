@@ -62,13 +62,19 @@ WIRE_FILE = "wire.json"  # any app's deployment: wire bytes per SuperNode
 ROUNDS_LOG = "compressed-rounds.jsonl"  # what a `Compressed` in any app logged
 
 
+FLOWERS = ("accelerated", "stock")  # deploy/flower_internals.py's layer, or Flower as it is
+
+
 @dataclass(frozen=True)
 class DeployOptions:
     clients: int
     gpus: tuple[str, ...] = ()
     tls: bool = False
-    tuned_latency: bool = True   # False: Flower's own waits everywhere (--stock-latency)
-    executor: str = "warm"       # warm: one forking worker; stock: a process per message
+    flower: str = "accelerated"  # the SuperLink and ServerApp: with fedsqueeze's Flower
+                                 # patches, shims and doorbells, or Flower's own (stock)
+    supernode_flower: str = ""   # the SuperNodes ("": as `flower`; else a mixed deployment)
+    executor: str = ""           # warm: one forking worker; stock: a process per message
+                                 # ("": warm with accelerated SuperNodes, else stock)
     echo: bool = True
     auth: bool = False           # SuperNode authentication: a registered key per SuperNode
     unregistered: int = 0        # with auth: this many extra SuperNodes whose keys are never
@@ -77,6 +83,14 @@ class DeployOptions:
     restart_after: float | None = None   # ... and start them again after this many seconds
 
     def __post_init__(self) -> None:
+        for name in ("flower", "supernode_flower"):
+            if getattr(self, name) not in (*FLOWERS, "" if name == "supernode_flower" else None):
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: one of "
+                                 f"{', '.join(FLOWERS)}")
+        if not self.supernode_flower:
+            object.__setattr__(self, "supernode_flower", self.flower)
+        if not self.executor:
+            object.__setattr__(self, "executor", "warm" if self.accelerated_nodes else "stock")
         if self.executor not in EXECUTORS:
             raise ValueError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
         if self.unregistered and not self.auth:
@@ -85,10 +99,18 @@ class DeployOptions:
             raise ValueError("SuperNode authentication needs TLS (Flower refuses it in "
                              "cleartext)")
 
+    @property
+    def accelerated_server(self) -> bool:
+        return self.flower == "accelerated"
+
+    @property
+    def accelerated_nodes(self) -> bool:
+        return self.supernode_flower == "accelerated"
+
     def describe(self) -> dict[str, object]:
         """What config.json records about how the deployment ran."""
-        return {"executor": self.executor,
-                "latency": "tuned" if self.tuned_latency else "stock",
+        return {"executor": self.executor, "flower": self.flower,
+                "supernode_flower": self.supernode_flower,
                 "auth": self.auth,
                 **({"kills": [f"{k.round}:{','.join(map(str, k.partitions))}"
                               for k in self.kills],
@@ -115,7 +137,7 @@ def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
                    "--node-config", f"partition-id={index} num-partitions={options.clients}"]
     if options.executor == "warm":
         flower_args += ["--isolation", "process"]  # our worker serves its ClientApp API
-    if options.tuned_latency:
+    if options.accelerated_nodes:
         bell = (["--executor-bell", f"127.0.0.1:{runtime_port}"]
                 if options.executor == "warm" else [])
         command = [sys.executable, "-m", SUPERNODE_ENTRY,
@@ -133,13 +155,13 @@ def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[Sup
     workers of one launch share the --max-running and --max-reading slots."""
     command = [sys.executable, "-m", WARM_WORKER_ENTRY, "--insecure",
                "--poll-cap", str(poll_cap(options.clients)), "--slot-dir", str(slot_dir)]
-    if not options.tuned_latency:
+    if not options.accelerated_nodes:
         command.append("--stock-latency")
     for node in nodes:
         serve = f"{node.runtime_address},parent={node.started.process.pid}"
         command += ["--serve", serve + (f",gpus={node.gpus}" if node.gpus is not None else "")]
     worker_env = dict(env)
-    if options.tuned_latency:
+    if options.accelerated_nodes:
         worker_env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = WARM_SUPEREXEC_POLL
     return group.start(name, command, worker_env)
 
@@ -218,7 +240,7 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     if not ours:  # a `Compressed` in the app's ServerApp logs its bytes per round here
         env[ROUNDS_LOG_ENV] = str(rounds_log)
     link_env = env
-    if options.tuned_latency:
+    if options.accelerated_server:
         env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
         env[DOORBELLS] = f"fedsqueeze/{group.launch_id}"
         shim_commands(env, work / "bin", {"flwr-serverapp": SERVERAPP_ENTRY})
@@ -234,7 +256,7 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
             tls = make_certificates(work / "tls") if options.tls else None
             link = start_superlink(group, link_env, simulation=False, tls=tls,
                                    extra=("--enable-supernode-auth",) if options.auth else (),
-                                   rings=options.tuned_latency)
+                                   rings=options.accelerated_server)
             security = tls.supernode_args() if tls else ["--insecure"]
             keys = _node_keys(group, env, link, options, work)
             nodes = []

@@ -49,7 +49,7 @@ def require_grpc_flower(version: str | None = None) -> None:
             "and Flower's simulation work with any Flower from 1.39.")
 
 # The launcher's entry points around Flower's own (short waits, doorbells), and the names by
-# which a process of each kind is found, Flower's first (what `--stock-latency` starts).
+# which a process of each kind is found, Flower's first (what `--flower stock` starts).
 SUPERLINK_ENTRY = "fedsqueeze.deploy.superlink_main"
 SUPERNODE_ENTRY = "fedsqueeze.deploy.supernode_main"
 SERVERAPP_ENTRY = "fedsqueeze.deploy.serverapp_main"  # what the launcher's flwr-serverapp runs

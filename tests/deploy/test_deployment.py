@@ -33,10 +33,11 @@ def launch_ids_below(pid: int) -> set[str]:
     return ids
 
 
-def run_deploy(tmp_path, name, clients, **config):
+def run_deploy(tmp_path, name, clients, options=None, **config):
     run_config = {"results-dir": str(tmp_path), "run-name": name, "engine": "deployment",
                   "partitioner": "iid", "round-timeout": 180.0, **config}
-    return deploy(APP, run_config, tmp_path / name, DeployOptions(clients=clients, echo=False))
+    return deploy(APP, run_config, tmp_path / name,
+                  options or DeployOptions(clients=clients, echo=False))
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +159,20 @@ def test_sigterm_to_a_script_calling_simulate_stops_ray_too(tmp_path):
     proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert processes_of_launch(launch_ids.pop()) == []
+
+
+def test_stock_supernodes_under_the_accelerated_server(tmp_path):
+    """A mixed deployment: Flower's own SuperNodes (and executor) send their whole key with
+    every call and are served as by Flower. (Accelerated SuperNodes under a stock SuperLink
+    fall back to whole keys: tests/deploy/test_flower_internals.py.)"""
+    server, nodes = "accelerated", "stock"
+    options = DeployOptions(clients=2, flower=server, supernode_flower=nodes, echo=False)
+    result = run_deploy(tmp_path, "mixed", 2, options, **{"num-server-rounds": 2})
+    assert result.succeeded, result.status
+    config, rounds, summary = read_run(result.results_dir)
+    assert config["deployment"]["flower"] == server
+    assert config["deployment"]["supernode_flower"] == nodes
+    assert config["deployment"]["executor"] == "stock"
+    assert len(rounds) == 2 and all(r["wire_up"] > r["message_up"] for r in rounds)
+    calls = summary["wire_calls"]["PullObject"]
+    assert calls["up HeadersFrame"] / calls["calls"] > 400  # whole keys

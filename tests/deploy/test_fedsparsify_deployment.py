@@ -28,13 +28,13 @@ def deployed(tmp_path_factory):
                   "method": "fedsparsify", "fedsparsify.variant": "global",
                   "fedsparsify.final-sparsity": 0.9, "fedsparsify.start-round": 0}
     return deploy(APP, run_config, tmp_path / "fsp",
-                  DeployOptions(clients=2, executor="stock", tuned_latency=False, echo=False))
+                  DeployOptions(clients=2, flower="stock", echo=False))
 
 
 def test_fedsparsify_deployment_completes_without_leftover_processes(deployed):
     config, _, _ = read_run(deployed.results_dir)
     assert config["deployment"] == {**config["deployment"], "executor": "stock",
-                                    "latency": "stock"}
+                                    "flower": "stock", "supernode_flower": "stock"}
     assert deployed.succeeded, deployed.status
     assert deployed.leftover_pids == [] and processes_of_launch(deployed.launch_id) == []
 
