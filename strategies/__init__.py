@@ -5,7 +5,7 @@ Public API (what a Flower user's app imports)::
     from fedsqueeze.strategies import Compressed, compression_mod, TopKEF
     strategy = Compressed(FedAvgM(...), uplink=TopKEF(sparsity=0.99), downlink=TopKEF())
     app = ClientApp(mods=[compression_mod])          # the handler sees plain ArrayRecords
-    Compressed(..., sinks=[TensorBoardSink("runs/x")])  # bytes per round to a tracker
+    strategy = Compressed(..., sinks=[TensorBoardSink("runs/x")])  # bytes to a tracker
 
     strategy, arrays = strategy_from_run_config(run_config)  # a registered method, any app
     strategy.start(grid=grid, initial_arrays=arrays, num_rounds=10)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+
 import pytest
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -28,6 +32,34 @@ def _private_partition_cache(tmp_path_factory):
         os.environ.pop("FEDSQUEEZE_CACHE_DIR", None)
     else:
         os.environ["FEDSQUEEZE_CACHE_DIR"] = saved
+
+
+@contextlib.contextmanager
+def _plugins_forgotten(*module_prefixes: str) -> Iterator[None]:
+    """What plugins register inside (models, datasets, losses, optimizers, metrics, results
+    sinks), and the plugin modules themselves, are gone afterwards."""
+    from fedsqueeze.data import datasets
+    from fedsqueeze.models import registry
+    from fedsqueeze.strategies import sinks, training
+
+    tables = [(datasets, "_REGISTRY"), (registry, "_REGISTRY"), (training, "LOSSES"),
+              (training, "OPTIMIZERS"), (training, "METRICS"), (sinks, "SINKS")]
+    saved = [dict(getattr(module, name)) for module, name in tables]
+    modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        for (module, name), table in zip(tables, saved):
+            setattr(module, name, table)
+        for name in set(sys.modules) - modules:
+            if name.startswith(module_prefixes):
+                del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def plugins_forgotten():
+    """`with plugins_forgotten("my_plugin"):` what plugins register inside is gone after."""
+    return _plugins_forgotten
 
 
 @pytest.fixture

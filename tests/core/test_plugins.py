@@ -32,27 +32,14 @@ def _plugin(folder, name):
 
 
 @pytest.fixture
-def on_path(tmp_path, monkeypatch):
+def on_path(tmp_path, monkeypatch, plugins_forgotten):
     """`tmp_path` importable here and in every process started from here (PYTHONPATH); what
     a plugin registers in this process is gone after the test."""
-    from fedsqueeze.data import datasets
-    from fedsqueeze.models import registry
-    from fedsqueeze.strategies import sinks, training
-
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]))
-    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(training, "LOSSES", dict(training.LOSSES))
-    monkeypatch.setattr(training, "OPTIMIZERS", dict(training.OPTIMIZERS))
-    monkeypatch.setattr(training, "METRICS", dict(training.METRICS))
-    monkeypatch.setattr(sinks, "SINKS", dict(sinks.SINKS))
-    modules = set(sys.modules)
-    yield tmp_path
-    for name in set(sys.modules) - modules:
-        if name.startswith("blobs_"):
-            del sys.modules[name]
+    with plugins_forgotten("blobs_"):
+        yield tmp_path
 
 
 def test_a_plugins_dataset_and_model_train_in_process(on_path):

@@ -34,11 +34,12 @@ def check(rows: list[dict], methods: list[str], rounds: int = 3) -> None:
 
 
 @pytest.fixture(scope="module")
-def server_app():
+def server_app(plugins_forgotten):
     sys.path.insert(0, str(APP))
     try:
-        from user_app import server
-        yield server
+        with plugins_forgotten("user_app"):
+            from user_app import server
+            yield server
     finally:
         sys.path.remove(str(APP))
 
