@@ -1,14 +1,16 @@
 """What the wire adds to the messages of a compressed run: each gRPC call of a round, by kind.
 
-    python bench/framing.py [--clients 10] [--rounds 5] [--results-dir DIR] [RUN_DIR ...]
+    python bench/framing.py [--clients 10] [--rounds 5] [--row LABEL] [--results-dir DIR]
+                            [RUN_DIR ...]
 
-Without RUN_DIR it runs the best compressed `fmnist-fc2` row (`fedpara x topk-ef-0.99-q8-both`)
-as a deployment (`fedsqueeze deploy`, the accelerated default) and reads that run; with RUN_DIR
-it reads deployments that exist. For each it prints wire / message over the rounds (the figure
-issue 33 asks to bring to 1.3), then every kind of Fleet call (`summary.json`'s `wire_calls`,
-the whole run, polls included) per SuperNode and round: how many calls, and their bytes by
-direction and HTTP/2 frame type (HEADERS: gRPC headers, Flower's signature metadata among
-them; DATA: the protobufs, 5 B gRPC prefix and 9 B frame header each).
+Without RUN_DIR it runs a row of `fmnist-fc2` (default: the best compressed one,
+`fedpara x topk-ef-0.99-q8-both`) as a deployment (`fedsqueeze deploy`, the accelerated
+default) and reads that run; with RUN_DIR it reads deployments that exist. For each it
+prints wire / message over the rounds (the figure issue 33 asks to bring to 1.3), then every
+kind of Fleet call (`summary.json`'s `wire_calls`, the whole run, polls included) per
+SuperNode and round: how many calls, and their bytes by direction and HTTP/2 frame type
+(HEADERS: gRPC headers, Flower's signature metadata among them; DATA: the protobufs, 5 B
+gRPC prefix and 9 B frame header each).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ ROW = "fedpara x topk-ef-0.99-q8-both"
 FRAMES = ("HeadersFrame", "DataFrame", "WindowUpdateFrame", "RstStreamFrame")
 
 
-def run_best_row(clients: int, rounds: int, results_dir: Path) -> Path:
+def run_row(row: str, clients: int, rounds: int, results_dir: Path) -> Path:
     preset = preset_named("fmnist-fc2")
-    keys = {**preset.setting, **dict(preset.runs)[ROW], "num-server-rounds": rounds}
+    keys = {**preset.setting, **dict(preset.runs)[row], "num-server-rounds": rounds}
     code = cli(["deploy", "--clients", str(clients), "--quiet", "--overwrite",
                 "--results-dir", str(results_dir), "--run-name", "framing",
                 "--run-config", config_text(keys)])
@@ -63,12 +65,13 @@ def main() -> None:
     parser.add_argument("run_dirs", nargs="*", type=Path)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--row", default=ROW, help=f"a row of fmnist-fc2 (default: {ROW})")
     parser.add_argument("--results-dir", type=Path)
     args = parser.parse_args()
     run_dirs = args.run_dirs
     if not run_dirs:
         results_dir = args.results_dir or Path(tempfile.mkdtemp(prefix="framing-"))
-        run_dirs = [run_best_row(args.clients, args.rounds, results_dir.resolve())]
+        run_dirs = [run_row(args.row, args.clients, args.rounds, results_dir.resolve())]
     for run_dir in run_dirs:
         report(run_dir)
 
