@@ -1,8 +1,8 @@
 """Run-config `plugins`: a user's own dataset (float feature vectors, not uint8 images), model,
 loss, optimizer, metric and results sink, registered by a module the run config names, reach
-every process: in process, in Flower's simulation engine (Ray actors) and in a deployment; a
-changed loader never gets stale partitions; a module that cannot be imported says where it
-was looked for."""
+every process: in process and in a deployment of fedsqueeze's app (Flower's Ray actors load
+the same plugin under `flwr run` in tests/core/test_user_app.py); a changed loader never gets
+stale partitions; a module that cannot be imported says where it was looked for."""
 
 from __future__ import annotations
 
@@ -84,22 +84,6 @@ def test_a_plugin_that_cannot_be_imported_or_an_unknown_loss_is_a_clear_error():
         RunSettings.from_run_config({"plugins": "no_such_plugin"})
     with pytest.raises(ConfigError, match="'loss' = 'nope': one of cross-entropy"):
         checked_run_config(find_app_dir(), {"loss": "nope"})
-
-
-@pytest.mark.simulation
-def test_ray_actors_load_the_plugin_too(on_path):
-    from fedsqueeze.deploy.simulate import simulate
-
-    keys = _plugin(on_path, "blobs_ray")
-    run_config = {**keys, "results-dir": str(on_path), "run-name": "ray",
-                  "engine": "simulation", "round-timeout": 120.0}
-    result = simulate(find_app_dir(), run_config, on_path / "ray", clients=2,
-                      cpus_per_client=1, gpus_per_client=0.0, echo=False)
-    assert result.succeeded, result.status
-    _, rows, _ = read_run(on_path / "ray")
-    assert len(rows) == 3 and rows[-1]["accuracy"] > 0.8
-    assert rows[-1]["metrics"]["blobs_ray-recall-0"] > 0.8
-    assert "blobs_ray-recall-0" in rows[-1]["metrics_local"]  # from the Ray actors
 
 
 @pytest.mark.deployment
