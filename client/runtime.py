@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -37,9 +38,12 @@ def pick_device(preference: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
+    """`cpu`, or `cuda:<index> (<name>; CUDA_VISIBLE_DEVICES=<ids>)`: the pinning says which
+    physical GPU a SuperNode's `cuda:0` is (bench/gpu_check.sh checks it)."""
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(all)")
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)}; CUDA_VISIBLE_DEVICES={visible})"
     return "cpu"
 
 
