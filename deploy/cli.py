@@ -51,6 +51,7 @@ from .config_check import (
 from .deployment import FLOWERS, WIRE_FILE, DeployOptions, deploy
 from .faults import FaultError, parse_kills
 from .flower import require_grpc_flower, stop_local_superlink
+from .flower_internals import PARTS, parts_off
 from .launch import LaunchResult
 from .processes import sigterm_as_interrupt
 from .simulate import simulate
@@ -107,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "SuperNodes, waits and executor")
     dep.add_argument("--supernode-flower", choices=FLOWERS,
                      help="the SuperNodes' Flower, if not --flower's (a mixed deployment)")
+    dep.add_argument("--flower-off", default="", metavar="PART,...",
+                     help="leave these parts of the accelerated layer out (to measure what "
+                     f"each buys): {', '.join(PARTS)}")
     dep.add_argument("--kill", action="append", metavar="ROUND:PARTITION[,PARTITION...]",
                      help="fault injection: SIGKILL these SuperNodes in that round, once they "
                      "hold its message (repeatable)")
@@ -292,8 +296,16 @@ def _deploy_options(args: argparse.Namespace) -> DeployOptions:
     return DeployOptions(clients=args.clients, gpus=gpus, tls=args.tls or args.auth,
                          auth=args.auth, flower=args.flower,
                          supernode_flower=args.supernode_flower or "",
+                         flower_off=flower_parts_off(args.flower_off),
                          executor=args.executor or "", echo=not args.quiet, kills=tuple(kills),
                          restart_after=args.restart_after)
+
+
+def flower_parts_off(text: str) -> tuple[str, ...]:
+    try:
+        return parts_off(text)
+    except ValueError as err:
+        raise ConfigError(f"--flower-off: {err}") from None
 
 
 def _deployment_header(options: DeployOptions) -> str:
@@ -302,6 +314,7 @@ def _deployment_header(options: DeployOptions) -> str:
             f"{', SuperNode authentication' if options.auth else ''}, {options.flower} Flower"
             + (f" (SuperNodes: {options.supernode_flower})"
                if options.supernode_flower != options.flower else "")
+            + (f" without {', '.join(options.flower_off)}" if options.flower_off else "")
             + f", {options.executor} ClientApp executor"
             + (f", GPUs {','.join(options.gpus)}" if options.gpus else ""))
 

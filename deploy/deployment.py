@@ -37,6 +37,7 @@ from .flower import (
     start_superlink,
     write_connection,
 )
+from .flower_internals import PARTS_OFF_ENV, parts_off
 from .launch import LaunchResult, launch_dir, run_app, settle_status
 from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
 from .tls import make_certificates
@@ -75,6 +76,7 @@ class DeployOptions:
     supernode_flower: str = ""   # the SuperNodes ("": as `flower`; else a mixed deployment)
     executor: str = ""           # warm: one forking worker; stock: a process per message
                                  # ("": warm with accelerated SuperNodes, else stock)
+    flower_off: tuple[str, ...] = ()  # parts of the accelerated layer left out (PARTS)
     echo: bool = True
     auth: bool = False           # SuperNode authentication: a registered key per SuperNode
     unregistered: int = 0        # with auth: this many extra SuperNodes whose keys are never
@@ -89,8 +91,10 @@ class DeployOptions:
                                  f"{', '.join(FLOWERS)}")
         if not self.supernode_flower:
             object.__setattr__(self, "supernode_flower", self.flower)
+        parts_off(",".join(self.flower_off))  # names checked
         if not self.executor:
-            object.__setattr__(self, "executor", "warm" if self.accelerated_nodes else "stock")
+            warm = self.accelerated_nodes and "warm-executor" not in self.flower_off
+            object.__setattr__(self, "executor", "warm" if warm else "stock")
         if self.executor not in EXECUTORS:
             raise ValueError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
         if self.unregistered and not self.auth:
@@ -110,7 +114,7 @@ class DeployOptions:
     def describe(self) -> dict[str, object]:
         """What config.json records about how the deployment ran."""
         return {"executor": self.executor, "flower": self.flower,
-                "supernode_flower": self.supernode_flower,
+                "supernode_flower": self.supernode_flower, "flower_off": list(self.flower_off),
                 "auth": self.auth,
                 **({"kills": [f"{k.round}:{','.join(map(str, k.partitions))}"
                               for k in self.kills],
@@ -161,7 +165,7 @@ def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[Sup
         serve = f"{node.runtime_address},parent={node.started.process.pid}"
         command += ["--serve", serve + (f",gpus={node.gpus}" if node.gpus is not None else "")]
     worker_env = dict(env)
-    if options.accelerated_nodes:
+    if options.accelerated_nodes and "task-poll" not in options.flower_off:
         worker_env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = WARM_SUPEREXEC_POLL
     return group.start(name, command, worker_env)
 
@@ -240,11 +244,14 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     if not ours:  # a `Compressed` in the app's ServerApp logs its bytes per round here
         env[ROUNDS_LOG_ENV] = str(rounds_log)
     link_env = env
+    env[PARTS_OFF_ENV] = ",".join(options.flower_off)
     if options.accelerated_server:
-        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
-        env[DOORBELLS] = f"fedsqueeze/{group.launch_id}"
+        if "doorbells" not in options.flower_off:
+            env[DOORBELLS] = f"fedsqueeze/{group.launch_id}"
         shim_commands(env, work / "bin", {"flwr-serverapp": SERVERAPP_ENTRY})
-        link_env = {**env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": LINK_SUPEREXEC_POLL}
+        if "task-poll" not in options.flower_off:
+            env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
+            link_env = {**env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": LINK_SUPEREXEC_POLL}
     meters: list[WireMeter] = []
     status: dict = {}
     run_id = 0

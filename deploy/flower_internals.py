@@ -106,6 +106,7 @@ import hashlib
 import importlib
 import inspect
 import io
+import os
 import sys
 import threading
 import time as _time
@@ -158,6 +159,55 @@ EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
 SERVERAPP_GRID = ("flwr.superlink.grid.http_grid", "HttpGrid")
 STOCK_GRID_REPLY_POLL = 3  # HttpGrid.send_and_receive: seconds between reply pulls
+
+
+# The accelerated layer's parts, each switchable off (`fedsqueeze deploy --flower-off PART,...`
+# sets PARTS_OFF_ENV for every process it starts); what each changes against stock Flower.
+PARTS: dict[str, str] = {
+    "waits": "SuperNode: the idle poll backs off from 0.02 s (Flower: 3 s always), the wait "
+             "for the ClientApp's reply is 0.02 s (Flower: 0.5 s)",
+    "doorbells": "the SuperLink rings a SuperNode or the ServerApp when their message is "
+                 "stored, a SuperNode rings its SuperExec; waits sleep on the bell",
+    "pull-backoff": "object pulls retry after 0.01 s, capped at 0.2 s (Flower: 1 s, doubling "
+                    "to 10 s)",
+    "heartbeat": "SuperNodes heartbeat every 10 s (Flower: 30 s): a dead one is noticed in "
+                 "20 s, not 60 s",
+    "p256": "a SuperNode's self-made key is P-256 (Flower: P-384)",
+    "key-ids": "SuperNodes name their key by an 8-byte id after registering (Flower: the "
+               "whole key in every call)",
+    "runtime-unary": "runtime API requests skip Starlette's per-request streams in Flower's "
+                     "protobuf and error translation layers",
+    "inline-dependencies": "Flower's runtime request dependencies run in the event loop "
+                           "(FastAPI: a worker thread each)",
+    "control-only": "the SuperLink's Control-API middlewares run for Control-API requests "
+                    "only (and its runtime API's translation layers as in runtime-unary)",
+    "warm-executor": "one warm worker per host forks each ClientApp from warm imports "
+                     "(Flower: a new interpreter per message)",
+    "fab-cache": "a warm ClientApp finds its installed FAB without extracting and hashing it "
+                 "again",
+    "telemetry": "disabled telemetry builds no event payload (Flower runs `file` and `uname` "
+                 "for it)",
+    "task-poll": "SuperExecs poll for tasks every 0.05 s (Flower: 1 s), through Flower's "
+                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL",
+    "serverapp-reply-poll": "a ServerApp that is not fedsqueeze's wakes on its doorbell "
+                            "between reply pulls (Flower: 3 s)",
+}
+PARTS_OFF_ENV = "FEDSQUEEZE_FLOWER_OFF"
+
+
+def parts_off(text: str) -> tuple[str, ...]:
+    """The parts a comma-separated list names; an unknown name is an error listing them."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in PARTS]
+    if unknown:
+        raise ValueError(f"no part of the accelerated layer is named {', '.join(unknown)}: "
+                         f"one of {', '.join(PARTS)}")
+    return names
+
+
+def part_on(name: str) -> bool:
+    """Whether this process applies part `name` (not named in $FEDSQUEEZE_FLOWER_OFF)."""
+    return name not in parts_off(os.environ.get(PARTS_OFF_ENV, ""))
 
 
 class FlowerInternalsError(RuntimeError):
@@ -758,16 +808,21 @@ def apply_waits(waits: Waits, *, supernode: bool, serverapp: bool = False,
     try:
         check_version()
         if supernode:
-            sleeper = patch_supernode_waits(waits)
-            patch_supernode_bells(waits, sleeper, executor_bell)
-            patch_heartbeat(waits)
-            patch_generated_node_key()
-            patch_compact_node_key()
-            patch_supernode_runtime_unary()
-            patch_inline_dependencies()
-        if serverapp:
+            if part_on("waits"):
+                sleeper = patch_supernode_waits(waits)
+                if part_on("doorbells"):
+                    patch_supernode_bells(waits, sleeper, executor_bell)
+            for part, patch in (("heartbeat", lambda: patch_heartbeat(waits)),
+                                ("p256", patch_generated_node_key),
+                                ("key-ids", patch_compact_node_key),
+                                ("runtime-unary", patch_supernode_runtime_unary),
+                                ("inline-dependencies", patch_inline_dependencies)):
+                if part_on(part):
+                    patch()
+        if serverapp and part_on("serverapp-reply-poll"):
             patch_serverapp_reply_poll(waits)
-        patch_pull_backoff(waits)
+        if part_on("pull-backoff"):
+            patch_pull_backoff(waits)
     except FlowerInternalsError as err:
         if not fallback:
             raise
@@ -783,7 +838,7 @@ def skip_disabled_telemetry() -> bool:
     enabled, logged = (_attribute(module, name) for name in ("FLWR_TELEMETRY_ENABLED",
                                                                "FLWR_TELEMETRY_LOGGING"))
     _attribute(module, "create_event")
-    if enabled == "1" or logged == "1":
+    if enabled == "1" or logged == "1" or not part_on("telemetry"):
         return False
     module.create_event = lambda event_type, event_details=None: "disabled"
     return True
@@ -822,7 +877,7 @@ def clientapp_entry() -> Callable[..., None]:
         raise FlowerInternalsError(f"Flower {flwr.__version__}: run_clientapp lacks "
                                    f"parameters {sorted(missing)}")
     install = _attribute(module, "install_from_fab")
-    if not getattr(install, "skips_installed", False):
+    if not getattr(install, "skips_installed", False) and part_on("fab-cache"):
         module.install_from_fab = _skipping_installed(install)
     return entry
 

@@ -20,6 +20,7 @@ import sys
 from .flower_internals import (
     FlowerInternalsError,
     check_version,
+    part_on,
     patch_inline_dependencies,
     patch_node_key_ids,
     patch_superlink_control_middleware,
@@ -32,13 +33,15 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     ours, flower_args = (args[:args.index("--")], args[args.index("--") + 1:]) \
         if "--" in args else ([], args)
-    patches = ((patch_superlink_rings, "rings no doorbells"),
-               (patch_superlink_control_middleware,
+    patches = (("doorbells", patch_superlink_rings, "rings no doorbells"),
+               ("control-only", patch_superlink_control_middleware,
                 "runs Flower's whole middleware stack on every request"),
-               (patch_inline_dependencies,
+               ("inline-dependencies", patch_inline_dependencies,
                 "resolves Flower's runtime dependencies in worker threads"),
-               (patch_node_key_ids, "needs each SuperNode's whole key in every call"))
-    for patch, without in patches:
+               ("key-ids", patch_node_key_ids, "needs each SuperNode's whole key in every call"))
+    for part, patch, without in patches:
+        if not part_on(part):
+            continue
         try:
             check_version()
             patch()

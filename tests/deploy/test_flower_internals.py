@@ -400,3 +400,27 @@ def test_the_superlink_puts_a_known_key_back_and_refuses_an_unknown_id(key_id_in
     other = public_key_to_bytes(generate_key_pairs()[1])
     call((fi.KEY_ID_HEADER, fi.key_id(other)))   # an id of a key never sent
     assert len(reached) == 2
+
+
+def test_each_part_of_the_layer_can_be_left_out(monkeypatch):
+    """`--flower-off` names parts (unknown ones are an error); a part left out is Flower's own
+    in the processes that would have patched it."""
+    assert fi.parts_off(" waits, key-ids ") == ("waits", "key-ids")
+    with pytest.raises(ValueError, match="no part .* named nope: one of waits, doorbells"):
+        fi.parts_off("waits,nope")
+    monkeypatch.setenv(fi.PARTS_OFF_ENV, "key-ids")
+    assert fi.part_on("waits") and not fi.part_on("key-ids")
+    code = ("import time; from fedsqueeze.deploy.flower_internals import *; "
+            "assert apply_waits(Waits(), supernode=True); "
+            "import flwr.supernode.start_client_internal as m; "
+            "from flwr.client.grpc_rere_client.node_auth_client_interceptor import "
+            "NodeAuthClientInterceptor as C; "
+            "assert m.time is time, 'waits applied'; "
+            "assert not hasattr(C.intercept_unary_unary, 'fedsqueeze_stock'), 'key ids on'; "
+            "import flwr.supercore.inflatable.inflatable_utils as u; "
+            "assert u.pull_objects.__kwdefaults__['initial_backoff'] == Waits().pull_backoff; "
+            "print('ok')")
+    env = {**os.environ, fi.PARTS_OFF_ENV: "waits,key-ids"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.stdout.strip() == "ok", done.stderr
