@@ -32,7 +32,8 @@ def test_config_records_the_executor_and_the_waits(warm):
     assert warm.succeeded, warm.status
     config, rounds, _ = read_run(warm.results_dir)
     assert config["deployment"]["executor"] == "warm"
-    assert config["deployment"]["latency"] == "tuned"
+    deployment = config["deployment"]
+    assert deployment["flower"] == "accelerated" and deployment["flower_off"] == []
     assert [r["per_client"]["1"]["rounds_trained"] for r in rounds] == [1, 2, 3]  # state kept
 
 
