@@ -167,12 +167,12 @@ def test_stock_supernodes_under_the_accelerated_server(tmp_path):
     fall back to whole keys: tests/deploy/test_flower_internals.py.)"""
     server, nodes = "accelerated", "stock"
     options = DeployOptions(clients=2, flower=server, supernode_flower=nodes, echo=False)
-    result = run_deploy(tmp_path, "mixed", 2, options, **{"num-server-rounds": 2})
+    result = run_deploy(tmp_path, "mixed", 2, options, **{"num-server-rounds": 1})
     assert result.succeeded, result.status
     config, rounds, summary = read_run(result.results_dir)
     assert config["deployment"]["flower"] == server
     assert config["deployment"]["supernode_flower"] == nodes
     assert config["deployment"]["executor"] == "stock"
-    assert len(rounds) == 2 and all(r["wire_up"] > r["message_up"] for r in rounds)
+    assert len(rounds) == 1 and rounds[0]["wire_up"] > rounds[0]["message_up"] > 0
     calls = summary["wire_calls"]["PullObject"]
     assert calls["up HeadersFrame"] / calls["calls"] > 400  # whole keys

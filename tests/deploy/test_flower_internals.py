@@ -424,3 +424,9 @@ def test_each_part_of_the_layer_can_be_left_out(monkeypatch):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_the_deployment_docs_list_every_part_as_the_code_describes_it():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+    for name, change in fi.PARTS.items():
+        assert f"| `{name}` | {change} |" in docs, name
