@@ -334,8 +334,9 @@ def deploy_any_app(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{_deployment_header(options)}, app {app_dir} -> {run_dir}")
     result = deploy(app_dir, parse_overrides(args.run_config), run_dir, options)
     if (run_dir / "rounds.jsonl").is_file():
-        console.print(round_table(Run(run_dir)))
-        if not any(r["message_up"] is not None for r in Run(run_dir).rounds):
+        run = Run(run_dir)
+        console.print(round_table(run))
+        if not any(r["message_up"] is not None for r in run.rounds):
             console.print("payload and message bytes: the app's ServerApp does not use "
                           "fedsqueeze's Compressed (they are in its rows when it does)")
     print_wire_by_node(result.wire["by_node"], console)

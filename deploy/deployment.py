@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsqueeze.server.doorbell import ENV as DOORBELLS
+from fedsqueeze.server.results import read_rows
 from fedsqueeze.strategies.sinks import ROUNDS_LOG_ENV
 
 from .auth import make_node_key, register
@@ -42,7 +43,7 @@ from .launch import LaunchResult, launch_dir, run_app, settle_status
 from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
 from .tls import make_certificates
 from .wire_meter import WireMeter
-from .wire_results import add_wire_bytes, read_rounds_log, wire_by_node, write_any_app_results
+from .wire_results import add_wire_bytes, wire_by_node, write_any_app_results
 
 # Public latency knob of Flower 1.39: how often a SuperExec polls for new tasks (default 1 s).
 # Stock executor: a fixed 0.05 s; warm worker: 0.01 s, its own idle back-off (and doorbell)
@@ -307,8 +308,9 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
             shutil.rmtree(work, ignore_errors=True)
         settle_status(results_dir, status, failure, superlink_exit)
         if not ours:  # any other app: rows by round from its messages' group ids
+            logged = read_rows(rounds_log) if rounds_log.is_file() else []
             write_any_app_results(results_dir, app_dir, run_config, meters[:options.clients],
-                                  read_rounds_log(rounds_log), status, failure)
+                                  logged, status, failure)
         record_deployment(results_dir, options, faults)
         if ours and (results_dir / "rounds.jsonl").exists():  # wire bytes into its rows
             wire = add_wire_bytes(results_dir, meters[:options.clients], status, since=launched)

@@ -124,6 +124,7 @@ except ModuleNotFoundError:  # Python 3.10: Flower's own TOML parser
     import tomli as tomllib
 
 from fedsqueeze.server.doorbell import Doorbell, bell_name, open_bell, ring
+from fedsqueeze.strategies.settings import names_in
 
 SUPPORTED_FLOWER = "1.39."
 
@@ -197,7 +198,7 @@ PARTS_OFF_ENV = "FEDSQUEEZE_FLOWER_OFF"
 
 def parts_off(text: str) -> tuple[str, ...]:
     """The parts a comma-separated list names; an unknown name is an error listing them."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    names = names_in(text)
     unknown = [n for n in names if n not in PARTS]
     if unknown:
         raise ValueError(f"no part of the accelerated layer is named {', '.join(unknown)}: "

@@ -79,7 +79,6 @@ class ConnectionCalls:
         self._preface = len(PREFACE)
         self._decoder = Decoder()           # the client's header blocks (its HPACK state)
         self._block: tuple[int, bytearray] | None = None   # a header block being continued
-        self._paths: dict[int, str] = {}
         self._pull_body: dict[int, bytearray] = {}
         self._kinds: dict[int, str] = {}
         self._served: dict[int, Pulled] = {}  # message streams: the message they served
@@ -155,7 +154,7 @@ class ConnectionCalls:
                 raw_path = dict(headers).get(b":path")
                 if raw_path is not None:
                     path = raw_path.decode("ascii", "replace")
-                    self._paths[stream] = self.call_paths[stream] = path
+                    self.call_paths[stream] = path
                     if path == PULL_MESSAGES:
                         self._pull_body[stream] = bytearray()
                     elif path == PUSH_MESSAGES:
@@ -164,11 +163,12 @@ class ConnectionCalls:
             body = self._pull_body[stream]
             if len(body) < MAX_PULL_RESPONSE:
                 body += frame.data
-        if direction == DOWN and "END_STREAM" in frame.flags and stream in self._paths:
+        if direction == DOWN and "END_STREAM" in frame.flags and stream in self.call_paths \
+                and stream not in self._kinds:
             self._close(stream)
 
     def _close(self, stream: int) -> None:
-        path = self._paths.pop(stream)
+        path = self.call_paths[stream]
         body = self._pull_body.pop(stream, None)
         pulled = pulled_messages(body) if body is not None else []
         self.pulled += pulled

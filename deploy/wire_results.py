@@ -24,8 +24,6 @@ Checks written into summary.json:
 
 from __future__ import annotations
 
-import json
-import warnings
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from pathlib import Path
@@ -292,20 +290,6 @@ def rounds_of_any_app(meters: list[WireMeter], logged: list[dict[str, Any]]
         if evaluated:
             row["evaluate"] = evaluated
     return [rows[number] for number in sorted(rows)]
-
-
-def read_rounds_log(path: Path) -> list[dict[str, Any]]:
-    """The rows a `Compressed` logged (`$FEDSQUEEZE_ROUNDS_LOG`); none if it logged none; a
-    line cut short by a killed ServerApp is skipped with a warning."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}: skipping a broken line ({line[:40]!r}...)", stacklevel=2)
-    return rows
 
 
 def write_any_app_results(run_dir: Path, app_dir: Path, run_config: dict[str, Any],

@@ -34,6 +34,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedsqueeze.strategies.base import EVALUATE, TRAIN
+from fedsqueeze.strategies.metering import layer_bytes
 from fedsqueeze.strategies.payload import IDENTITY_RECORD, METRICS_RECORD, identity_of
 from fedsqueeze.strategies.replies import Failure, weight_problem
 from fedsqueeze.strategies.sampling import ClientDirectory
@@ -44,7 +45,7 @@ from fedsqueeze.strategies.training import Evaluation
 
 from .checkpoint import save_checkpoint
 from .evaluation import local_evaluation
-from .metering import DOWN, UP, MeteredGrid
+from .metering import MeteredGrid
 from .results import ResultsWriter, fmt_bytes
 
 
@@ -202,10 +203,7 @@ def per_client_row(directory: ClientDirectory, traffic: dict, replies: list[Mess
                    ) -> dict[str, dict[str, Any]]:
     """Bytes per client and direction, plus what each client reported about itself."""
     rows: dict[str, dict[str, Any]] = {
-        str(directory.get(node_id)): {
-            f"{layer}_{d}": getattr(t[d], layer)
-            for layer in ("payload", "message") for d in (UP, DOWN)}
-        for node_id, t in sorted(traffic.items())}
+        str(directory.get(node_id)): layer_bytes(t) for node_id, t in sorted(traffic.items())}
     for reply in replies:
         if reply.has_content() and METRICS_RECORD in reply.content.metric_records:
             metrics = reply.content.metric_records[METRICS_RECORD]

@@ -158,9 +158,9 @@ def rewrite_run(run_dir: Path, rounds: list[dict[str, Any]], summary: dict[str, 
     _write_json(run_dir / "summary.json", summary)
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of rounds.jsonl; a truncated last line (what a killed run leaves) is skipped
-    with a warning, a broken line before it is an error naming the line."""
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file (rounds.jsonl); a truncated last line (what a killed run
+    leaves) is skipped with a warning, a broken line before it is an error naming the line."""
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     rows = []
     for number, line in enumerate(lines, start=1):
@@ -182,7 +182,7 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[
                                 "(no config.json)")
     config = json.loads((run_dir / "config.json").read_text())
     rounds_path = run_dir / "rounds.jsonl"
-    rounds = _rows(rounds_path) if rounds_path.exists() else []
+    rounds = read_rows(rounds_path) if rounds_path.exists() else []
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return config, rounds, summary

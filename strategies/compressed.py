@@ -65,7 +65,7 @@ from . import header as h
 from .catchup import ChangeHistory, Payloads
 from .channel import Channel, Coded
 from .channels.dense import Dense
-from .metering import DOWN, UP, Traffic
+from .metering import DOWN, UP, Traffic, layer_bytes
 from .payload import PAYLOAD_RECORD, pack, payload_bytes, read_payload
 from .replies import NOT_SENT, Failure, absurd_values, majority_metric_keys, screen, weight_problem
 from .sinks import RoundSink, deliver, sinks_from_environment
@@ -647,8 +647,7 @@ class Compressed(Strategy):
                 per_node[node_id][direction].measure(message, 1 << 28)
 
     def _bytes_by_node(self, server_round: int) -> dict[str, dict[str, int]]:
-        return {str(node_id): {f"{layer}_{d}": getattr(t[d], layer)
-                               for layer in ("payload", "message") for d in (UP, DOWN)}
+        return {str(node_id): layer_bytes(t)
                 for node_id, t in sorted(self.traffic.get(server_round, {}).items())}
 
     def _round_bytes(self, server_round: int) -> dict[str, int]:

@@ -65,3 +65,10 @@ class Traffic:
         content = message.content if message.has_content() else None
         self.add(payload_bytes(content), tree_bytes(message),
                  bound=payload_bound_bytes(content, max_payload_elements))
+
+
+def layer_bytes(traffic: dict[str, Traffic]) -> dict[str, int]:
+    """A node's `{UP: Traffic, DOWN: Traffic}` as `payload_up`, `payload_down`,
+    `message_up`, `message_down` (a row's per-client bytes)."""
+    return {f"{layer}_{d}": getattr(traffic[d], layer)
+            for layer in ("payload", "message") for d in (UP, DOWN)}
