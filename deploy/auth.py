@@ -55,15 +55,24 @@ def make_node_key(directory: Path, name: str) -> NodeKey:
     return NodeKey(private, public)
 
 
-def register(group: ProcessGroup, env: dict[str, str], key: NodeKey) -> int:
+def node_key(directory: Path, name: str) -> tuple[NodeKey, bool]:
+    """The pair `<name>`, `<name>.pub` in `directory` if both are there, else a new one;
+    (key, made now)."""
+    key = NodeKey(directory / name, directory / f"{name}.pub")
+    if key.private.is_file() and key.public.is_file():
+        return key, False
+    return make_node_key(directory, name), True
+
+
+def register(group: ProcessGroup, env: dict[str, str], public_key: Path) -> int:
     """`flwr supernode register KEY.pub`: the SuperLink accepts this key from now on; returns
     the node id Flower assigns."""
-    command = [flower_command("flwr"), "supernode", "register", str(key.public), CONNECTION,
+    command = [flower_command("flwr"), "supernode", "register", str(public_key), CONNECTION,
                "--format", "json"]
     done = group.run(command, env, timeout=120)
     try:
         answer = json.loads(done.stdout)
         return int(answer["node-id"])
     except (ValueError, KeyError, TypeError):
-        raise RuntimeError(f"flwr supernode register {key.public.name} failed:\n"
+        raise RuntimeError(f"flwr supernode register {public_key.name} failed:\n"
                            + (done.stdout + done.stderr).strip()[-3000:]) from None

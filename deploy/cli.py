@@ -2,6 +2,8 @@
 
     fedsqueeze simulate --clients N [--run-config "k=v ..."]   Ray simulation via `flwr run`
     fedsqueeze deploy --clients N [--gpus 0,1] [--tls]          SuperLink + N SuperNodes, gRPC
+    fedsqueeze server --clients N [--node-keys K.pub ...]      across hosts: the server host
+    fedsqueeze client --server HOST:PORT --partitions 0,1 ...   across hosts: a client host
     fedsqueeze report RUN_DIR [RUN_DIR ...]                     table + PNG plots
     fedsqueeze compare PRESET [--engine E] [--rounds N]         every method, same work
     fedsqueeze side-by-side COMPARE_DIR [COMPARE_DIR ...]       settings in one table
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import shutil
 import sys
@@ -38,9 +41,10 @@ from fedsqueeze.server.side_by_side import side_by_side
 from fedsqueeze.strategies.model_transform import FedParaConfig
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
-from fedsqueeze.strategies.settings import ConfigError, RunSettings
+from fedsqueeze.strategies.settings import ConfigError, RunSettings, names_in
 
 from .catalog import catalog
+from .client_host import ClientOptions, run_clients
 from .compare import ENGINES, PRESETS, compare, config_text, preset_named
 from .config_check import (
     checked_run_config,
@@ -53,7 +57,9 @@ from .faults import FaultError, parse_kills
 from .flower import require_grpc_flower, stop_local_superlink
 from .flower_internals import PARTS, parts_off
 from .launch import LaunchResult
+from .nodes import NodeHost
 from .processes import sigterm_as_interrupt
+from .server_host import ServerOptions, serve
 from .simulate import simulate
 from .tune import parse_grid, tune
 
@@ -122,6 +128,64 @@ def build_parser() -> argparse.ArgumentParser:
                      "a ClientApp per message from warm imports; stock (the default with "
                      "stock SuperNodes): Flower starts a new interpreter per message")
     _run_options(dep)
+
+    srv = sub.add_parser("server", help="across hosts, on the server host: SuperLink, a wire "
+                         "meter per partition where SuperNodes of other hosts connect (TLS "
+                         "and SuperNode authentication by default), the app; prints the table")
+    srv.add_argument("--clients", type=int, required=True,
+                     help="SuperNodes (partitions 0..N-1) to wait for")
+    srv.add_argument("--listen", default="0.0.0.0",
+                     help="IPv4 address the SuperNodes reach (default 0.0.0.0: all)")
+    srv.add_argument("--port", type=int, default=9092,
+                     help="partition p's SuperNode connects to port + p (default 9092)")
+    srv.add_argument("--node-keys", nargs="+", type=Path, default=[], metavar="KEY.pub",
+                     help="SuperNode public keys to register (files, or folders of *.pub), "
+                     "as `fedsqueeze client --keys-only` printed them")
+    srv.add_argument("--tls-dir", type=Path, metavar="DIR",
+                     help="the SuperLink's ca.crt, server.pem, server.key: yours, or made "
+                     "here once (default: <results-dir>/tls); client hosts need ca.crt")
+    srv.add_argument("--name", action="append", default=[], metavar="HOST",
+                     help="a name or address client hosts use for this host beyond its own "
+                     "(behind NAT, DNS): the certificate made here is valid for it")
+    srv.add_argument("--insecure", action="store_true",
+                     help="cleartext, no authentication (the default only on loopback)")
+    srv.add_argument("--no-auth", action="store_true",
+                     help="TLS without SuperNode authentication")
+    srv.add_argument("--wait-timeout", type=float, default=600.0,
+                     help="seconds to wait for every SuperNode to connect (default 600)")
+    srv.add_argument("--flower", choices=FLOWERS, default="accelerated",
+                     help="accelerated (default) or stock Flower on the server side")
+    srv.add_argument("--flower-off", default="", metavar="PART,...",
+                     help=f"leave these parts of the accelerated layer out: {', '.join(PARTS)}")
+    _run_options(srv)
+
+    cli = sub.add_parser("client", help="across hosts, on a client host: this host's "
+                         "SuperNodes (and warm worker) for a `fedsqueeze server`")
+    cli.add_argument("--server", required=True, metavar="HOST:PORT",
+                     help="the server's address and --port (partition p connects to PORT + p)")
+    cli.add_argument("--partitions", required=True, metavar="P,...",
+                     help="this host's partition ids, e.g. 0,1")
+    cli.add_argument("--clients", type=int, required=True,
+                     help="partitions of the whole federation (the server's --clients)")
+    cli.add_argument("--gpus", default="", help="this host's GPU ids, round-robin over its "
+                     "SuperNodes (CUDA_VISIBLE_DEVICES)")
+    cli.add_argument("--root-certificates", type=Path, metavar="CA.crt",
+                     help="the server's ca.crt (it prints where it is)")
+    cli.add_argument("--insecure", action="store_true", help="cleartext, for a server "
+                     "started with --insecure")
+    cli.add_argument("--keys-dir", type=Path, metavar="DIR",
+                     help="SuperNode key pairs DIR/supernode-<p> (made once): authentication")
+    cli.add_argument("--keys-only", action="store_true",
+                     help="make (or find) the key pairs, print the public keys, exit")
+    cli.add_argument("--flower", choices=FLOWERS, default="accelerated",
+                     help="accelerated (default) or stock Flower SuperNodes")
+    cli.add_argument("--executor", choices=("warm", "stock"),
+                     help="ClientApp executor (default: warm with accelerated SuperNodes)")
+    cli.add_argument("--max-wait", type=float, default=300.0,
+                     help="seconds a SuperNode keeps trying to reach the server before it "
+                     "ends (default 300): after the run, and before the server is up")
+    cli.add_argument("--logs", type=Path, default=Path("fedsqueeze-client-logs"),
+                     help="where the SuperNodes' logs go")
 
     rep = sub.add_parser("report", help="table and plots of one or more result directories")
     rep.add_argument("run_dirs", nargs="+", type=Path)
@@ -281,14 +345,19 @@ def cmd_deploy(args: argparse.Namespace, console: Console) -> int:
     return finish(result, console)
 
 
+def _gpus(text: str) -> tuple[str, ...]:
+    gpus = tuple(g.strip() for g in text.split(",") if g.strip())
+    bad = [g for g in gpus if not g.isdigit()]
+    if bad:
+        raise ConfigError(f"--gpus {text!r}: GPU ids are non-negative integers "
+                          f"(CUDA_VISIBLE_DEVICES), got {', '.join(bad)}")
+    return gpus
+
+
 def _deploy_options(args: argparse.Namespace) -> DeployOptions:
     if args.clients < 1:
         raise ConfigError(f"--clients = {args.clients} is invalid: must be >= 1")
-    gpus = tuple(g.strip() for g in args.gpus.split(",") if g.strip())
-    bad = [g for g in gpus if not g.isdigit()]
-    if bad:
-        raise ConfigError(f"--gpus {args.gpus!r}: GPU ids are non-negative integers "
-                          f"(CUDA_VISIBLE_DEVICES), got {', '.join(bad)}")
+    gpus = _gpus(args.gpus)
     kills = parse_kills(args.kill, args.clients)
     if args.restart_after is not None and (args.restart_after < 0 or not kills):
         raise ConfigError(f"--restart-after {args.restart_after}: needs --kill and a "
@@ -323,16 +392,28 @@ def deploy_any_app(args: argparse.Namespace, console: Console) -> int:
     """`fedsqueeze deploy --app DIR` for an app that is not fedsqueeze's: its own run config
     (Flower checks the keys), partition ids in each SuperNode's node config, and the wire
     bytes per SuperNode in `<run dir>/wire.json` and a table, whatever the app writes."""
+    app_dir, run_dir = any_app_run_dir(args)
+    options = _deploy_options(args)
+    console.print(f"{_deployment_header(options)}, app {app_dir} -> {run_dir}")
+    return any_app_outcome(deploy(app_dir, parse_overrides(args.run_config), run_dir, options),
+                           console)
+
+
+def any_app_run_dir(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(app, its fresh run directory) for an app that is not fedsqueeze's."""
     if args.resume:
         raise ConfigError("--resume continues a fedsqueeze run; this app is not fedsqueeze's")
     app_dir = find_app_dir(args.app)
-    options = _deploy_options(args)
     run_dir = Path(args.results_dir).resolve() / (
         args.run_name or f"{app_dir.name}-deployment-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     claim_run_dir(run_dir, args.overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"{_deployment_header(options)}, app {app_dir} -> {run_dir}")
-    result = deploy(app_dir, parse_overrides(args.run_config), run_dir, options)
+    return app_dir, run_dir
+
+
+def any_app_outcome(result: LaunchResult, console: Console) -> int:
+    """Rows by round (if any), wire bytes per SuperNode, how it ended."""
+    run_dir = result.results_dir
     if (run_dir / "rounds.jsonl").is_file():
         run = Run(run_dir)
         console.print(round_table(run))
@@ -350,6 +431,88 @@ def deploy_any_app(args: argparse.Namespace, console: Console) -> int:
     console.print(f"run {result.run_id} {status}; results: {run_dir} (rounds.jsonl, "
                   f"summary.json, {WIRE_FILE})")
     return 0
+
+
+def _server_options(args: argparse.Namespace) -> ServerOptions:
+    if args.clients < 1:
+        raise ConfigError(f"--clients = {args.clients} is invalid: must be >= 1")
+    try:
+        loopback = ipaddress.IPv4Address(args.listen).is_loopback
+    except ValueError:
+        raise ConfigError(f"--listen {args.listen!r}: an IPv4 address of this host") from None
+    tls = not args.insecure and not (loopback and not args.tls_dir)
+    keys = [k for path in args.node_keys
+            for k in (sorted(path.glob("*.pub")) if path.is_dir() else [path])]
+    missing = [str(k) for k in keys if not k.is_file()]
+    if missing:
+        raise ConfigError(f"--node-keys: no such file: {', '.join(missing)}")
+    auth = tls and not args.no_auth and (bool(keys) or not loopback)
+    try:
+        return ServerOptions(
+            clients=args.clients, listen=args.listen, port=args.port,
+            tls_dir=(args.tls_dir or Path(args.results_dir) / "tls").resolve() if tls else None,
+            names=tuple(args.name), node_keys=tuple(keys), auth=auth,
+            wait_timeout=args.wait_timeout, accelerated=args.flower == "accelerated",
+            flower_off=flower_parts_off(args.flower_off), echo=not args.quiet)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def cmd_server(args: argparse.Namespace, console: Console) -> int:
+    require_grpc_flower()
+    options = _server_options(args)
+    ours = is_fedsqueeze_app(find_app_dir(args.app))
+    if ours:
+        app_dir, _, settings = prepare(args)
+        extra = {"server-poll-interval": 3.0} if args.flower == "stock" else {}
+        run_dir, overrides = launch_config(args, settings, "deployment", extra)
+        what = f"method {settings.method}, {settings.num_server_rounds} rounds"
+    else:
+        app_dir, run_dir = any_app_run_dir(args)
+        overrides, what = parse_overrides(args.run_config), f"app {app_dir}"
+    console.print(f"server: {options.clients} SuperNodes on {options.listen}:{options.port}+p"
+                  f"{', TLS' if options.tls_dir else ', cleartext'}"
+                  f"{', SuperNode authentication' if options.auth else ''}, {args.flower} "
+                  f"Flower, {what} -> {run_dir}", highlight=False)
+    result = serve(app_dir, overrides, run_dir, options,
+                   say=lambda text: console.print(text, highlight=False))
+    if not ours:
+        return any_app_outcome(result, console)
+    if result.wire:
+        explain_wire(result, console)
+    return finish(result, console)
+
+
+def cmd_client(args: argparse.Namespace, console: Console) -> int:
+    if args.clients < 1:
+        raise ConfigError(f"--clients = {args.clients} is invalid: must be >= 1")
+    try:
+        partitions = tuple(int(p) for p in names_in(args.partitions))
+    except ValueError:
+        raise ConfigError(f"--partitions {args.partitions!r}: comma-separated integers") from None
+    if not args.keys_only and not (args.root_certificates or args.insecure):
+        raise ConfigError("the server speaks TLS unless started with --insecure: pass "
+                          "--root-certificates with its ca.crt, or --insecure")
+    executor = args.executor or ("warm" if args.flower == "accelerated" else "stock")
+    try:
+        options = ClientOptions(
+            server=args.server, partitions=partitions,
+            host=NodeHost(args.clients, _gpus(args.gpus), executor,
+                          args.flower == "accelerated", max_wait=args.max_wait),
+            root_certificates=None if args.insecure else args.root_certificates,
+            keys_dir=args.keys_dir)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if args.keys_only:
+        if args.keys_dir is None:
+            raise ConfigError("--keys-only needs --keys-dir")
+        for p, (key, made) in options.keys().items():
+            print(f"# partition {p}: {key.public}{' (new)' if made else ''}\n"
+                  + key.public.read_text().strip())
+        print("# on the server host: fedsqueeze server ... --node-keys <these .pub files>")
+        return 0
+    return run_clients(options, args.logs.resolve(),
+                       say=lambda text: console.print(text, highlight=False, markup=False))
 
 
 def print_wire_by_node(wire: dict, console: Console) -> None:
@@ -486,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 200)
     handler = {"simulate": cmd_simulate, "deploy": cmd_deploy, "report": cmd_report,
+               "server": cmd_server, "client": cmd_client,
                "partitions": cmd_partitions, "stop-local": cmd_stop_local,
                "compare": cmd_compare, "side-by-side": cmd_side_by_side, "methods": cmd_methods,
                "tune": cmd_tune}[args.command]

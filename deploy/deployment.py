@@ -1,70 +1,34 @@
-"""`fedsqueeze deploy`: one SuperLink and N SuperNodes as real processes talking gRPC.
-
-Every SuperNode reaches the SuperLink's Fleet API (gRPC-rere over HTTP/2) through a
-byte-counting TCP relay of its own (the wire meter), gets `partition-id=i num-partitions=N` as
-node config and, with `--gpus`, `CUDA_VISIBLE_DEVICES` round-robin over the given GPUs. The app
-is submitted with `flwr run`; when it ends, the relays' bytes are attributed to rounds and
-written into the run's results. Every process started, and all their descendants, are
-stopped on success, failure and Ctrl-C.
+"""`fedsqueeze deploy`: one SuperLink and N SuperNodes as real processes talking gRPC, on one
+host: the server half (deploy/server_host.py: SuperLink, a wire meter per partition, the app's
+submission, wire bytes into the results) and the client half (deploy/nodes.py: SuperNodes,
+the warm worker, GPU pinning) that `fedsqueeze server` and `fedsqueeze client` run on separate
+hosts, here on 127.0.0.1 with free ports, plus what only a single host can do: fault
+injection (kill and restart SuperNodes), mixed stock/accelerated deployments, unregistered
+SuperNodes for tests. Every process started, and all their descendants, are stopped on
+success, failure and Ctrl-C.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsqueeze.server.doorbell import ENV as DOORBELLS
-from fedsqueeze.server.results import read_rows
-from fedsqueeze.strategies.sinks import ROUNDS_LOG_ENV
-
 from .auth import make_node_key, register
-from .config_check import is_fedsqueeze_app
 from .faults import FaultInjector, Kill
-from .flower import (
-    SERVERAPP_ENTRY,
-    SUPERNODE_ENTRY,
-    WARM_WORKER_ENTRY,
-    SuperLink,
-    flower_command,
-    flower_env,
-    free_port,
-    require_grpc_flower,
-    shim_commands,
-    start_superlink,
-    write_connection,
-)
-from .flower_internals import PARTS_OFF_ENV, parts_off
+from .flower import SuperLink, require_grpc_flower, start_superlink, write_connection
+from .flower_internals import parts_off
 from .launch import LaunchResult, launch_dir, run_app, settle_status
-from .processes import ProcessGroup, Started, sigterm_as_interrupt, wait_until
+from .nodes import FLOWERS, NodeHost, SuperNode, registered, start_supernode, start_warm_worker
+from .processes import ProcessGroup, sigterm_as_interrupt, wait_until
+from .server_host import WIRE_FILE, open_meters, server_env, write_wire_results
 from .tls import make_certificates
 from .wire_meter import WireMeter
-from .wire_results import add_wire_bytes, wire_by_node, write_any_app_results
 
-# Public latency knob of Flower 1.39: how often a SuperExec polls for new tasks (default 1 s).
-# Stock executor: a fixed 0.05 s; warm worker: 0.01 s, its own idle back-off (and doorbell)
-# doing the rest; the SuperLink's SuperExec, which only starts the ServerApp: 0.5 s.
-TUNED_SUPEREXEC_POLL = "0.05"
-WARM_SUPEREXEC_POLL = "0.01"
-LINK_SUPEREXEC_POLL = "0.5"
-
-
-def poll_cap(supernodes: int) -> float:
-    """The longest idle poll: 0.25 s, longer with many nodes, so that polling stays a small
-    share of a 2-core box's CPU (each poll is a gRPC and an HTTP call in Python)."""
-    return max(0.25, 0.025 * supernodes)
-
-
-EXECUTORS = ("warm", "stock")
-WIRE_FILE = "wire.json"  # any app's deployment: wire bytes per SuperNode
-ROUNDS_LOG = "compressed-rounds.jsonl"  # what a `Compressed` in any app logged
-
-
-FLOWERS = ("accelerated", "stock")  # deploy/flower_internals.py's layer, or Flower as it is
+__all__ = ["FLOWERS", "WIRE_FILE", "DeployOptions", "deploy"]
 
 
 @dataclass(frozen=True)
@@ -96,8 +60,7 @@ class DeployOptions:
         if not self.executor:
             warm = self.accelerated_nodes and "warm-executor" not in self.flower_off
             object.__setattr__(self, "executor", "warm" if warm else "stock")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
+        NodeHost(self.clients, executor=self.executor)  # the executor's name checked
         if self.unregistered and not self.auth:
             raise ValueError("unregistered SuperNodes only make sense with auth")
         if self.auth and not self.tls:
@@ -112,6 +75,11 @@ class DeployOptions:
     def accelerated_nodes(self) -> bool:
         return self.supernode_flower == "accelerated"
 
+    @property
+    def node_host(self) -> NodeHost:
+        return NodeHost(self.clients, self.gpus, self.executor, self.accelerated_nodes,
+                        task_poll="task-poll" not in self.flower_off)
+
     def describe(self) -> dict[str, object]:
         """What config.json records about how the deployment ran."""
         return {"executor": self.executor, "flower": self.flower,
@@ -120,63 +88,6 @@ class DeployOptions:
                 **({"kills": [f"{k.round}:{','.join(map(str, k.partitions))}"
                               for k in self.kills],
                     "restart_after": self.restart_after} if self.kills else {})}
-
-
-@dataclass
-class SuperNode:
-    started: Started
-    runtime_address: str   # its ClientApp (runtime) API
-    gpus: str | None
-    relay_port: int        # its wire meter, in front of the SuperLink's Fleet API
-
-
-def _start_supernode(group: ProcessGroup, env: dict[str, str], index: int,
-                     options: DeployOptions, relay_port: int, security: list[str]) -> SuperNode:
-    node_env = dict(env)
-    gpus = options.gpus[index % len(options.gpus)] if options.gpus else None
-    if gpus is not None:
-        node_env["CUDA_VISIBLE_DEVICES"] = gpus
-    runtime_port = free_port()
-    flower_args = [*security, "--grpc-rere", "--superlink", f"127.0.0.1:{relay_port}",
-                   "--host", "127.0.0.1", "--port", str(runtime_port),
-                   "--node-config", f"partition-id={index} num-partitions={options.clients}"]
-    if options.executor == "warm":
-        flower_args += ["--isolation", "process"]  # our worker serves its ClientApp API
-    if options.accelerated_nodes:
-        bell = (["--executor-bell", f"127.0.0.1:{runtime_port}"]
-                if options.executor == "warm" else [])
-        command = [sys.executable, "-m", SUPERNODE_ENTRY,
-                   "--poll-cap", str(poll_cap(options.clients)), *bell, "--", *flower_args]
-    else:
-        command = [flower_command("flower-supernode"), *flower_args]
-    started = group.start(f"supernode-{index}", command, node_env)
-    return SuperNode(started, f"127.0.0.1:{runtime_port}", gpus, relay_port)
-
-
-def _start_warm_worker(group: ProcessGroup, env: dict[str, str], nodes: list[SuperNode],
-                       options: DeployOptions, slot_dir: Path, name: str = "warm-worker"
-                       ) -> Started:
-    """One worker for every SuperNode of this host (they share its imported pages); the
-    workers of one launch share the --max-running and --max-reading slots."""
-    command = [sys.executable, "-m", WARM_WORKER_ENTRY, "--insecure",
-               "--poll-cap", str(poll_cap(options.clients)), "--slot-dir", str(slot_dir)]
-    if not options.accelerated_nodes:
-        command.append("--stock-latency")
-    for node in nodes:
-        serve = f"{node.runtime_address},parent={node.started.process.pid}"
-        command += ["--serve", serve + (f",gpus={node.gpus}" if node.gpus is not None else "")]
-    worker_env = dict(env)
-    if options.accelerated_nodes and "task-poll" not in options.flower_off:
-        worker_env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = WARM_SUPEREXEC_POLL
-    return group.start(name, command, worker_env)
-
-
-def _registered(node: SuperNode) -> bool:
-    started = node.started
-    if started.process.poll() is not None:
-        raise RuntimeError(f"{started.name} exited with code {started.process.poll()}:\n"
-                           + started.log_tail())
-    return "SuperNode ID" in started.log_path.read_text(errors="replace")
 
 
 def record_deployment(results_dir: Path, options: DeployOptions,
@@ -204,7 +115,7 @@ def _node_keys(group: ProcessGroup, env: dict[str, str], link: SuperLink,
     write_connection(Path(env["FLWR_HOME"]), link)
     keys = [make_node_key(work / "keys", f"supernode-{i}") for i in range(total)]
     for key in keys[:options.clients]:
-        register(group, env, key)
+        register(group, env, key.public)
     return [key.supernode_args() for key in keys]
 
 
@@ -214,12 +125,12 @@ def _fault_injector(group: ProcessGroup, env: dict[str, str], nodes: list[SuperN
     restarts = {"n": 0}
 
     def restart(partition: int) -> None:
-        node = _start_supernode(group, env, partition, options, nodes[partition].relay_port,
-                                security_of(partition))
+        node = start_supernode(group, env, options.node_host, partition, partition,
+                               nodes[partition].superlink, security_of(partition))
         if options.executor == "warm":
             restarts["n"] += 1
-            _start_warm_worker(group, env, [node], options, work / "slots",
-                               name=f"warm-worker-restart-{restarts['n']}")
+            start_warm_worker(group, env, options.node_host, [node], work / "slots",
+                              name=f"warm-worker-restart-{restarts['n']}")
         nodes[partition] = node
 
     return FaultInjector(list(options.kills), options.restart_after,
@@ -238,21 +149,9 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     launched = time.time()
     work = launch_dir(results_dir)
     logs = results_dir / "logs"
-    env = flower_env(work / "flwr-home")
     group = ProcessGroup(logs)
-    ours = is_fedsqueeze_app(app_dir)
-    rounds_log = results_dir / ROUNDS_LOG
-    if not ours:  # a `Compressed` in the app's ServerApp logs its bytes per round here
-        env[ROUNDS_LOG_ENV] = str(rounds_log)
-    link_env = env
-    env[PARTS_OFF_ENV] = ",".join(options.flower_off)
-    if options.accelerated_server:
-        if "doorbells" not in options.flower_off:
-            env[DOORBELLS] = f"fedsqueeze/{group.launch_id}"
-        shim_commands(env, work / "bin", {"flwr-serverapp": SERVERAPP_ENTRY})
-        if "task-poll" not in options.flower_off:
-            env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
-            link_env = {**env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": LINK_SUPEREXEC_POLL}
+    env, link_env = server_env(group, work, results_dir, app_dir, options.accelerated_server,
+                               options.flower_off)
     meters: list[WireMeter] = []
     status: dict = {}
     run_id = 0
@@ -267,19 +166,14 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
                                    rings=options.accelerated_server)
             security = tls.supernode_args() if tls else ["--insecure"]
             keys = _node_keys(group, env, link, options, work)
-            nodes = []
-            for index in range(options.clients + options.unregistered):
-                # resolution 0: every forwarded chunk keeps its own timestamp, so no chunk of a
-                # round can be merged into an idle-poll bucket just before the round's window.
-                meter = WireMeter(("127.0.0.1", link.fleet_port), name=f"supernode-{index}",
-                                  resolution=0.0)
-                meters.append(meter)
-                nodes.append(_start_supernode(group, env, index, options, meter.start(),
-                                              security + keys[index]))
+            meters = open_meters(link, options.clients + options.unregistered)
+            nodes = [start_supernode(group, env, options.node_host, p, p,
+                                     f"127.0.0.1:{meter.port}", security + keys[p])
+                     for p, meter in enumerate(meters)]
             del nodes[options.clients:]  # unregistered ones: refused, never waited for
             if options.executor == "warm":
-                _start_warm_worker(group, env, nodes, options, work / "slots")
-            wait_until(lambda: all(_registered(n) for n in nodes), timeout=120,
+                start_warm_worker(group, env, options.node_host, nodes, work / "slots")
+            wait_until(lambda: all(registered(n) for n in nodes), timeout=120,
                        what="every SuperNode to register with the SuperLink")
             if options.kills:
                 faults = _fault_injector(group, env, nodes, options,
@@ -307,15 +201,7 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
         if not leftover:  # a process that would not stop may still use its Flower home
             shutil.rmtree(work, ignore_errors=True)
         settle_status(results_dir, status, failure, superlink_exit)
-        if not ours:  # any other app: rows by round from its messages' group ids
-            logged = read_rows(rounds_log) if rounds_log.is_file() else []
-            write_any_app_results(results_dir, app_dir, run_config, meters[:options.clients],
-                                  logged, status, failure)
+        wire = write_wire_results(results_dir, app_dir, run_config, meters[:options.clients],
+                                  status, failure, launched)
         record_deployment(results_dir, options, faults)
-        if ours and (results_dir / "rounds.jsonl").exists():  # wire bytes into its rows
-            wire = add_wire_bytes(results_dir, meters[:options.clients], status, since=launched)
-        else:  # per SuperNode, whatever the app wrote
-            wire = {"by_node": wire_by_node(meters[:options.clients], status)}
-            (results_dir / WIRE_FILE).write_text(json.dumps(
-                {"flower_status": status, **wire["by_node"]}, indent=1))
     return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)

@@ -41,7 +41,8 @@ Design choices
 * Counters, ``first_bytes`` and the timeline are guarded by one lock; reads are safe while
   the relay runs.
 
-Only loopback addresses are accepted for both the listener and the target.
+The target must be a loopback address (the meter sits on the SuperLink's host); the listener
+may be any IPv4 address of this host (`fedsqueeze server` listens where other hosts reach it).
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def _loopback(host: str) -> str:
         raise ValueError(f"wire meter: {host!r} is not an IPv4 loopback address") from None
     if addr.version != 4 or not addr.is_loopback:
         raise ValueError(f"wire meter: {host!r} is not an IPv4 loopback address")
+    return host
+
+
+def _ipv4(host: str) -> str:
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"wire meter: {host!r} is not an IPv4 address") from None
+    if addr.version != 4:
+        raise ValueError(f"wire meter: {host!r} is not an IPv4 address")
     return host
 
 
@@ -176,7 +187,8 @@ class _Pair:
 
 
 class WireMeter:
-    """A byte-counting TCP relay: ``127.0.0.1:port`` -> ``target``. See the module docstring."""
+    """A byte-counting TCP relay: ``listen_host:port`` -> ``target``. See the module
+    docstring. ``listen_port`` 0: a free port."""
 
     def __init__(
         self,
@@ -184,11 +196,12 @@ class WireMeter:
         name: str = "",
         listen_host: str = "127.0.0.1",
         resolution: float = 0.01,
+        listen_port: int = 0,
     ):
         self.target = (_loopback(target[0]), int(target[1]))
         self.name = name
-        self.listen_host = _loopback(listen_host)
-        self.port = 0
+        self.listen_host = "127.0.0.1" if listen_host == "localhost" else _ipv4(listen_host)
+        self.port = listen_port
         self._lock = threading.Lock()
         self._up = 0
         self._down = 0
@@ -302,12 +315,13 @@ class WireMeter:
             return {UP: self._up, DOWN: self._down}
 
     def __repr__(self) -> str:
-        return (f"WireMeter({self.name!r}, 127.0.0.1:{self.port} -> {self.target[0]}:"
+        return (f"WireMeter({self.name!r}, {self.listen_host}:{self.port} -> {self.target[0]}:"
                 f"{self.target[1]}, up={self._up}, down={self._down})")
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> int:
-        """Bind a free port, start the relay thread; returns the port (listening already)."""
+        """Bind the port (a free one if 0), start the relay thread; returns the port
+        (listening already)."""
         if self._thread is not None or self._stopped:
             raise RuntimeError("a WireMeter can be started once")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -315,7 +329,7 @@ class WireMeter:
             if os.name != "nt":  # POSIX: lets the port be bound again while its closed
                 # connections sit in TIME_WAIT; never allows two listeners at once
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.listen_host, 0))
+            listener.bind((self.listen_host, self.port))
             listener.listen(128)
             listener.setblocking(False)
             self._wake_r, self._wake_w = socket.socketpair()

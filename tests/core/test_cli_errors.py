@@ -153,3 +153,25 @@ def test_the_readme_shows_what_methods_brief_prints(capsys):
     assert "      " not in out  # no keys
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert f"```\n{out}```" in readme
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (("server", "--clients", "2"), "give the SuperNodes' public keys (--node-keys"),
+    (("server", "--clients", "2", "--listen", "::"), "--listen '::': an IPv4 address"),
+    (("server", "--clients", "2", "--insecure", "--node-keys", "nowhere.pub"),
+     "--node-keys: no such file: nowhere.pub"),
+    (("server", "--clients", "3", "--port", "65535", "--no-auth"), "ports 65535..65537"),
+    (("client", "--server", "h:9092", "--partitions", "0", "--clients", "2"),
+     "pass --root-certificates with its ca.crt, or --insecure"),
+    (("client", "--server", "h", "--partitions", "0", "--clients", "2", "--insecure"),
+     "--server 'h': HOST:PORT"),
+    (("client", "--server", "h:1", "--partitions", "0,0", "--clients", "2", "--insecure"),
+     "distinct ids in 0..1"),
+    (("client", "--server", "h:1", "--partitions", "a", "--clients", "2", "--insecure"),
+     "--partitions 'a': comma-separated integers"),
+    (("client", "--server", "h:1", "--partitions", "0", "--clients", "1",
+      "--root-certificates", "missing.crt"), "copy the server's ca.crt here"),
+])
+def test_server_and_client_commands_refuse_bad_input_before_starting(capsys, argv, expected):
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and len(err) == 1 and expected in err[0], err

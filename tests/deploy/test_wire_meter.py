@@ -433,12 +433,26 @@ def test_stop_before_start_does_nothing_and_the_context_manager_stops():
     assert threading.active_count() == threads_before
 
 
-@pytest.mark.parametrize("target, listen_host", [
-    (("10.0.0.1", 9092), "127.0.0.1"),
-    (("example.com", 9092), "127.0.0.1"),
-    (("127.0.0.1", 9092), "0.0.0.0"),
-    (("::1", 9092), "127.0.0.1"),
+@pytest.mark.parametrize("target, listen_host, error", [
+    (("10.0.0.1", 9092), "127.0.0.1", "loopback"),
+    (("example.com", 9092), "127.0.0.1", "loopback"),
+    (("::1", 9092), "127.0.0.1", "loopback"),
+    (("127.0.0.1", 9092), "example.com", "IPv4"),
+    (("127.0.0.1", 9092), "::", "IPv4"),
 ])
-def test_only_ipv4_loopback_addresses_are_accepted(target, listen_host):
-    with pytest.raises(ValueError, match="loopback"):
+def test_target_on_loopback_listener_on_an_ipv4_address(target, listen_host, error):
+    with pytest.raises(ValueError, match=error):
         WireMeter(target, listen_host=listen_host)
+
+
+def test_listens_on_any_address_and_a_given_port(serve):
+    server = serve(echo)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with WireMeter(("127.0.0.1", server.port), listen_host="0.0.0.0", listen_port=port) as m:
+        assert m.port == port
+        with connect(port) as conn:
+            send_and_close(conn, b"hello")
+            assert read_all(conn) == b"hello"
