@@ -1,8 +1,9 @@
 """Every Flower internal fedsqueeze touches, in one place, checked before use.
 
-Flower 1.39 hard-codes the waits that dominate a small deployment's round (measured; see
-ENVIRONMENT.md "Latency"), and its SuperExec starts a fresh `flwr-clientapp` interpreter per
-message. The launcher's processes (SuperNodes and the warm worker) change exactly these:
+Flower 1.39 hard-codes the waits that dominate a small deployment's round (measured:
+docs/deployment.md, "What each part buys"), and its SuperExec starts a fresh `flwr-clientapp`
+interpreter per message. The launcher's processes (SuperNodes and the warm worker) change
+exactly these:
 
 * `flwr.supernode.start_client_internal`: `time.sleep(3)` after an empty PullMessages (idle
   poll) and `time.sleep(0.5)` while waiting for the ClientApp's reply; literal numbers, so the
