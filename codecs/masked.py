@@ -153,6 +153,3 @@ class MaskedCodec(Codec):
 
     def decode(self, payload, expected_shapes, masks=None, **options) -> list[np.ndarray]:
         return decode_masked(payload, expected_shapes, masks, **options)
-
-    def decode_values(self, payload, expected_shapes, masks=None, **options) -> list[np.ndarray]:
-        return decode_masked_values(payload, expected_shapes, masks, **options)
