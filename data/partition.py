@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from datasets import Dataset
@@ -231,24 +232,13 @@ def partition_indices(
     return [fitted.indices(i) for i in range(num_partitions)]
 
 
-def partition_for(
-    labels: np.ndarray,
-    partition_id: int,
-    scheme: str,
-    num_partitions: int,
-    seed: int,
-    *,
-    classes_per_partition: int = 2,
-    class_assignment: str = "random",
-    alpha: float = 0.5,
-    shards_per_partition: int = 2,
-    shard_size: int = 20,
-) -> np.ndarray:
-    """One client's row indices, `partition_indices(...)[partition_id]` without the others."""
+def partition_for(labels: np.ndarray, partition_id: int, scheme: str, num_partitions: int,
+                  seed: int, **options: Any) -> np.ndarray:
+    """One client's row indices, `partition_indices(...)[partition_id]` without the others;
+    `options`: the keyword arguments of `partition_indices` (`PartitionOptions`' fields)."""
     if not 0 <= partition_id < num_partitions:
         raise DataError(
             f"partition-id {partition_id} out of range for num-partitions {num_partitions}"
         )
-    options = PartitionOptions(classes_per_partition, class_assignment, alpha,
-                               shards_per_partition, shard_size)
-    return _fitted_for(labels, scheme, num_partitions, seed, options).indices(partition_id)
+    return _fitted_for(labels, scheme, num_partitions, seed,
+                       PartitionOptions(**options)).indices(partition_id)

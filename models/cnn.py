@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .mlp import dense_layers
 from .registry import register_model, trace_spatial
 
 
@@ -78,7 +79,7 @@ def _feddst_net(
         in_shape,
         [("conv1", 5, 1, 0), ("pool1", 3, 1, 0), ("conv2", 5, 1, 0), ("pool2", 3, 1, 0)],
     )
-    layers: list[nn.Module] = [
+    return nn.Sequential(
         nn.Conv2d(c, c1, 5),
         nn.ReLU(),
         nn.MaxPool2d(3, stride=1),
@@ -86,13 +87,8 @@ def _feddst_net(
         nn.ReLU(),
         nn.MaxPool2d(3, stride=1),
         nn.Flatten(),
-    ]
-    width = c2 * h * w
-    for hid in hidden:
-        layers += [nn.Linear(width, hid), nn.ReLU()]
-        width = hid
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+        *dense_layers(c2 * h * w, hidden, num_classes),
+    )
 
 
 @register_model("mnistnet")

@@ -12,13 +12,16 @@ def _mlp(in_shape: tuple[int, int, int], hidden: tuple[int, ...], num_classes: i
     """Flatten, then Linear + ReLU per hidden width, then Linear to the classes. The first
     layer takes the flattened input, so any (C, H, W) works."""
     c, h, w = in_shape
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = c * h * w
+    return nn.Sequential(nn.Flatten(), *dense_layers(c * h * w, hidden, num_classes))
+
+
+def dense_layers(width: int, hidden: tuple[int, ...], num_classes: int) -> list[nn.Module]:
+    """Linear + ReLU per hidden width from `width` inputs, then Linear to the classes."""
+    layers: list[nn.Module] = []
     for hid in hidden:
         layers += [nn.Linear(width, hid), nn.ReLU()]
         width = hid
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    return [*layers, nn.Linear(width, num_classes)]
 
 
 @register_model("fc2")

@@ -35,14 +35,8 @@ def scaled_signs(scales: np.ndarray, positive: list[np.ndarray]) -> list[np.ndar
 @dataclasses.dataclass(frozen=True)
 class SignEF(Channel):
     codes = "update"
-
-    @property
-    def error_feedback(self) -> bool:
-        return True
-
-    @property
-    def spreads_outliers(self) -> bool:
-        return True
+    error_feedback = True     # always: what the signs leave out comes back later
+    spreads_outliers = True   # one scale per tensor for every entry
 
     def encode(self, arrays: list[np.ndarray], *, seed: int = 0, memory: bool = False) -> Coded:
         scales = np.array([np.mean(np.abs(a), dtype=np.float64) if a.size else 0.0

@@ -26,19 +26,13 @@ TERNARY = get_codec("ternary")
 @dataclasses.dataclass(frozen=True)
 class TernaryEF(Channel):
     codes = "update"
+    error_feedback = True     # always: what the ternary values leave out comes back later
+    spreads_outliers = True   # one magnitude per tensor for every sent entry
 
     threshold: float = 0.7  # kept: |u| > threshold x the tensor's mean |u|
 
     def __post_init__(self) -> None:
         self.check({"threshold": (lambda v: v >= 0, "must be >= 0")})
-
-    @property
-    def error_feedback(self) -> bool:
-        return True
-
-    @property
-    def spreads_outliers(self) -> bool:
-        return True
 
     def encode(self, arrays: list[np.ndarray], *, seed: int = 0, memory: bool = False) -> Coded:
         records = {PAYLOAD_RECORD: pack(TERNARY.stype, TERNARY.encode(

@@ -20,7 +20,8 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsqueeze.deploy.inprocess import InProcessGrid
 from fedsqueeze.strategies.compressed import Compressed
-from fedsqueeze.strategies.mods import compression_mod
+from fedsqueeze.strategies.mods import ERROR, compression_mod
+from fedsqueeze.strategies.state import load_array_list
 from fedsqueeze.strategies.tensors import load_arrays, model_arrays
 from fedsqueeze.strategies.training import local_training
 
@@ -116,6 +117,21 @@ class ChannelLoop:
 
     def state(self, index: int = 0) -> RecordDict:
         return list(self.grid.contexts.values())[index].state
+
+    def assert_error_memory_is_exact(self, channel, rounds: int) -> None:
+        """Over `rounds` rounds of one client: its error memory is exactly what it owed (its
+        update plus the memory before) minus what `channel` delivered, in float32."""
+        previous = None
+        for _ in range(rounds):
+            exchange = self.run_round()
+            (node,) = exchange.decoded
+            sent = channel.decode(exchange.replies[0].content, [a.shape for a in exchange.before])
+            memory = load_array_list(self.state(), ERROR)[0]
+            owed = exchange.update[node] if previous is None else [
+                np.add(u, e, dtype=F) for u, e in zip(exchange.update[node], previous)]
+            assert all(np.array_equal(m, np.subtract(o, s, dtype=F))
+                       for m, o, s in zip(memory, owed, sent))
+            previous = memory
 
     def run_round(self) -> Exchange:
         self.round += 1

@@ -175,7 +175,8 @@ def _pruned_model(method, sparsity=0.8, strategy=None):
     return dict(zip(arrays, pruned))
 
 
-def test_masked_weights_stay_exactly_zero_through_training_with_momentum(client_round):
+def _received_pruned(client_round):
+    """A client that received a globally pruned model in round 3: (client, model, pruned)."""
     method = _method()
     strategy, client = method.strategy(build_run_model(method.settings)), method.client()
     pruned = _pruned_model(method, strategy=strategy)
@@ -183,6 +184,11 @@ def test_masked_weights_stay_exactly_zero_through_training_with_momentum(client_
     client.server_round = 3
     model = client_round.receive(client, content, RecordDict(),
                                  build_run_model(RunSettings(seed=99)))
+    return client, model, pruned
+
+
+def test_masked_weights_stay_exactly_zero_through_training_with_momentum(client_round):
+    client, model, pruned = _received_pruned(client_round)
     client_round.train(client, model, _data(), seed=5)
     trained = model_arrays(model)
     changed = 0
@@ -196,13 +202,7 @@ def test_masked_weights_stay_exactly_zero_through_training_with_momentum(client_
 def test_masked_gradients_keep_momentum_off_pruned_entries(client_round):
     """Without the after-step re-masking, the gradient hooks alone keep pruned entries at 0:
     the momentum buffer never accumulates anything there."""
-    method = _method()
-    strategy, client = method.strategy(build_run_model(method.settings)), method.client()
-    pruned = _pruned_model(method, strategy=strategy)
-    content = strategy.encode_down(3, 7, pruned)
-    client.server_round = 3
-    model = client_round.receive(client, content, RecordDict(),
-                                 build_run_model(RunSettings(seed=99)))
+    client, model, pruned = _received_pruned(client_round)
     client.hooks.after_step = lambda m: None   # disable the re-masking after every step
     client_round.train(client, model, _data(), seed=5)
     for key, after in model_arrays(model).items():

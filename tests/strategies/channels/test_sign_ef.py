@@ -10,9 +10,7 @@ from flwr.app import RecordDict
 from fedsqueeze.codecs import CodecError, get_codec
 from fedsqueeze.deploy.inprocess import Federation
 from fedsqueeze.strategies.channels.sign_ef import SCALES_RECORD, SignEF
-from fedsqueeze.strategies.mods import ERROR
 from fedsqueeze.strategies.payload import pack, payload_bytes
-from fedsqueeze.strategies.state import load_array_list
 
 F = np.float32
 
@@ -27,19 +25,7 @@ def test_each_tensor_becomes_its_signs_times_its_mean_magnitude():
 
 
 def test_what_is_not_delivered_is_kept_exactly_over_five_rounds(channel_loop):
-    loop = channel_loop(SignEF(), None)
-    previous = None
-    for _ in range(5):
-        exchange = loop.run_round()
-        (node,) = exchange.decoded
-        (reply,) = exchange.replies
-        sent = SignEF().decode(reply.content, [a.shape for a in exchange.before])
-        memory = load_array_list(loop.state(), ERROR)[0]
-        owed = exchange.update[node] if previous is None else [
-            np.add(u, e, dtype=F) for u, e in zip(exchange.update[node], previous)]
-        assert all(np.array_equal(m, np.subtract(o, s, dtype=F))
-                   for m, o, s in zip(memory, owed, sent))
-        previous = memory
+    channel_loop(SignEF(), None).assert_error_memory_is_exact(SignEF(), rounds=5)
 
 
 def test_the_uplink_is_about_one_bit_per_entry(channel_loop):

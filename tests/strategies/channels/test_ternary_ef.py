@@ -7,10 +7,8 @@ import pytest
 from flwr.app import RecordDict
 
 from fedsqueeze.strategies.channels.ternary_ef import TernaryEF
-from fedsqueeze.strategies.mods import ERROR
 from fedsqueeze.strategies.payload import payload_bytes
 from fedsqueeze.strategies.settings import ConfigError
-from fedsqueeze.strategies.state import load_array_list
 
 F = np.float32
 
@@ -24,19 +22,7 @@ def test_entries_above_the_threshold_become_plus_or_minus_their_mean():
 
 
 def test_what_is_not_delivered_is_kept_exactly_over_three_rounds(channel_loop):
-    loop = channel_loop(TernaryEF(), None)
-    previous = None
-    for _ in range(3):
-        exchange = loop.run_round()
-        (node,) = exchange.decoded
-        sent = TernaryEF().decode(exchange.replies[0].content,
-                                  [a.shape for a in exchange.before])
-        memory = load_array_list(loop.state(), ERROR)[0]
-        owed = exchange.update[node] if previous is None else [
-            np.add(u, e, dtype=F) for u, e in zip(exchange.update[node], previous)]
-        assert all(np.array_equal(m, np.subtract(o, s, dtype=F))
-                   for m, o, s in zip(memory, owed, sent))
-        previous = memory
+    channel_loop(TernaryEF(), None).assert_error_memory_is_exact(TernaryEF(), rounds=3)
 
 
 def test_the_uplink_is_under_log2_3_bits_per_entry(channel_loop):
