@@ -16,8 +16,8 @@ import tempfile
 from pathlib import Path
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.simulate import simulate
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.simulate import simulate
 from fedsqueeze.server.results import read_run
 
 ENGINES = ("simulation", "stock", "warm")

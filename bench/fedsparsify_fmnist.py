@@ -13,7 +13,7 @@ clients 2j and 2j+1 share classes {2j, 2j+1}), fc2 784-128-128-10 with Glorot-un
 and zero biases, inputs uint8/256, SGD lr 0.02 no momentum, batch 32, seed 1990, central
 evaluation on the 10k test set every round; n = 3, f = 1, t_0 = 1, T = rounds.
 
-Each run is one `fedsqueeze.deploy.simulate.simulate(...)` call into `<results-dir>/<name>`;
+Each run is one `fedsqueeze.deploy.launch.simulate.simulate(...)` call into `<results-dir>/<name>`;
 a run whose summary says "completed" is reused, not rerun. The table goes to stdout and to
 `<results-dir>/table-T<rounds>-E<epochs>.md`. Communication is reported two ways: the paper's
 count (non-zeros down x participants + non-zeros up, in parameters, + one bit per parameter
@@ -32,8 +32,8 @@ import sys
 from pathlib import Path
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.simulate import simulate
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.simulate import simulate
 from fedsqueeze.server.results import read_run
 
 SPARSITIES = (0.8, 0.85, 0.9, 0.95, 0.99)

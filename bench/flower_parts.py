@@ -2,6 +2,7 @@
 
     python bench/flower_parts.py [--clients 10] [--rounds 5] [--parts waits,doorbells,...]
                                  [--results-dir DIR] [--reuse]
+    python bench/flower_parts.py --paired PART,... [--repeats 4] [--clients 10] [--rounds 6]
 
 The same fc2 deployment (FedAvg, IID, `client-threads=1`, the accelerated default) runs
 once with every part and once per part with that part left out (`fedsqueeze deploy
@@ -11,6 +12,10 @@ and caches) and the part's share: (round time without it - round time with all) 
 time without it, the part of a round it saves. Parts whose effect is not on round time
 (`heartbeat`: a dead node is noticed sooner; `serverapp-reply-poll`: only a ServerApp that is
 not fedsqueeze's) show about 0. Run it on an otherwise idle machine.
+
+`--paired`: the parts whose single runs fall within the run-to-run spread, measured together
+against the default in alternating pairs (default, without them, default, ...): per pair the
+share, then the median share over the pairs.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from fedsqueeze.deploy.accelerated.flower_internals import PARTS, parts_off
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.flower_internals import PARTS, parts_off
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
 from fedsqueeze.server.results import read_run
 
 
@@ -49,6 +54,29 @@ def run(name: str, options: DeployOptions, clients: int, rounds: int, results_di
     return statistics.median(r["seconds"] for r in rows[1:] or rows)
 
 
+def paired(parts: tuple[str, ...], repeats: int, clients: int, rounds: int, out: Path
+           ) -> int:
+    """Default and default-without-`parts` in alternating pairs; prints each pair's share."""
+    shares = []
+    print(f"| pair | all parts s / round | without {', '.join(parts)} | share |\n"
+          "|---|---:|---:|---:|")
+    for i in range(1, repeats + 1):
+        every = run(f"all-{i}", DeployOptions(clients=clients, echo=False), clients, rounds,
+                    out, False)
+        without = run(f"without-{i}", DeployOptions(clients=clients, echo=False,
+                                                    flower_off=parts), clients, rounds, out,
+                      False)
+        if every is None or without is None:
+            print(f"| {i} | failed | | |")
+            continue
+        shares.append((without - every) / without)
+        print(f"| {i} | {every:.2f} | {without:.2f} | {shares[-1]:+.0%} |", flush=True)
+    if shares:
+        print(f"\nmedian share of the round these parts save: {statistics.median(shares):+.1%} "
+              f"({clients} SuperNodes, fc2 FedAvg, median of rounds 2-{rounds}, {out})")
+    return 0 if shares else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=10)
@@ -57,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
                         "one run each (default: all)")
     parser.add_argument("--results-dir", type=Path)
     parser.add_argument("--reuse", action="store_true", help="keep finished runs")
+    parser.add_argument("--paired", metavar="PART,...",
+                        help="measure these parts together, in alternating pairs")
+    parser.add_argument("--repeats", type=int, default=4, help="pairs with --paired")
     args = parser.parse_args(argv)
     out = (args.results_dir or Path(tempfile.mkdtemp(prefix="flower-parts-"))).resolve()
+    if args.paired:
+        return paired(parts_off(args.paired), args.repeats, args.clients, args.rounds, out)
     every = run("all", DeployOptions(clients=args.clients, echo=False), args.clients,
                 args.rounds, out, args.reuse)
     rows = [("all parts (the default)", every)]

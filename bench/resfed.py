@@ -25,7 +25,7 @@ COMMON = {"partitioner": "pathological", "partition-classes": 2,
 
 def run(name: str, results: Path, clients: int, rounds: int, model: str, extra: dict) -> Path:
     from fedsqueeze.deploy.config_check import find_app_dir
-    from fedsqueeze.deploy.simulate import simulate
+    from fedsqueeze.deploy.launch.simulate import simulate
 
     if (results / name / "summary.json").exists():
         return results / name

@@ -23,9 +23,9 @@ import psutil
 from periodic import Periodic  # bench/, the folder of this script
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.processes import processes_of_launch
-from fedsqueeze.deploy.simulate import simulate
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.processes import processes_of_launch
+from fedsqueeze.deploy.launch.simulate import simulate
 from fedsqueeze.server.results import read_run
 
 GIB = 1024 ** 3

@@ -23,9 +23,9 @@ import psutil
 from periodic import Periodic  # bench/, the folder of this script
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.faults import Kill
-from fedsqueeze.deploy.flower import PROCESS_NAMES
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.faults import Kill
+from fedsqueeze.deploy.launch.flower import PROCESS_NAMES
 from fedsqueeze.server.results import read_run
 
 WATCHED = {name: PROCESS_NAMES[name] for name in ("serverapp", "superlink")}

@@ -154,8 +154,8 @@ def _missing_message(
     return (
         f"{source.info.name} {split} split {attempt} (searched {searched}; "
         f"torchvision expects {root}/{source.layout} and says: {str(err).strip()}). "
-        f"{source.get_it}, or pass --data-dir DIR, or set run-config data-download=true "
-        "on a machine with a network."
+        f"{source.get_it}, or set run-config data-dir='DIR', or data-download=true on a "
+        "machine with a network."
     )
 
 

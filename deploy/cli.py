@@ -43,8 +43,8 @@ from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
 from fedsqueeze.strategies.settings import ConfigError, RunSettings, names_in
 
+from .accelerated.flower_internals import PARTS, parts_off
 from .catalog import catalog
-from .client_host import ClientOptions, run_clients
 from .compare import ENGINES, PRESETS, compare, config_text, preset_named
 from .config_check import (
     checked_run_config,
@@ -52,15 +52,15 @@ from .config_check import (
     is_fedsqueeze_app,
     parse_overrides,
 )
-from .deployment import FLOWERS, WIRE_FILE, DeployOptions, deploy
-from .faults import FaultError, parse_kills
-from .flower import require_grpc_flower, stop_local_superlink
-from .flower_internals import PARTS, parts_off
-from .launch import LaunchResult
-from .nodes import NodeHost
-from .processes import sigterm_as_interrupt
-from .server_host import ServerOptions, serve
-from .simulate import simulate
+from .launch.client_host import ClientOptions, run_clients
+from .launch.deployment import FLOWERS, WIRE_FILE, DeployOptions, deploy
+from .launch.faults import FaultError, parse_kills
+from .launch.flower import require_grpc_flower, stop_local_superlink
+from .launch.lifecycle import LaunchResult
+from .launch.nodes import NodeHost
+from .launch.processes import sigterm_as_interrupt
+from .launch.server_host import ServerOptions, serve
+from .launch.simulate import simulate
 from .tune import parse_grid, tune
 
 USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError, FaultError)
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("--flower", choices=FLOWERS, default="accelerated",
                      help="accelerated (default): fedsqueeze's layer over Flower (shorter "
                      "waits, doorbells, the warm ClientApp executor, lighter middleware, node "
-                     "key ids; deploy/flower_internals.py); stock: Flower's own SuperLink, "
+                     "key ids; deploy/accelerated/); stock: Flower's own SuperLink, "
                      "SuperNodes, waits and executor")
     dep.add_argument("--supernode-flower", choices=FLOWERS,
                      help="the SuperNodes' Flower, if not --flower's (a mixed deployment)")

@@ -35,14 +35,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedsqueeze.server import claims
 from fedsqueeze.server import compare as table
 from fedsqueeze.server.loop import RunFailure
 from fedsqueeze.server.results import read_run
 from fedsqueeze.strategies.settings import ConfigError, UserValue
 
 from .config_check import checked_run_config, find_app_dir
-from .flower import require_grpc_flower
 from .inprocess import Federation
+from .launch.flower import require_grpc_flower
 
 ENGINES = ("simulation", "ray", "deployment")
 
@@ -400,8 +401,8 @@ def compare(preset: Preset, *, engine: str = "simulation", rounds: int | None = 
     (out / "table.md").write_text(table.markdown(rows, title))
     table.write_csv(rows, out / "table.csv")
     table.plot([(label, r) for label, _, r in results], rows, out)
-    (out / "claims.md").write_text(table.claims_markdown(
-        table.paper_claims(results, rows),
+    (out / "claims.md").write_text(claims.claims_markdown(
+        claims.paper_claims(results, rows),
         f"Paper claims beside this comparison ({preset.name}, {engine}, {rounds} rounds; the "
         "settings differ: see each row)"))
     echo((out / "table.md").read_text())

@@ -20,6 +20,7 @@ from torch import nn
 
 from fedsqueeze.codecs import CodecError
 
+from .claims import PaperClaim
 from .hooks import TrainingHooks
 from .model_codec import DenseModelCodec
 from .model_transform import ModelTransform, model_transform_of
@@ -64,6 +65,8 @@ class Method:
     plain: ClassVar[bool] = False
     #: a plain method whose messages carry only part of the model (no versioned downlink)
     partial: ClassVar[bool] = False
+    #: its paper's headline and how `fedsqueeze compare` checks it against the runs
+    paper_claim: ClassVar[PaperClaim | None] = None
 
     def __init__(self, settings: RunSettings, run_config: Mapping[str, UserValue]) -> None:
         self.settings = settings

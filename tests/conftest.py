@@ -91,7 +91,7 @@ class LocalFlwrRun:
     connection is Flower's local in-memory SuperLink, on free ports."""
 
     def __init__(self, home) -> None:
-        from fedsqueeze.deploy.flower import flower_command, flower_env, free_port
+        from fedsqueeze.deploy.launch.flower import flower_command, flower_env, free_port
 
         home.mkdir()
         (home / "config.toml").write_text(
@@ -123,7 +123,7 @@ class LocalFlwrRun:
 @pytest.fixture
 def flwr_run_local(tmp_path):
     """A `LocalFlwrRun`; Flower's local SuperLink (which outlives runs) is stopped after."""
-    from fedsqueeze.deploy.flower import stop_local_superlink
+    from fedsqueeze.deploy.launch.flower import stop_local_superlink
 
     run = LocalFlwrRun(tmp_path / "flwr-home")
     yield run

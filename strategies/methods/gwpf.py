@@ -47,6 +47,7 @@ from torch import nn
 
 from fedsqueeze.codecs import CodecError, decode_masked_values, encode_masked, get_codec
 from fedsqueeze.strategies.base import ARRAYS, TRAIN, ClientSide, Method, SqueezeStrategy
+from fedsqueeze.strategies.claims import Measured, PaperClaim, Runs, acc
 from fedsqueeze.strategies.hooks import TrainingHooks
 from fedsqueeze.strategies.payload import pack, unpack
 from fedsqueeze.strategies.registry import register
@@ -492,8 +493,25 @@ class GWPFClient(ClientSide):
         return models
 
 
+def _bytes_against_fedavg(runs: Runs) -> Measured | None:
+    """Each GWPF run's share of FedAvg's bytes: the paper's baseline (APF) is not here."""
+    ours = runs.labels("gwpf")
+    if not ours:
+        return None
+    ref = runs.message_total(runs.reference)
+    return Measured("; ".join(f"{label}: {runs.message_total(label) / ref:.3f} of FedAvg's "
+                              f"bytes, accuracy {acc(runs.final_accuracy(label))}"
+                              for label in ours),
+                    "not checkable here: no APF baseline (gwpf.unfreeze = apf is GWPF with "
+                    "APF's unfreezing, not APF)")
+
+
 @register("gwpf")
 class GWPF(Method):
     Config = GWPFConfig
     Strategy = GWPFStrategy
     Client = GWPFClient
+    paper_claim = PaperClaim(
+        "GWPF", "up to 48.73% less communication than APF, +2.01% accuracy",
+        "MNIST CNN (582,026 params), Dirichlet(1), 10 clients", "gwpf-*",
+        _bytes_against_fedavg)

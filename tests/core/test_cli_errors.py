@@ -118,7 +118,7 @@ def test_a_key_of_another_method_gets_a_warning(capsys, monkeypatch):
 
 
 def test_a_deployment_on_another_flower_than_1_39_says_what_to_install(monkeypatch):
-    from fedsqueeze.deploy import flower
+    from fedsqueeze.deploy.launch import flower
 
     flower.require_grpc_flower("1.39.0")  # this one runs
     with pytest.raises(ConfigError, match=r"Flower 1.42.0.*pip install 'fedsqueeze\[deploy\]'"):

@@ -147,7 +147,7 @@ def test_the_command_lists_presets_and_rejects_an_unknown_one(capsys):
 
 
 def test_paper_claims_are_computed_from_the_runs_and_say_what_is_missing():
-    from fedsqueeze.server.compare import paper_claims
+    from fedsqueeze.server.claims import paper_claims
 
     def run(accs, up, down):
         return [_row(t + 1, a, up, down) for t, a in enumerate(accs)]

@@ -6,7 +6,11 @@ import psutil
 import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.flower import format_run_config, local_superlinks, stop_local_superlink
+from fedsqueeze.deploy.launch.flower import (
+    format_run_config,
+    local_superlinks,
+    stop_local_superlink,
+)
 from fedsqueeze.server.results import read_run
 
 pytestmark = pytest.mark.simulation

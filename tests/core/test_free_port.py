@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from fedsqueeze.deploy import flower
-from fedsqueeze.deploy.flower import free_port
+from fedsqueeze.deploy.launch import flower
+from fedsqueeze.deploy.launch.flower import free_port
 
 
 def test_ports_are_distinct_bindable_and_below_the_ephemeral_range(tmp_path, monkeypatch):

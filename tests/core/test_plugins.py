@@ -89,7 +89,7 @@ def test_a_plugin_that_cannot_be_imported_or_an_unknown_loss_is_a_clear_error():
 @pytest.mark.deployment
 def test_the_launcher_and_a_deployments_processes_load_the_plugin(on_path):
     from fedsqueeze.deploy.cli import main
-    from fedsqueeze.deploy.flower import format_run_config
+    from fedsqueeze.deploy.launch.flower import format_run_config
 
     keys = {**_plugin(on_path, "blobs_dep"), "sinks": "tensorboard"}
     assert main(["deploy", "--clients", "2", "--quiet", "--results-dir", str(on_path),

@@ -12,8 +12,8 @@ import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
 from fedsqueeze.deploy.inprocess import Federation
-from fedsqueeze.deploy.processes import processes_of_launch
-from fedsqueeze.deploy.simulate import simulate
+from fedsqueeze.deploy.launch.processes import processes_of_launch
+from fedsqueeze.deploy.launch.simulate import simulate
 from fedsqueeze.server.results import ROUND_KEYS, SUMMARY_KEYS, read_run
 
 APP = find_app_dir()

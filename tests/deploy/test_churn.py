@@ -12,10 +12,10 @@ import psutil
 import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.faults import Kill
-from fedsqueeze.deploy.flower import PROCESS_NAMES
-from fedsqueeze.deploy.processes import processes_of_launch
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.faults import Kill
+from fedsqueeze.deploy.launch.flower import PROCESS_NAMES
+from fedsqueeze.deploy.launch.processes import processes_of_launch
 from fedsqueeze.server.results import read_run
 
 APP = find_app_dir()

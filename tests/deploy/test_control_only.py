@@ -13,7 +13,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from fedsqueeze.deploy import flower_internals as fi
+from fedsqueeze.deploy.accelerated import flower_internals as fi
 
 
 class Recorder(BaseHTTPMiddleware):
@@ -97,9 +97,8 @@ def test_runtime_unary_runs_the_dispatch_and_replays_the_body_to_the_app():
 
 def test_flowers_supernode_api_answers_the_same_with_our_patches(monkeypatch):
     """Flower's own SuperNode app, stock and with its translation layers run by
-    `RuntimeUnary` and its runtime dependencies inline: the same answers to a wrong media
+    `RuntimeUnary`: the same answers to a wrong media
     type, to a request without node state and to a malformed protobuf body."""
-    import fastapi.dependencies.utils as dependencies
     import flwr.supernode.main as supernode
 
     requests = [("/v1/runtime/send-task-heartbeat", "text/plain", b""),
@@ -115,53 +114,9 @@ def test_flowers_supernode_api_answers_the_same_with_our_patches(monkeypatch):
 
     stock = answers()
     monkeypatch.setattr(supernode, "create_app", supernode.create_app)  # restored after
-    monkeypatch.setattr(dependencies, "run_in_threadpool", dependencies.run_in_threadpool)
     fi.patch_supernode_runtime_unary()
-    fi.patch_inline_dependencies()
-    assert isinstance(dependencies.run_in_threadpool, fi.InlineDependencies)
     assert answers() == stock
     assert {status for status, _ in stock} == {415, 503, 400, 405}
-
-
-def test_only_flowers_cheap_dependencies_run_inline():
-    import asyncio
-    import threading
-
-    class Cheap:
-        def __call__(self):
-            return threading.current_thread()
-
-    def costly():
-        return threading.current_thread()
-
-    async def in_pool(func, *args, **kwargs):
-        return await asyncio.to_thread(func, *args, **kwargs)
-
-    class Unhashable:
-        __hash__ = None
-
-        def __call__(self):
-            return threading.current_thread()
-
-    def cheap_function():
-        return threading.current_thread()
-
-    inline = fi.InlineDependencies(in_pool, {Cheap, cheap_function})
-    loop_thread = threading.current_thread()
-    assert asyncio.run(inline(Cheap())) is loop_thread
-    assert asyncio.run(inline(cheap_function)) is loop_thread
-    assert asyncio.run(inline(costly)) is not loop_thread
-    assert asyncio.run(inline(Unhashable())) is not loop_thread
-
-
-def test_a_missing_inline_dependency_is_reported_by_name(monkeypatch):
-    monkeypatch.setattr(fi, "INLINE_DEPENDENCIES",
-                        (("flwr.supercore.dependencies.runtime", ("get_runtime_sate",)),))
-    import fastapi.dependencies.utils as dependencies
-
-    monkeypatch.setattr(dependencies, "run_in_threadpool", dependencies.run_in_threadpool)
-    with pytest.raises(fi.FlowerInternalsError, match="no attribute 'get_runtime_sate'"):
-        fi.patch_inline_dependencies()
 
 
 def test_a_stack_without_flowers_translation_layers_is_reported():

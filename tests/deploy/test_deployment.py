@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.processes import LAUNCH_ID_VAR, processes_of_launch
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.processes import LAUNCH_ID_VAR, processes_of_launch
 from fedsqueeze.server.results import read_run
 
 APP = find_app_dir()
@@ -145,7 +145,7 @@ def test_sigterm_to_a_script_calling_simulate_stops_ray_too(tmp_path):
     script = (
         "import sys; from pathlib import Path\n"
         "from fedsqueeze.deploy.config_check import find_app_dir\n"
-        "from fedsqueeze.deploy.simulate import simulate\n"
+        "from fedsqueeze.deploy.launch.simulate import simulate\n"
         "out = Path(sys.argv[1])\n"
         "simulate(find_app_dir(), {'results-dir': str(out), 'run-name': 'killed',\n"
         "          'num-server-rounds': 50, 'partitioner': 'iid', 'engine': 'simulation'},\n"

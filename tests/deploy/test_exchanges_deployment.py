@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
 
 pytestmark = pytest.mark.deployment
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.processes import processes_of_launch
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.processes import processes_of_launch
 from fedsqueeze.server.results import read_run
 
 APP = find_app_dir()

@@ -1,7 +1,7 @@
 """SuperNodes get CUDA_VISIBLE_DEVICES round-robin over the host's GPUs (no GPU needed to
 check); across hosts, by their slot on their host, not their partition id."""
 
-from fedsqueeze.deploy.nodes import NodeHost, start_supernode
+from fedsqueeze.deploy.launch.nodes import NodeHost, start_supernode
 
 
 class RecordingGroup:

@@ -11,7 +11,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 
-from fedsqueeze.deploy.grpc_calls import DOWN, UP, ConnectionCalls
+from fedsqueeze.deploy.wire.grpc_calls import DOWN, UP, ConnectionCalls
 
 
 def grpc_body(message) -> bytes:

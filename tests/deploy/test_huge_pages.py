@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from fedsqueeze.deploy.huge_pages import anonymous_regions, collapse_anonymous_memory
+from fedsqueeze.deploy.accelerated.huge_pages import anonymous_regions, collapse_anonymous_memory
 
 HUGE = 2 << 20
 MAPS = """\

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from fedsqueeze.deploy import flower_internals as fi
-from fedsqueeze.deploy import superlink_main
+from fedsqueeze.deploy.accelerated import flower_internals as fi
+from fedsqueeze.deploy.accelerated import superlink_main
 
 
 def _broken() -> None:

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from fedsqueeze.deploy.config_check import find_app_dir
-from fedsqueeze.deploy.deployment import DeployOptions, deploy
-from fedsqueeze.deploy.processes import processes_of_launch
+from fedsqueeze.deploy.launch.deployment import DeployOptions, deploy
+from fedsqueeze.deploy.launch.processes import processes_of_launch
 from fedsqueeze.server.results import read_run
 
 pytestmark = pytest.mark.deployment
@@ -102,7 +102,7 @@ def test_a_slot_is_held_until_its_holder_lets_go(tmp_path):
     import fcntl
     import os
 
-    from fedsqueeze.deploy.warm_worker import Slots
+    from fedsqueeze.deploy.accelerated.warm_worker import Slots
 
     slots = Slots(tmp_path, 1, "running")
     held = slots.acquire()
@@ -120,7 +120,7 @@ def test_a_reading_slot_is_held_while_a_partition_is_read_and_only_then(tmp_path
     import torch
 
     from fedsqueeze.client import runtime
-    from fedsqueeze.deploy.warm_worker import Slots
+    from fedsqueeze.deploy.accelerated.warm_worker import Slots
     from fedsqueeze.strategies.settings import RunSettings
 
     slots = Slots(tmp_path, 1, "reading")
@@ -163,7 +163,7 @@ def test_a_superexec_holds_the_partition_its_child_read_for_the_next_children():
     import torch
 
     from fedsqueeze.client import runtime
-    from fedsqueeze.deploy.warm_worker import PartitionHints
+    from fedsqueeze.deploy.accelerated.warm_worker import PartitionHints
     from fedsqueeze.strategies.settings import RunSettings
 
     settings = RunSettings.from_run_config({"partitioner": "iid"})
@@ -193,9 +193,10 @@ def test_a_superexec_holds_the_partition_its_child_read_for_the_next_children():
 
 
 def test_a_superexec_imports_nothing_after_the_worker_forks_it():
-    code = ("import sys; from fedsqueeze.deploy import warm_worker as w; w._warm_imports(); "
-            "before = set(sys.modules); "
-            "from fedsqueeze.deploy.flower_internals import clientapp_entry, install_executor; "
+    code = ("import sys; from fedsqueeze.deploy.accelerated import warm_worker as w; "
+            "w._warm_imports(); before = set(sys.modules); "
+            "from fedsqueeze.deploy.accelerated.flower_internals import clientapp_entry, "
+            "install_executor; "
             "install_executor(w.ForkExecutor); w.ForkExecutor(); "
             "print(sorted(set(sys.modules) - before))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fedsqueeze.deploy.wire_meter import (
+from fedsqueeze.deploy.wire.wire_meter import (
     HTTP2_PREFACE,
     EventTimeline,
     WireMeter,

@@ -320,7 +320,7 @@ def test_reconstruct_only_touches_the_coded_positions():
 @pytest.mark.simulation
 def test_two_round_simulation_runs_residuals_with_zero_gap(tmp_path):
     from fedsqueeze.deploy.config_check import find_app_dir
-    from fedsqueeze.deploy.simulate import simulate
+    from fedsqueeze.deploy.launch.simulate import simulate
     from fedsqueeze.server.results import read_run
 
     run_config = {"results-dir": str(tmp_path), "run-name": "resfed", "engine": "simulation",

@@ -1,32 +1,30 @@
 """`flower-superlink` that rings doorbells when it stores a message (flower_internals.py).
 
-    python -m fedsqueeze.deploy.superlink_main [--fallback] -- FLOWER ARGS...
+    python -m fedsqueeze.deploy.accelerated.superlink_main [--fallback] -- FLOWER ARGS...
 
 Everything after `--` goes to Flower's own `flower-superlink` entry point unchanged. A stored
 instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so neither has to
 poll fast to pick them up soon. The Control API's middlewares run for Control-API requests
 only (`flower_internals.ControlOnly`), the protobuf and error translation of runtime requests
-without Starlette's per-request streams (`RuntimeUnary`), and Flower's runtime dependencies
-in the event loop (`InlineDependencies`), and SuperNodes may name their key by its id instead
-of sending it whole with every call (node key ids). `--fallback`: where Flower's internals changed,
-warn and keep Flower's own behaviour for that part (without rings, the others poll as with a
-stock SuperLink).
+without Starlette's per-request streams (`RuntimeUnary`), and SuperNodes may name their key
+by its id instead of sending it whole with every call (node key ids). `--fallback`: where
+Flower's internals changed, warn and keep Flower's own behaviour for that part (without rings,
+the others poll as with a stock SuperLink).
 """
 
 from __future__ import annotations
 
 import sys
 
+from ..launch.processes import import_and_freeze
 from .flower_internals import (
     FlowerInternalsError,
     check_version,
     part_on,
-    patch_inline_dependencies,
     patch_node_key_ids,
     patch_superlink_control_middleware,
     patch_superlink_rings,
 )
-from .processes import import_and_freeze
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,8 +34,6 @@ def main(argv: list[str] | None = None) -> None:
     patches = (("doorbells", patch_superlink_rings, "rings no doorbells"),
                ("control-only", patch_superlink_control_middleware,
                 "runs Flower's whole middleware stack on every request"),
-               ("inline-dependencies", patch_inline_dependencies,
-                "resolves Flower's runtime dependencies in worker threads"),
                ("key-ids", patch_node_key_ids, "needs each SuperNode's whole key in every call"))
     for part, patch, without in patches:
         if not part_on(part):

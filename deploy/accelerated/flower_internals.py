@@ -41,11 +41,6 @@ exactly these:
   runtime requests (about a hundred per round) skip them: `ControlOnly` runs each for
   `/v1/control/` paths only (and the event-log one wherever a plugin is set), so Control-API
   requests see exactly Flower's stack;
-* `flwr.supernode.runtime.run_clientapp.install_from_fab`: Flower extracts the whole FAB to
-  a temporary folder and hashes every file for every message, and only then sees the app is
-  installed already and returns its folder (half a ClientApp child's CPU for fc2, measured);
-  the warm children return that folder at once when it exists for this FAB's hash, exactly
-  what Flower's own early return gives, and install through Flower otherwise;
 * `flwr.supernode.main.create_app` and the SuperLink's `_get_middleware`: two more
   `BaseHTTPMiddleware` layers wrap every request of both HTTP APIs, Flower's error
   translation (`flwr.supercore.error.http.http_error_translator`) and protobuf translation
@@ -54,12 +49,6 @@ exactly these:
   API server's CPU (py-spy). `RuntimeUnary` runs each layer's own `dispatch` for the unary
   runtime routes (`PROTOBUF_REQUEST_TYPES` under `/v1/runtime/`) without that machinery,
   and every other request through Flower's middleware as it is;
-* `fastapi.dependencies.utils.run_in_threadpool`: FastAPI runs every synchronous dependency
-  in a worker thread, and each runtime request resolves four or five of Flower's (runtime
-  state, handlers, task token, protobuf request, runtime version), each a few dictionary
-  lookups: the thread hops took a quarter of a SuperNode's API server CPU (py-spy).
-  `InlineDependencies` calls those (`INLINE_DEPENDENCIES`, checked to exist) in the event
-  loop, and everything else in the thread pool as before;
 * `flwr.client.grpc_rere_client.connection.generate_key_pairs`: a SuperNode without a key
   file (always so without TLS) makes a NIST P-384 pair and signs every Fleet call with it,
   and the SuperLink verifies each signature; the launcher's SuperNodes make a P-256 pair
@@ -106,23 +95,15 @@ import functools
 import hashlib
 import importlib
 import inspect
-import io
 import os
 import sys
 import threading
 import time as _time
-import zipfile
 from collections.abc import Callable
-from pathlib import Path
-from types import FunctionType, ModuleType
+from types import ModuleType
 from typing import Any
 
 import flwr
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: Flower's own TOML parser
-    import tomli as tomllib
 
 from fedsqueeze.server.doorbell import Doorbell, bell_name, open_bell, ring
 from fedsqueeze.strategies.settings import names_in
@@ -149,13 +130,6 @@ SUPERNODE_APP = "flwr.supernode.main"
 TRANSLATION = ("flwr.supercore.protobuf.translation", "ProtobufTranslationMiddleware")
 ERROR_TRANSLATOR = ("flwr.supercore.error.http", "http_error_translator")
 RUNTIME_PATH_PREFIX = "/v1/runtime/"
-FASTAPI_DEPENDENCIES = "fastapi.dependencies.utils"
-INLINE_DEPENDENCIES = (
-    ("flwr.supercore.dependencies.runtime",
-     ("get_runtime_state", "get_runtime_handlers", "get_task", "SuperExecAuthDependency")),
-    ("flwr.supercore.dependencies.runtime_version", ("RuntimeVersionDependency",)),
-    ("flwr.supercore.protobuf.translation", ("get_protobuf_request",)),
-)
 FLEET_CONNECTION = "flwr.client.grpc_rere_client.connection"
 EVENT_LOG_STATE = "control_event_log_plugin"
 STOCK_IDLE_POLL, STOCK_REPLY_WAIT = 3, 0.5
@@ -179,18 +153,12 @@ PARTS: dict[str, str] = {
                "whole key in every call)",
     "runtime-unary": "runtime API requests skip Starlette's per-request streams in Flower's "
                      "protobuf and error translation layers",
-    "inline-dependencies": "Flower's runtime request dependencies run in the event loop "
-                           "(FastAPI: a worker thread each)",
     "control-only": "the SuperLink's Control-API middlewares run for Control-API requests "
                     "only (and its runtime API's translation layers as in runtime-unary)",
     "warm-executor": "one warm worker per host forks each ClientApp from warm imports "
                      "(Flower: a new interpreter per message)",
-    "fab-cache": "a warm ClientApp finds its installed FAB without extracting and hashing it "
-                 "again",
     "telemetry": "disabled telemetry builds no event payload (Flower runs `file` and `uname` "
                  "for it)",
-    "task-poll": "SuperExecs poll for tasks every 0.05 s (Flower: 1 s), through Flower's "
-                 "FLWR_SUPEREXEC_TASK_POLL_INTERVAL",
     "serverapp-reply-poll": "a ServerApp that is not fedsqueeze's wakes on its doorbell "
                             "between reply pulls (Flower: 3 s)",
 }
@@ -686,37 +654,6 @@ def _runtime_unary_wrapper(owner: str) -> Callable[[list[Any]], list[Any]]:
     return wrap
 
 
-class InlineDependencies:
-    """A stand-in for the `run_in_threadpool` FastAPI resolves synchronous dependencies with:
-    Flower's cheap ones (given as functions, or classes whose instances are the dependency)
-    run in the event loop, any other callable in the thread pool (`stock`)."""
-
-    def __init__(self, stock: Callable[..., Any], inline: set[Any]) -> None:
-        self.stock, self.inline = stock, frozenset(inline)
-
-    def _is_inline(self, func: Callable[..., Any]) -> bool:
-        if type(func) in self.inline:
-            return True
-        # only plain functions are looked up by value: another callable may be unhashable
-        return isinstance(func, FunctionType) and func in self.inline
-
-    async def __call__(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._is_inline(func):
-            return func(*args, **kwargs)
-        return await self.stock(func, *args, **kwargs)
-
-
-def patch_inline_dependencies() -> None:
-    """Flower's runtime dependencies run in the event loop (`InlineDependencies`)."""
-    module = _module(FASTAPI_DEPENDENCIES)
-    stock = _attribute(module, "run_in_threadpool")
-    if isinstance(stock, InlineDependencies):
-        return
-    inline = {_attribute(_module(where), name) for where, names in INLINE_DEPENDENCIES
-              for name in names}
-    module.run_in_threadpool = InlineDependencies(stock, inline)
-
-
 def patch_supernode_runtime_unary() -> None:
     """In a SuperNode: its runtime API's translation layers run as `RuntimeUnary`."""
     module = _module(SUPERNODE_APP)
@@ -787,7 +724,7 @@ def patch_generated_node_key() -> None:
     """A SuperNode that makes its own key pair makes the launcher's kind (`auth.py`: P-256)."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from .auth import new_private_key
+    from ..launch.auth import new_private_key
 
     module = _module(FLEET_CONNECTION)
     _attribute(module, "generate_key_pairs")
@@ -804,9 +741,8 @@ def apply_waits(waits: Waits, *, supernode: bool, serverapp: bool = False,
     """Shorten Flower's waits in this process; True when applied. With `fallback`, a missing
     internal keeps Flower's stock waits and prints one warning line. A SuperNode also gets
     its doorbells (`executor_bell`: the name its SuperExec waits on, if any), a P-256 key
-    pair when it makes its own, its runtime API's translation layers as `RuntimeUnary` and
-    Flower's runtime dependencies in the event loop (`InlineDependencies`); a ServerApp
-    (`serverapp`) its grid's reply poll on the run's doorbell."""
+    pair when it makes its own and its runtime API's translation layers as `RuntimeUnary`; a
+    ServerApp (`serverapp`) its grid's reply poll on the run's doorbell."""
     try:
         check_version()
         if supernode:
@@ -817,8 +753,7 @@ def apply_waits(waits: Waits, *, supernode: bool, serverapp: bool = False,
             for part, patch in (("heartbeat", lambda: patch_heartbeat(waits)),
                                 ("p256", patch_generated_node_key),
                                 ("key-ids", patch_compact_node_key),
-                                ("runtime-unary", patch_supernode_runtime_unary),
-                                ("inline-dependencies", patch_inline_dependencies)):
+                                ("runtime-unary", patch_supernode_runtime_unary)):
                 if part_on(part):
                     patch()
         if serverapp and part_on("serverapp-reply-poll"):
@@ -869,7 +804,7 @@ def install_executor(make_executor: Callable[..., Any]) -> Callable[..., None]:
 
 def clientapp_entry() -> Callable[..., None]:
     """Flower's own `run_clientapp(runtime_api_address, token, insecure, certificates,
-    parent_pid, runtime_dependency_install)`, with an installed FAB not extracted again."""
+    parent_pid, runtime_dependency_install)`."""
     check_version()
     module = _module(CLIENTAPP_ENTRY)
     entry = _attribute(module, "run_clientapp")
@@ -878,37 +813,4 @@ def clientapp_entry() -> Callable[..., None]:
     if missing:
         raise FlowerInternalsError(f"Flower {flwr.__version__}: run_clientapp lacks "
                                    f"parameters {sorted(missing)}")
-    install = _attribute(module, "install_from_fab")
-    if not getattr(install, "skips_installed", False) and part_on("fab-cache"):
-        module.install_from_fab = _skipping_installed(install)
     return entry
-
-
-def _fab_project(fab: bytes) -> dict[str, Any]:
-    """A FAB's pyproject.toml, parsed but not validated. It only serves to find the folder of
-    an installed FAB with the same sha256, which Flower validated when it installed it;
-    Flower's own `get_fab_config` validates again, every dependency string included (most of
-    this check's time when it was used here)."""
-    with zipfile.ZipFile(io.BytesIO(fab)) as archive:
-        return tomllib.loads(archive.read("pyproject.toml").decode())
-
-
-def _skipping_installed(install: Callable[..., Path]) -> Callable[..., Path]:
-    config = _module("flwr.common.config")
-    metadata, project_dir = (_attribute(config, name) for name in (
-        "get_metadata_from_config", "get_project_dir"))
-
-    def install_from_fab(fab_file: Path | bytes, install_dir: Path | None = None,
-                         skip_prompt: bool = False) -> Path:
-        if isinstance(fab_file, bytes) and install_dir is None and skip_prompt:
-            try:
-                fab_id, version = metadata(_fab_project(fab_file))
-            except (KeyError, TypeError, ValueError, zipfile.BadZipFile):
-                return install(fab_file, install_dir, skip_prompt)  # Flower says what's wrong
-            installed = project_dir(fab_id, version, hashlib.sha256(fab_file).hexdigest())
-            if installed.is_dir():
-                return installed
-        return install(fab_file, install_dir, skip_prompt)
-
-    install_from_fab.skips_installed = True  # type: ignore[attr-defined]
-    return install_from_fab

@@ -1,10 +1,13 @@
-"""What both launchers share: their working directory, submitting the app to a SuperLink and
-following it, and the run's status on every way a launch can end."""
+"""What every launcher shares: its working directory and processes, submitting the app to a
+SuperLink and following it, and stopping everything and settling the run's status on every way
+a launch can end."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from .flower import (
     submit_run,
     write_connection,
 )
-from .processes import ProcessGroup
+from .processes import ProcessGroup, sigterm_as_interrupt
 
 
 @dataclass
@@ -83,3 +86,69 @@ def settle_status(results_dir: Path, flower_status: dict, failure: BaseException
             close_run(results_dir, "server-lost", "the ServerApp ended without writing a "
                       f"summary; Flower says: {flower_status.get('status', 'unknown')} "
                       f"{flower_status.get('status-details', '')}".rstrip())
+
+
+def write_deployment(results_dir: Path, description: dict) -> None:
+    """config.json's `deployment`: how the launcher ran the app (nothing if no run started)."""
+    path = results_dir / "config.json"
+    if path.is_file():
+        config = json.loads(path.read_text())
+        config["deployment"] = description
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+
+class Launch:
+    """One launch in progress: its working directory, its processes, the SuperLink and what
+    Flower said of the run; `ending` and `ended` take what a launcher adds to its end."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.results_dir = results_dir
+        self.work = launch_dir(results_dir)
+        self.logs = results_dir / "logs"
+        self.group = ProcessGroup(self.logs)
+        self.link: SuperLink | None = None
+        self.run_id = 0
+        self.status: dict = {}
+        self.failure: BaseException | None = None
+        self.leftover: list[int] = []
+        self.wire: dict = {}
+        self.before_stop: list[Callable[[], None]] = []  # e.g. the fault injector
+        self.after_stop: list[Callable[[], None]] = []  # e.g. the wire meters
+        self.after_settle: list[Callable[[], None]] = []  # e.g. wire bytes into the results
+
+    def end(self) -> None:
+        """Stop every process, remove the working directory unless a process would not stop
+        (it may still use its Flower home), make summary.json say how the run ended, then run
+        the launcher's own closing steps."""
+        superlink_exit = None if self.link is None else self.link.started.process.poll()
+        for step in self.before_stop:
+            step()
+        self.leftover = self.group.stop_all()
+        for step in self.after_stop:
+            step()
+        if not self.leftover:
+            shutil.rmtree(self.work, ignore_errors=True)
+        settle_status(self.results_dir, self.status, self.failure, superlink_exit)
+        for step in self.after_settle:
+            step()
+
+    def result(self) -> LaunchResult:
+        return LaunchResult(self.run_id, self.status, self.results_dir, self.leftover,
+                            self.logs, self.group.launch_id, self.wire)
+
+
+@contextmanager
+def launching(results_dir: Path) -> Iterator[Launch]:
+    """The launch's life: SIGTERM and Ctrl-C end it like any failure, and however it ends
+    (`Launch.end`) nothing it started is left running."""
+    launch = Launch(results_dir)
+    try:
+        with sigterm_as_interrupt():
+            yield launch
+    except BaseException as err:
+        launch.failure = err
+        raise
+    finally:
+        launch.end()

@@ -9,7 +9,7 @@ polling and sending heartbeats while the server is between rounds, start-up, shu
 
 Inside a round, polls are not traffic: `wire_up`/`wire_down` (the figure every table uses)
 count the gRPC calls that carry messages (and the connection's own frames), `wire_poll_*` the
-idle polls and heartbeats (deploy/grpc_calls.py follows the cleartext HTTP/2 streams). Over
+idle polls and heartbeats (deploy/wire/grpc_calls.py follows the cleartext HTTP/2 streams). Over
 TLS the relay cannot see calls: there `wire_poll_*` is estimated from the node's idle rate
 (bytes per second outside rounds) times the round's duration, and rows say
 `wire_poll_estimated: true`.

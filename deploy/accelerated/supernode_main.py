@@ -1,10 +1,9 @@
 """`flower-supernode` with Flower's hard-coded waits shortened and doorbells (flower_internals.py).
 
 The same call (`apply_waits`) also makes the SuperNode's self-made key pair P-256 and serves
-its runtime API's unary requests without Starlette's per-request streams and worker-thread
-hops (`RuntimeUnary`, `InlineDependencies`).
+its runtime API's unary requests without Starlette's per-request streams (`RuntimeUnary`).
 
-    python -m fedsqueeze.deploy.supernode_main [--fallback] [--poll-cap S]
+    python -m fedsqueeze.deploy.accelerated.supernode_main [--fallback] [--poll-cap S]
         [--executor-bell KEY] -- FLOWER ARGS...
 
 Everything after `--` goes to Flower's own `flower-supernode` entry point unchanged.
@@ -21,15 +20,15 @@ import sys
 
 from fedsqueeze.server.doorbell import bell_name
 
+from ..launch.processes import import_and_freeze
 from .flower_internals import Waits, apply_waits
-from .processes import import_and_freeze
 
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     ours, flower_args = (args[:args.index("--")], args[args.index("--") + 1:]) \
         if "--" in args else ([], args)
-    parser = argparse.ArgumentParser(prog="python -m fedsqueeze.deploy.supernode_main")
+    parser = argparse.ArgumentParser(prog="python -m fedsqueeze.deploy.accelerated.supernode_main")
     parser.add_argument("--poll-cap", type=float, default=Waits().poll_cap)
     parser.add_argument("--executor-bell")
     parser.add_argument("--fallback", action="store_true")

@@ -15,7 +15,7 @@ learn each stream's `:path`, and classifies every stream when it ends:
 
 Each `message` stream also gets the message the SuperNode last pulled (`Pulled`: its type,
 creation time and group id), and PushMessages calls (replies) are marked, so any app's wire
-bytes split by round (deploy/wire_results.py); the node id the pulled messages were addressed
+bytes split by round (deploy/wire/wire_results.py); the node id the pulled messages were addressed
 to names the SuperNode.
 
 The parser sees bytes exactly as the relay delivers them; a frame's bytes are attributed when

@@ -1,7 +1,7 @@
 """`flwr-serverapp` with Flower's object-pull back-off and its grid's reply poll shortened
 (flower_internals.py).
 
-    python -m fedsqueeze.deploy.serverapp_main FLOWER ARGS...
+    python -m fedsqueeze.deploy.accelerated.serverapp_main FLOWER ARGS...
 
 The launcher puts a `flwr-serverapp` that runs this module first on the SuperLink's PATH (its
 SuperExec starts the ServerApp by that bare name). Why: the ServerApp pulls a reply as soon as
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
+from ..launch.processes import import_and_freeze
 from .flower_internals import Waits, apply_waits
-from .processes import import_and_freeze
 
 
 def main(argv: list[str] | None = None) -> None:

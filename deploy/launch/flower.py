@@ -50,10 +50,11 @@ def require_grpc_flower(version: str | None = None) -> None:
 
 # The launcher's entry points around Flower's own (short waits, doorbells), and the names by
 # which a process of each kind is found, Flower's first (what `--flower stock` starts).
-SUPERLINK_ENTRY = "fedsqueeze.deploy.superlink_main"
-SUPERNODE_ENTRY = "fedsqueeze.deploy.supernode_main"
-SERVERAPP_ENTRY = "fedsqueeze.deploy.serverapp_main"  # what the launcher's flwr-serverapp runs
-WARM_WORKER_ENTRY = "fedsqueeze.deploy.warm_worker"
+SUPERLINK_ENTRY = "fedsqueeze.deploy.accelerated.superlink_main"
+SUPERNODE_ENTRY = "fedsqueeze.deploy.accelerated.supernode_main"
+# what the launcher's flwr-serverapp runs
+SERVERAPP_ENTRY = "fedsqueeze.deploy.accelerated.serverapp_main"
+WARM_WORKER_ENTRY = "fedsqueeze.deploy.accelerated.warm_worker"
 PROCESS_NAMES = {"superlink": ("flower-superlink", SUPERLINK_ENTRY),
                  "supernode": ("flower-supernode", SUPERNODE_ENTRY),
                  "serverapp": ("flwr-serverapp", SERVERAPP_ENTRY),

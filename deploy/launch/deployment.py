@@ -1,7 +1,7 @@
 """`fedsqueeze deploy`: one SuperLink and N SuperNodes as real processes talking gRPC, on one
-host: the server half (deploy/server_host.py: SuperLink, a wire meter per partition, the app's
-submission, wire bytes into the results) and the client half (deploy/nodes.py: SuperNodes,
-the warm worker, GPU pinning) that `fedsqueeze server` and `fedsqueeze client` run on separate
+host: the server half (server_host.py: SuperLink, a wire meter per partition, the app's
+submission, wire bytes into the results) and the client half (nodes.py: SuperNodes, the warm
+worker, GPU pinning) that `fedsqueeze server` and `fedsqueeze client` run on separate
 hosts, here on 127.0.0.1 with free ports, plus what only a single host can do: fault
 injection (kill and restart SuperNodes), mixed stock/accelerated deployments, unregistered
 SuperNodes for tests. Every process started, and all their descendants, are stopped on
@@ -10,23 +10,21 @@ success, failure and Ctrl-C.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..accelerated.flower_internals import parts_off
+from ..wire.wire_meter import WireMeter
 from .auth import make_node_key, register
 from .faults import FaultInjector, Kill
 from .flower import SuperLink, require_grpc_flower, start_superlink, write_connection
-from .flower_internals import parts_off
-from .launch import LaunchResult, launch_dir, run_app, settle_status
+from .lifecycle import LaunchResult, launching, run_app, write_deployment
 from .nodes import FLOWERS, NodeHost, SuperNode, registered, start_supernode, start_warm_worker
-from .processes import ProcessGroup, sigterm_as_interrupt, wait_until
-from .server_host import WIRE_FILE, open_meters, server_env, write_wire_results
+from .processes import ProcessGroup, wait_until
+from .server_host import WIRE_FILE, open_meters, server_env, stop_meters, write_wire_results
 from .tls import make_certificates
-from .wire_meter import WireMeter
 
 __all__ = ["FLOWERS", "WIRE_FILE", "DeployOptions", "deploy"]
 
@@ -77,8 +75,7 @@ class DeployOptions:
 
     @property
     def node_host(self) -> NodeHost:
-        return NodeHost(self.clients, self.gpus, self.executor, self.accelerated_nodes,
-                        task_poll="task-poll" not in self.flower_off)
+        return NodeHost(self.clients, self.gpus, self.executor, self.accelerated_nodes)
 
     def describe(self) -> dict[str, object]:
         """What config.json records about how the deployment ran."""
@@ -93,16 +90,10 @@ class DeployOptions:
 def record_deployment(results_dir: Path, options: DeployOptions,
                       faults: FaultInjector | None = None) -> None:
     """config.json says which executor and which waits ran (and what faults were injected)."""
-    path = results_dir / "config.json"
-    if path.is_file():
-        config = json.loads(path.read_text())
-        config["deployment"] = {**options.describe(), "supernodes": options.clients,
-                                "tls": options.tls, "gpus": list(options.gpus),
-                                **({"fault_events": faults.events,
-                                    "fault_errors": faults.errors} if faults else {})}
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+    write_deployment(results_dir, {
+        **options.describe(), "supernodes": options.clients, "tls": options.tls,
+        "gpus": list(options.gpus),
+        **({"fault_events": faults.events, "fault_errors": faults.errors} if faults else {})})
 
 
 def _node_keys(group: ProcessGroup, env: dict[str, str], link: SuperLink,
@@ -147,61 +138,53 @@ def deploy(app_dir: Path, run_config: dict[str, object], results_dir: Path,
     how it ended and the finished rounds get their wire bytes."""
     require_grpc_flower()
     launched = time.time()
-    work = launch_dir(results_dir)
-    logs = results_dir / "logs"
-    group = ProcessGroup(logs)
-    env, link_env = server_env(group, work, results_dir, app_dir, options.accelerated_server,
-                               options.flower_off)
-    meters: list[WireMeter] = []
-    status: dict = {}
-    run_id = 0
-    link = None
-    faults: FaultInjector | None = None
-    failure: BaseException | None = None
-    try:
-        with sigterm_as_interrupt():
-            tls = make_certificates(work / "tls") if options.tls else None
-            link = start_superlink(group, link_env, simulation=False, tls=tls,
-                                   extra=("--enable-supernode-auth",) if options.auth else (),
-                                   rings=options.accelerated_server)
-            security = tls.supernode_args() if tls else ["--insecure"]
-            keys = _node_keys(group, env, link, options, work)
-            meters = open_meters(link, options.clients + options.unregistered)
-            nodes = [start_supernode(group, env, options.node_host, p, p,
-                                     f"127.0.0.1:{meter.port}", security + keys[p])
-                     for p, meter in enumerate(meters)]
-            del nodes[options.clients:]  # unregistered ones: refused, never waited for
-            if options.executor == "warm":
-                start_warm_worker(group, env, options.node_host, nodes, work / "slots")
-            wait_until(lambda: all(registered(n) for n in nodes), timeout=120,
-                       what="every SuperNode to register with the SuperLink")
-            if options.kills:
-                faults = _fault_injector(group, env, nodes, options,
-                                         lambda p: security + keys[p], work, results_dir)
-                faults.start()
-            try:
-                run_id, status = run_app(group, env, link, app_dir, run_config, logs,
-                                         options.echo)
-            except RuntimeError as err:  # flwr cannot reach a SuperLink that died
-                if link.started.process.poll() is None:
-                    raise
-                status = {"status": "finished:server-lost",
-                          "status-details": f"the SuperLink exited with code "
-                                            f"{link.started.process.poll()}: {err}"}
-    except BaseException as err:
-        failure = err
-        raise
-    finally:
-        superlink_exit = None if link is None else link.started.process.poll()
-        if faults is not None:
-            faults.stop()
-        leftover = group.stop_all()
-        for meter in meters:
-            meter.stop()
-        if not leftover:  # a process that would not stop may still use its Flower home
-            shutil.rmtree(work, ignore_errors=True)
-        settle_status(results_dir, status, failure, superlink_exit)
-        wire = write_wire_results(results_dir, app_dir, run_config, meters[:options.clients],
-                                  status, failure, launched)
-        record_deployment(results_dir, options, faults)
-    return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)
+    with launching(results_dir) as launch:
+        group, work = launch.group, launch.work
+        meters: list[WireMeter] = []
+        faults: FaultInjector | None = None
+
+        def stop_faults() -> None:
+            if faults is not None:
+                faults.stop()
+
+        def close_results() -> None:
+            launch.wire = write_wire_results(results_dir, app_dir, run_config,
+                                             meters[:options.clients], launch.status,
+                                             launch.failure, launched)
+            record_deployment(results_dir, options, faults)
+
+        launch.before_stop.append(stop_faults)
+        launch.after_stop.append(lambda: stop_meters(meters))
+        launch.after_settle.append(close_results)
+        env = server_env(group, work, results_dir, app_dir, options.accelerated_server,
+                         options.flower_off)
+        tls = make_certificates(work / "tls") if options.tls else None
+        link = launch.link = start_superlink(
+            group, env, simulation=False, tls=tls,
+            extra=("--enable-supernode-auth",) if options.auth else (),
+            rings=options.accelerated_server)
+        security = tls.supernode_args() if tls else ["--insecure"]
+        keys = _node_keys(group, env, link, options, work)
+        meters += open_meters(link, options.clients + options.unregistered)
+        nodes = [start_supernode(group, env, options.node_host, p, p,
+                                 f"127.0.0.1:{meter.port}", security + keys[p])
+                 for p, meter in enumerate(meters)]
+        del nodes[options.clients:]  # unregistered ones: refused, never waited for
+        if options.executor == "warm":
+            start_warm_worker(group, env, options.node_host, nodes, work / "slots")
+        wait_until(lambda: all(registered(n) for n in nodes), timeout=120,
+                   what="every SuperNode to register with the SuperLink")
+        if options.kills:
+            faults = _fault_injector(group, env, nodes, options,
+                                     lambda p: security + keys[p], work, results_dir)
+            faults.start()
+        try:
+            launch.run_id, launch.status = run_app(group, env, link, app_dir, run_config,
+                                                   launch.logs, options.echo)
+        except RuntimeError as err:  # flwr cannot reach a SuperLink that died
+            if link.started.process.poll() is None:
+                raise
+            launch.status = {"status": "finished:server-lost",
+                             "status-details": f"the SuperLink exited with code "
+                                               f"{link.started.process.poll()}: {err}"}
+    return launch.result()

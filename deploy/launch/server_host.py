@@ -1,6 +1,6 @@
 """The server half of a deployment: a SuperLink, its wire meters, the app's submission and the
 wire bytes in the results. `fedsqueeze server` runs it on the server host, for SuperNodes on
-other hosts; `fedsqueeze deploy` runs it with the client half (deploy/nodes.py) on one host.
+other hosts; `fedsqueeze deploy` runs it with the client half (deploy/launch/nodes.py) on one host.
 
 The SuperLink's Fleet API listens on loopback only. In front of it, one wire meter per
 partition: partition p's SuperNode connects to `listen:port + p`, so every byte is attributed
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -24,8 +23,11 @@ from fedsqueeze.server.doorbell import ENV as DOORBELLS
 from fedsqueeze.server.results import read_rows
 from fedsqueeze.strategies.sinks import ROUNDS_LOG_ENV
 
+from ..accelerated.flower_internals import PARTS_OFF_ENV
+from ..config_check import is_fedsqueeze_app
+from ..wire.wire_meter import WireMeter
+from ..wire.wire_results import add_wire_bytes, wire_by_node, write_any_app_results
 from .auth import register
-from .config_check import is_fedsqueeze_app
 from .flower import (
     SERVERAPP_ENTRY,
     SuperLink,
@@ -34,38 +36,28 @@ from .flower import (
     start_superlink,
     write_connection,
 )
-from .flower_internals import PARTS_OFF_ENV
-from .launch import LaunchResult, launch_dir, run_app, settle_status
-from .nodes import LINK_SUPEREXEC_POLL, TUNED_SUPEREXEC_POLL
-from .processes import ProcessGroup, sigterm_as_interrupt, wait_until
+from .lifecycle import LaunchResult, launching, run_app, write_deployment
+from .processes import ProcessGroup, wait_until
 from .tls import TlsFiles, make_certificates
-from .wire_meter import WireMeter
-from .wire_results import add_wire_bytes, wire_by_node, write_any_app_results
 
 WIRE_FILE = "wire.json"  # any app's deployment: wire bytes per SuperNode
 ROUNDS_LOG = "compressed-rounds.jsonl"  # what a `Compressed` in any app logged
 
 
 def server_env(group: ProcessGroup, work: Path, results_dir: Path, app_dir: Path,
-               accelerated: bool, flower_off: tuple[str, ...]
-               ) -> tuple[dict[str, str], dict[str, str]]:
-    """The environment of the ServerApp side's processes, and the SuperLink's own: Flower's
-    home in `work`, the accelerated layer's parts (doorbells, the flwr-serverapp shim, short
-    SuperExec polls) unless stock or switched off, and for any app the log its `Compressed`
-    writes its bytes to."""
+               accelerated: bool, flower_off: tuple[str, ...]) -> dict[str, str]:
+    """The environment of the server side's processes (SuperLink, ServerApp, `flwr`): Flower's
+    home in `work`, the accelerated layer's parts (doorbells, the flwr-serverapp shim) unless
+    stock or switched off, and for any app the log its `Compressed` writes its bytes to."""
     env = flower_env(work / "flwr-home")
     if not is_fedsqueeze_app(app_dir):  # a `Compressed` in the app's ServerApp logs here
         env[ROUNDS_LOG_ENV] = str(results_dir / ROUNDS_LOG)
     env[PARTS_OFF_ENV] = ",".join(flower_off)
-    link_env = env
     if accelerated:
         if "doorbells" not in flower_off:
             env[DOORBELLS] = f"fedsqueeze/{group.launch_id}"
         shim_commands(env, work / "bin", {"flwr-serverapp": SERVERAPP_ENTRY})
-        if "task-poll" not in flower_off:
-            env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = TUNED_SUPEREXEC_POLL
-            link_env = {**env, "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": LINK_SUPEREXEC_POLL}
-    return env, link_env
+    return env
 
 
 def open_meters(link: SuperLink, count: int, listen_host: str = "127.0.0.1",
@@ -83,11 +75,15 @@ def open_meters(link: SuperLink, count: int, listen_host: str = "127.0.0.1",
             meters.append(meter)
             meter.start()
     except OSError as err:
-        for meter in meters:
-            meter.stop()
+        stop_meters(meters)
         raise OSError(f"cannot listen on {listen_host}:{base_port + len(meters) - 1} for "
                       f"partition {len(meters) - 1}: {err}") from None
     return meters
+
+
+def stop_meters(meters: list[WireMeter]) -> None:
+    for meter in meters:
+        meter.stop()
 
 
 def write_wire_results(results_dir: Path, app_dir: Path, run_config: dict[str, object],
@@ -179,82 +175,70 @@ def _connected(meters: list[WireMeter]) -> list[int]:
     return [p for p, m in enumerate(meters) if m.active_connections]
 
 
-def _record(results_dir: Path, options: ServerOptions) -> None:
-    path = results_dir / "config.json"
-    if path.is_file():
-        config = json.loads(path.read_text())
-        config["deployment"] = options.describe()
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
 def serve(app_dir: Path, run_config: dict[str, object], results_dir: Path,
           options: ServerOptions, say=print) -> LaunchResult:
     """Run the server side until the app ends: SuperLink, keys registered, metering front,
     wait for every SuperNode, submit, follow; the wire bytes go into the results however it
     ends. `say`: progress lines for the person at the console."""
     launched = time.time()
-    work = launch_dir(results_dir)
-    logs = results_dir / "logs"
-    group = ProcessGroup(logs)
-    env, link_env = server_env(group, work, results_dir, app_dir, options.accelerated,
-                               options.flower_off)
-    meters: list[WireMeter] = []
-    status: dict = {}
-    run_id = 0
-    link = None
-    failure: BaseException | None = None
+    with launching(results_dir) as launch:
+        group = launch.group
+        meters: list[WireMeter] = []
+
+        def close_results() -> None:
+            if meters:
+                launch.wire = write_wire_results(results_dir, app_dir, run_config, meters,
+                                                 launch.status, launch.failure, launched)
+            write_deployment(results_dir, options.describe())
+
+        launch.after_stop.append(lambda: stop_meters(meters))
+        launch.after_settle.append(close_results)
+        env = server_env(group, launch.work, results_dir, app_dir, options.accelerated,
+                         options.flower_off)
+        tls = None
+        if options.tls_dir is not None:
+            tls, made = certificates(options.tls_dir, this_hosts_names(options.names))
+            say(f"TLS: {'made a throwaway CA, ' if made else ''}copy {tls.ca_cert} to every "
+                "client host (fedsqueeze client --root-certificates ca.crt)")
+        link = launch.link = start_superlink(
+            group, env, simulation=False, tls=tls,
+            extra=("--enable-supernode-auth",) if options.auth else (), rings=options.accelerated)
+        write_connection(Path(env["FLWR_HOME"]), link)
+        for key in options.node_keys:
+            node_id = register(group, env, key)
+            say(f"registered {key.name} (node id {node_id})")
+        meters += open_meters(link, options.clients, options.listen, options.port)
+        _wait_for_nodes(link, meters, options, say)
+        launch.run_id, launch.status = run_app(group, env, link, app_dir, run_config,
+                                               launch.logs, options.echo)
+    return launch.result()
+
+
+def _wait_for_nodes(link: SuperLink, meters: list[WireMeter], options: ServerOptions,
+                    say) -> None:
+    """Until a SuperNode is connected through every meter, with a line each time that
+    changes; a timeout names the partitions (and ports) still missing."""
+    say(f"waiting for {options.clients} SuperNodes on {options.listen}:{options.port}.."
+        f"{options.port + options.clients - 1} (partition p on port {options.port} + p)")
+    seen: list[int] = []
+
+    def all_connected() -> bool:
+        nonlocal seen
+        if link.started.process.poll() is not None:
+            raise RuntimeError("the SuperLink exited:\n" + link.started.log_tail())
+        now = _connected(meters)
+        if now != seen:
+            seen = now
+            say(f"{len(now)}/{options.clients} SuperNodes connected "
+                f"(partitions {', '.join(map(str, now)) or 'none'})")
+        return len(now) == options.clients
+
     try:
-        with sigterm_as_interrupt():
-            tls = None
-            if options.tls_dir is not None:
-                tls, made = certificates(options.tls_dir, this_hosts_names(options.names))
-                say(f"TLS: {'made a throwaway CA, ' if made else ''}copy {tls.ca_cert} to every "
-                    "client host (fedsqueeze client --root-certificates ca.crt)")
-            link = start_superlink(group, link_env, simulation=False, tls=tls,
-                                   extra=("--enable-supernode-auth",) if options.auth else (),
-                                   rings=options.accelerated)
-            write_connection(Path(env["FLWR_HOME"]), link)
-            for key in options.node_keys:
-                node_id = register(group, env, key)
-                say(f"registered {key.name} (node id {node_id})")
-            meters = open_meters(link, options.clients, options.listen, options.port)
-            say(f"waiting for {options.clients} SuperNodes on {options.listen}:{options.port}.."
-                f"{options.port + options.clients - 1} (partition p on port {options.port} + p)")
-            seen: list[int] = []
-
-            def all_connected() -> bool:
-                nonlocal seen
-                if link.started.process.poll() is not None:
-                    raise RuntimeError("the SuperLink exited:\n" + link.started.log_tail())
-                now = _connected(meters)
-                if now != seen:
-                    seen = now
-                    say(f"{len(now)}/{options.clients} SuperNodes connected "
-                        f"(partitions {', '.join(map(str, now)) or 'none'})")
-                return len(now) == options.clients
-
-            try:
-                wait_until(all_connected, timeout=options.wait_timeout, interval=0.5,
-                           what="every SuperNode to connect")
-            except TimeoutError:
-                missing = sorted(set(range(options.clients)) - set(seen))
-                raise TimeoutError(f"after {options.wait_timeout:.0f} s, no SuperNode for "
-                                   f"partitions {', '.join(map(str, missing))} connected "
-                                   f"(ports {', '.join(str(options.port + p) for p in missing)})"
-                                   ) from None
-            run_id, status = run_app(group, env, link, app_dir, run_config, logs, options.echo)
-    except BaseException as err:
-        failure = err
-        raise
-    finally:
-        superlink_exit = None if link is None else link.started.process.poll()
-        leftover = group.stop_all()
-        for meter in meters:
-            meter.stop()
-        settle_status(results_dir, status, failure, superlink_exit)
-        wire = (write_wire_results(results_dir, app_dir, run_config, meters, status, failure,
-                                   launched) if meters else {})
-        _record(results_dir, options)
-        if not leftover:
-            shutil.rmtree(work, ignore_errors=True)
-    return LaunchResult(run_id, status, results_dir, leftover, logs, group.launch_id, wire)
+        wait_until(all_connected, timeout=options.wait_timeout, interval=0.5,
+                   what="every SuperNode to connect")
+    except TimeoutError:
+        missing = sorted(set(range(options.clients)) - set(seen))
+        raise TimeoutError(f"after {options.wait_timeout:.0f} s, no SuperNode for partitions "
+                           f"{', '.join(map(str, missing))} connected "
+                           f"(ports {', '.join(str(options.port + p) for p in missing)})"
+                           ) from None

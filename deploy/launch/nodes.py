@@ -16,14 +16,8 @@ from pathlib import Path
 from .flower import SUPERNODE_ENTRY, WARM_WORKER_ENTRY, flower_command, free_port
 from .processes import ProcessGroup, Started
 
-# Public latency knob of Flower 1.39: how often a SuperExec polls for new tasks (default 1 s).
-# Stock executor: a fixed 0.05 s; warm worker: 0.01 s, its own idle back-off (and doorbell)
-# doing the rest; the SuperLink's SuperExec, which only starts the ServerApp: 0.5 s.
-TUNED_SUPEREXEC_POLL = "0.05"
-WARM_SUPEREXEC_POLL = "0.01"
-LINK_SUPEREXEC_POLL = "0.5"
 EXECUTORS = ("warm", "stock")
-FLOWERS = ("accelerated", "stock")  # deploy/flower_internals.py's layer, or Flower as it is
+FLOWERS = ("accelerated", "stock")  # deploy/accelerated/'s layer, or Flower as it is
 
 
 def poll_cap(supernodes: int) -> float:
@@ -39,7 +33,6 @@ class NodeHost:
     gpus: tuple[str, ...] = ()   # this host's GPU ids, round-robin over its SuperNodes
     executor: str = "warm"       # warm: one forking worker; stock: a process per message
     accelerated: bool = True     # the accelerated Flower layer, or Flower's own SuperNode
-    task_poll: bool = True       # the warm worker's short SuperExec poll (a part of the layer)
     max_wait: float | None = None  # a SuperNode gives up after this long without its SuperLink
 
     def __post_init__(self) -> None:
@@ -97,10 +90,7 @@ def start_warm_worker(group: ProcessGroup, env: dict[str, str], host: NodeHost,
     for node in nodes:
         serve = f"{node.runtime_address},parent={node.started.process.pid}"
         command += ["--serve", serve + (f",gpus={node.gpus}" if node.gpus is not None else "")]
-    worker_env = dict(env)
-    if host.accelerated and host.task_poll:
-        worker_env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = WARM_SUPEREXEC_POLL
-    return group.start(name, command, worker_env)
+    return group.start(name, command, env)
 
 
 def has_node_id(node: SuperNode) -> bool:

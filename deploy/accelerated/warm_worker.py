@@ -1,7 +1,7 @@
 """The warm ClientApp worker: serves the ClientApp API of SuperNodes started with
 `--isolation process`, without starting a Python interpreter per message.
 
-    python -m fedsqueeze.deploy.warm_worker --insecure \\
+    python -m fedsqueeze.deploy.accelerated.warm_worker --insecure \\
         --serve 127.0.0.1:9094 [--serve 127.0.0.1:9095,parent=4711,gpus=1 ...]
 
 Process tree: this process (the parent) imports Flower, numpy, torch and the fedsqueeze
@@ -41,6 +41,7 @@ from pathlib import Path
 
 from fedsqueeze.server.doorbell import open_bell
 
+from ..launch.processes import die_with_parent
 from .flower_internals import (
     IdleBackoff,
     Waits,
@@ -51,7 +52,6 @@ from .flower_internals import (
     skip_disabled_telemetry,
 )
 from .huge_pages import collapse_anonymous_memory
-from .processes import die_with_parent
 
 CLIENT_APP_TASK = "flwr-clientapp"
 
@@ -330,7 +330,7 @@ def _status(children: dict[int, Served]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fedsqueeze.deploy.warm_worker",
+    parser = argparse.ArgumentParser(prog="python -m fedsqueeze.deploy.accelerated.warm_worker",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", action="append", type=Served.parse, required=True,
                         metavar="HOST:PORT[,parent=PID][,gpus=LIST]",
