@@ -127,7 +127,7 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, no_system_fashion_mn
     message = str(caught.value)
     assert "apt-get install dataset-fashion-mnist" in message
     assert str(tmp_path / "data") in message and str(no_system_fashion_mnist) in message
-    assert "--data-dir" in message and "data-download=true" in message
+    assert "data-dir='DIR'" in message and "data-download=true" in message
 
 
 def test_load_split_is_cached_and_read_only(tmp_path, no_system_fashion_mnist):
