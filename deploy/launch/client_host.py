@@ -10,6 +10,7 @@ seconds (the run ended), until one of them fails, or until Ctrl-C.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from .auth import NodeKey, node_key
 from .flower import flower_env
-from .nodes import NodeHost, SuperNode, has_node_id, start_supernode, start_warm_worker
+from .nodes import NODE_ID_LOGGED, NodeHost, SuperNode, start_supernode, start_warm_worker
 from .processes import ProcessGroup, sigterm_as_interrupt
 
 
@@ -76,17 +77,17 @@ def run_clients(options: ClientOptions, logs: Path, say: Callable[[str], None] =
         if made:
             say(f"made {key.public}: register it on the server (--node-keys) before this "
                 "SuperNode starts, or the SuperLink refuses it")
-    tries = {"n": 0}
+    tries = itertools.count(1)
 
     def start(slot: int, partition: int, again: bool) -> SuperNode:
         auth = keys[partition][0].supernode_args() if partition in keys else []
-        tries["n"] += again
-        name = f"supernode-{partition}" + (f"-try{tries['n']}" if again else "")
+        attempt = f"-try{next(tries)}" if again else ""
         node = start_supernode(group, env, options.host, partition, slot,
-                               options.address_of(partition), security + auth, name)
+                               options.address_of(partition), security + auth,
+                               f"supernode-{partition}{attempt}")
         if again and options.host.executor == "warm":
             start_warm_worker(group, env, options.host, [node], logs / "slots",
-                              name=f"warm-worker-try{tries['n']}")
+                              name=f"warm-worker{attempt}")
         return node
 
     try:
@@ -106,16 +107,11 @@ def run_clients(options: ClientOptions, logs: Path, say: Callable[[str], None] =
         group.stop_all()
 
 
-def _ended(node: SuperNode) -> bool:
+def _ended(node: SuperNode, log: str) -> bool:
     """Exited, or done: it gave up reaching its SuperLink (Flower 1.39's SuperNode then
     takes another `max_wait` or more to end, and may hang in interpreter shutdown on a
     thread of its own, so it is stopped)."""
-    return (node.started.process.poll() is not None
-            or "Giving up reconnection" in _log(node))
-
-
-def _log(node: SuperNode) -> str:
-    return node.started.log_path.read_text(errors="replace")
+    return node.started.process.poll() is not None or "Giving up reconnection" in log
 
 
 def _follow(nodes: list[SuperNode], restart: Callable[[int], SuperNode],
@@ -126,15 +122,16 @@ def _follow(nodes: list[SuperNode], restart: Callable[[int], SuperNode],
     refused_since: dict[int, float] = {}
     told: set[int] = set()
     while True:
-        for node in nodes:
-            if node.partition not in joined and has_node_id(node):
+        logs = [node.started.log_path.read_text(errors="replace") for node in nodes]
+        for node, log in zip(nodes, logs):
+            if node.partition not in joined and NODE_ID_LOGGED in log:
                 joined.add(node.partition)
                 refused_since.pop(node.partition, None)
                 say(f"partition {node.partition}: registered with the SuperLink "
                     f"({len(joined)}/{len(nodes)})")
-        for i, node in enumerate(nodes):
+        for i, (node, log) in enumerate(zip(nodes, logs)):
             if node.partition in joined or node.started.process.poll() is None \
-                    or REFUSED not in _log(node):
+                    or REFUSED not in log:
                 continue
             first = refused_since.setdefault(node.partition, time.monotonic())
             budget = max(max_wait or 0, REFUSED_FOR)
@@ -145,8 +142,8 @@ def _follow(nodes: list[SuperNode], restart: Callable[[int], SuperNode],
                         "not registered, or its previous SuperNode is still online until "
                         f"its heartbeat expires); trying again for up to {budget:.0f} s")
                 time.sleep(RETRY_AFTER)
-                nodes[i] = restart(i)
-        if all(_ended(n) for n in nodes):
+                nodes[i], logs[i] = restart(i), ""
+        if all(_ended(node, log) for node, log in zip(nodes, logs)):
             break
         time.sleep(0.5)
     failed = [n for n in nodes if n.partition not in joined]

@@ -101,7 +101,8 @@ def write_deployment(results_dir: Path, description: dict) -> None:
 
 class Launch:
     """One launch in progress: its working directory, its processes, the SuperLink and what
-    Flower said of the run; `ending` and `ended` take what a launcher adds to its end."""
+    Flower said of the run; `before_stop`, `after_stop` and `after_settle` take the steps a
+    launcher adds to its end (`end`)."""
 
     def __init__(self, results_dir: Path) -> None:
         self.results_dir = results_dir

@@ -93,9 +93,12 @@ def start_warm_worker(group: ProcessGroup, env: dict[str, str], host: NodeHost,
     return group.start(name, command, env)
 
 
+NODE_ID_LOGGED = "SuperNode ID"  # Flower logs it once the SuperLink accepted the SuperNode
+
+
 def has_node_id(node: SuperNode) -> bool:
     """The SuperNode reached the SuperLink and was accepted (Flower logs its node id)."""
-    return "SuperNode ID" in node.started.log_path.read_text(errors="replace")
+    return NODE_ID_LOGGED in node.started.log_path.read_text(errors="replace")
 
 
 def registered(node: SuperNode) -> bool:

@@ -91,13 +91,14 @@ def write_wire_results(results_dir: Path, app_dir: Path, run_config: dict[str, o
                        launched: float) -> dict:
     """The meters' bytes into the run's results: fedsqueeze's app gets `wire_*` in its rows;
     any other app rows by round (from its messages) and `WIRE_FILE`, bytes per SuperNode."""
-    if not is_fedsqueeze_app(app_dir):
+    if is_fedsqueeze_app(app_dir):
+        if (results_dir / "rounds.jsonl").exists():
+            return add_wire_bytes(results_dir, meters, status, since=launched)
+    else:
         rounds_log = results_dir / ROUNDS_LOG
         logged = read_rows(rounds_log) if rounds_log.is_file() else []
         write_any_app_results(results_dir, app_dir, run_config, meters, logged, status,
                               failure)
-    if is_fedsqueeze_app(app_dir) and (results_dir / "rounds.jsonl").exists():
-        return add_wire_bytes(results_dir, meters, status, since=launched)
     wire = {"by_node": wire_by_node(meters, status)}
     (results_dir / WIRE_FILE).write_text(json.dumps(
         {"flower_status": status, **wire["by_node"]}, indent=1))
@@ -159,10 +160,6 @@ class ServerOptions:
             raise ValueError("SuperNode authentication is on: give the SuperNodes' public keys "
                              "(--node-keys FILE.pub ..., printed by `fedsqueeze client "
                              "--keys-only`), or --no-auth")
-
-    @property
-    def loopback(self) -> bool:
-        return ipaddress.IPv4Address(self.listen).is_loopback
 
     def describe(self) -> dict[str, object]:
         return {"across_hosts": True, "listen": f"{self.listen}:{self.port}",
