@@ -61,21 +61,26 @@ exactly these:
   gives the run id) with a fallback poll, or backs off from `idle_poll` to `poll_cap`
   without a bell. fedsqueeze's own app waits on that bell through `MeteredGrid` and never
   calls this method;
-* node key ids: every Fleet call of a SuperNode carries its whole public key (Flower's
-  `NodeAuthClientInterceptor`, `flwr-public-key-bin`, 178 bytes of PEM for P-256), and gRPC
-  sends custom metadata as literal, never-indexed HPACK headers, so the key costs about 200
-  bytes per call, a tenth of a compressed round's wire (bench/framing.py). The launcher's
-  SuperNodes send the key on RegisterNode and ActivateNode only and, on every other call,
-  `fsq-key-id-bin`: the first 8 bytes of the key's SHA-256. The launcher's SuperLink
-  (`NodeAuthServerInterceptor.intercept_service`) keeps the keys it has seen by id and puts
-  the whole key back into the call's metadata before Flower's own checks, which then verify
-  the signature against it as always; an id it does not know is refused with
-  `UNKNOWN_KEY_ID`, and the SuperNode repeats that call with its key. Those calls also leave
-  out the runtime-version metadata (`flwr-package-name`, `-version`, `flwr-component-name`,
-  another 100 bytes), which RegisterNode and ActivateNode carry and Flower's SuperLink
-  checks there (it accepts calls without it, as from older SuperNodes). A stock SuperLink
-  refuses the id as "Missing authentication metadata": the SuperNode then sends its whole
-  key on every call from there on, so mixed deployments work either way round;
+* compact node auth: every Fleet call of a SuperNode carries Flower's node-auth metadata,
+  `flwr-public-key-bin` (178 bytes of PEM for P-256), `flwr-timestamp` (32 characters of ISO
+  time) and `flwr-signature-bin` (a DER signature), and gRPC sends custom metadata as
+  literal, never-indexed HPACK headers: about 340 bytes per call, most of what a compressed
+  round's calls add to its messages (bench/framing.py; 80 bytes of binary metadata cost
+  about 96 in a header). The
+  launcher's SuperNodes send Flower's headers on RegisterNode and ActivateNode only and, on
+  every other call, one header `fsq-auth-bin` of the same facts in 80 bytes: the first 8
+  bytes of the key's SHA-256, the signed timestamp as 8 bytes of microseconds, the signature
+  as raw r and s. The launcher's SuperLink (`NodeAuthServerInterceptor.intercept_service`)
+  keeps the keys it has seen by id and puts Flower's three headers back into the call's
+  metadata (the key, the timestamp's exact text, the DER signature) before Flower's own
+  checks, which then verify the signature and the timestamp as always; an id it does not know
+  is refused with `UNKNOWN_KEY_ID`, and the SuperNode repeats that call with Flower's
+  headers. Those calls also leave out the runtime-version metadata (`flwr-package-name`,
+  `-version`, `flwr-component-name`, another 100 bytes), which RegisterNode and ActivateNode
+  carry and Flower's SuperLink checks there (it accepts calls without it, as from older
+  SuperNodes). A stock SuperLink refuses the compact header as "Missing authentication
+  metadata": the SuperNode then sends Flower's headers on every call from there on, so mixed
+  deployments work either way round;
 * `flwr.supercore.telemetry.create_event`: with telemetry off (`FLWR_TELEMETRY_ENABLED=0`,
   as the launcher sets it) and not logged, Flower still builds every event's payload, and
   `platform.architecture()` and `platform.processor()` in it run the `file` and `uname`
@@ -91,6 +96,7 @@ warning line instead.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import hashlib
 import importlib
@@ -149,8 +155,9 @@ PARTS: dict[str, str] = {
     "heartbeat": "SuperNodes heartbeat every 10 s (Flower: 30 s): a dead one is noticed in "
                  "20 s, not 60 s",
     "p256": "a SuperNode's self-made key is P-256 (Flower: P-384)",
-    "key-ids": "SuperNodes name their key by an 8-byte id after registering (Flower: the "
-               "whole key in every call)",
+    "compact-auth": "after registering, SuperNodes send their key's 8-byte id, the timestamp "
+                    "and a raw signature in one 80-byte header (Flower: the whole key, an ISO "
+                    "timestamp and a DER signature, about 340 bytes, in every call)",
     "runtime-unary": "runtime API requests skip Starlette's per-request streams in Flower's "
                      "protobuf and error translation layers",
     "control-only": "the SuperLink's Control-API middlewares run for Control-API requests "
@@ -343,44 +350,96 @@ CLIENT_AUTH = ("flwr.client.grpc_rere_client.node_auth_client_interceptor",
                "NodeAuthClientInterceptor")
 SERVER_AUTH = ("flwr.server.superlink.fleet.grpc_rere.node_auth_server_interceptor",
                "NodeAuthServerInterceptor")
-KEY_ID_HEADER = "fsq-key-id-bin"
+AUTH_HEADER = "fsq-auth-bin"
 UNKNOWN_KEY_ID = "fedsqueeze: unknown node key id"
 KEY_CALLS = ("/flwr.proto.Fleet/RegisterNode", "/flwr.proto.Fleet/ActivateNode")
 # the SuperNode's runtime version (Flower's `RuntimeVersionClientInterceptor`): checked on the
 # key calls; Flower's SuperLink accepts calls without it
 RUNTIME_KEYS = ("flwr-package-name", "flwr-package-version", "flwr-component-name")
 MAX_KNOWN_KEYS = 1 << 16
+KEY_ID_BYTES = 8
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 def key_id(public_key: bytes) -> bytes:
     """A node key's short name: the first 8 bytes of its SHA-256."""
-    return hashlib.sha256(public_key).digest()[:8]
+    return hashlib.sha256(public_key).digest()[:KEY_ID_BYTES]
 
 
-def patch_compact_node_key() -> None:
-    """SuperNode side of node key ids (see the module docstring)."""
+def _stamp_text(micros: int) -> str:
+    """Flower's timestamp text (`now().isoformat()`) of a time in microseconds since 1970."""
+    return (EPOCH + micros * MICROSECOND).isoformat()
+
+
+def compact_auth(public_key: bytes, timestamp: str, signature: bytes) -> bytes | None:
+    """The compact header of one call's node-auth metadata: the key's id, the signed
+    timestamp as microseconds since 1970 (8 bytes) and the ECDSA signature as raw r and s of
+    equal width (Flower: DER); None when the timestamp is not one this form gives back
+    exactly (the call then keeps Flower's headers)."""
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    try:
+        micros = (datetime.datetime.fromisoformat(timestamp) - EPOCH) // MICROSECOND
+        r, s = decode_dss_signature(signature)
+    except (TypeError, ValueError):
+        return None
+    if _stamp_text(micros) != timestamp:
+        return None
+    width = (max(r.bit_length(), s.bit_length()) + 7) // 8
+    return key_id(public_key) + micros.to_bytes(8, "big", signed=True) \
+        + r.to_bytes(width, "big") + s.to_bytes(width, "big")
+
+
+def expand_auth(header: bytes) -> tuple[bytes, str, bytes] | None:
+    """(key id, timestamp text, DER signature) of a compact header; None if malformed."""
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    raw = header[KEY_ID_BYTES + 8:]
+    if len(raw) < 2 or len(raw) % 2:
+        return None
+    micros = int.from_bytes(header[KEY_ID_BYTES:KEY_ID_BYTES + 8], "big", signed=True)
+    try:
+        stamp = _stamp_text(micros)
+    except OverflowError:
+        return None
+    half = len(raw) // 2
+    signature = encode_dss_signature(int.from_bytes(raw[:half], "big"),
+                                     int.from_bytes(raw[half:], "big"))
+    return header[:KEY_ID_BYTES], stamp, signature
+
+
+def patch_compact_node_auth() -> None:
+    """SuperNode side of compact node auth (see the module docstring)."""
     cls = _class(CLIENT_AUTH)
-    header = _attribute(sys.modules[cls.__module__], "PUBLIC_KEY_HEADER")
+    module = sys.modules[cls.__module__]
+    key_header, stamp_header, signature_header = (_attribute(module, name) for name in (
+        "PUBLIC_KEY_HEADER", "TIMESTAMP_HEADER", "SIGNATURE_HEADER"))
     stock = _attribute(cls, "intercept_unary_unary")
     stock = getattr(stock, "fedsqueeze_stock", stock)
     import grpc
 
     def intercept(self: Any, continuation: Callable[..., Any], details: Any, request: Any
                   ) -> Any:
-        if not getattr(self, "fsq_key_ids", True) or details.method in KEY_CALLS:
+        if not getattr(self, "fsq_compact_auth", True) or details.method in KEY_CALLS:
             return stock(self, continuation, details, request)
-        named = (KEY_ID_HEADER, key_id(self.public_key_bytes))
 
-        def with_key_id(signed: Any, request: Any) -> Any:  # Flower's call, key -> its id
-            metadata = [(k, v) for k, v in signed.metadata
-                        if k != header and k not in RUNTIME_KEYS] + [named]
-            return continuation(signed._replace(metadata=metadata), request)
+        def compacted(signed: Any, request: Any) -> Any:  # Flower's call, three headers -> one
+            metadata = dict(signed.metadata)
+            header = compact_auth(self.public_key_bytes, metadata.get(stamp_header, ""),
+                                  metadata.get(signature_header, b""))
+            if header is None:
+                return continuation(signed, request)
+            leave_out = {key_header, stamp_header, signature_header, *RUNTIME_KEYS}
+            kept = [(k, v) for k, v in signed.metadata if k not in leave_out]
+            return continuation(signed._replace(metadata=[*kept, (AUTH_HEADER, header)]),
+                                request)
 
-        call = stock(self, with_key_id, details, request)
+        call = stock(self, compacted, details, request)
         if call.code() != grpc.StatusCode.UNAUTHENTICATED:
             return call
-        if call.details() != UNKNOWN_KEY_ID:  # a SuperLink that knows no key ids
-            self.fsq_key_ids = False
+        if call.details() != UNKNOWN_KEY_ID:  # a SuperLink that knows no compact auth
+            self.fsq_compact_auth = False
         return stock(self, continuation, details, request)
 
     intercept.fedsqueeze_stock = stock  # type: ignore[attr-defined]
@@ -394,29 +453,35 @@ class _CallDetails:
         self.method, self.invocation_metadata = method, invocation_metadata
 
 
-def patch_node_key_ids() -> None:
-    """SuperLink side of node key ids (see the module docstring)."""
+def patch_compact_auth_server() -> None:
+    """SuperLink side of compact node auth (see the module docstring)."""
     cls = _class(SERVER_AUTH)
     module = sys.modules[cls.__module__]
     terminator = _attribute(module, "_unary_unary_rpc_terminator")
-    header = _attribute(module, "PUBLIC_KEY_HEADER")
+    key_header, stamp_header, signature_header = (_attribute(module, name) for name in (
+        "PUBLIC_KEY_HEADER", "TIMESTAMP_HEADER", "SIGNATURE_HEADER"))
     stock = _attribute(cls, "intercept_service")
     stock = getattr(stock, "fedsqueeze_stock", stock)
     known: dict[bytes, bytes] = {}
 
     def intercept_service(self: Any, continuation: Callable[..., Any], details: Any) -> Any:
         metadata = tuple(details.invocation_metadata or ())
-        keys = [v for k, v in metadata if k == header]
-        ids = [v for k, v in metadata if k == KEY_ID_HEADER]
+        keys = [v for k, v in metadata if k == key_header]
+        compact = [v for k, v in metadata if k == AUTH_HEADER]
         if keys and isinstance(keys[0], bytes):
             if len(known) >= MAX_KNOWN_KEYS:
                 known.clear()
             known[key_id(keys[0])] = keys[0]
-        elif ids:
-            public_key = known.get(ids[0])
+        elif compact and isinstance(compact[0], bytes):
+            expanded = expand_auth(compact[0])
+            if expanded is None:
+                return terminator("Missing authentication metadata")
+            public_key = known.get(expanded[0])
             if public_key is None:
                 return terminator(UNKNOWN_KEY_ID)
-            details = _CallDetails(details.method, (*metadata, (header, public_key)))
+            details = _CallDetails(details.method, (
+                *metadata, (key_header, public_key), (stamp_header, expanded[1]),
+                (signature_header, expanded[2])))
         return stock(self, continuation, details)
 
     intercept_service.fedsqueeze_stock = stock  # type: ignore[attr-defined]
@@ -752,7 +817,7 @@ def apply_waits(waits: Waits, *, supernode: bool, serverapp: bool = False,
                     patch_supernode_bells(waits, sleeper, executor_bell)
             for part, patch in (("heartbeat", lambda: patch_heartbeat(waits)),
                                 ("p256", patch_generated_node_key),
-                                ("key-ids", patch_compact_node_key),
+                                ("compact-auth", patch_compact_node_auth),
                                 ("runtime-unary", patch_supernode_runtime_unary)):
                 if part_on(part):
                     patch()

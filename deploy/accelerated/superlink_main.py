@@ -6,8 +6,8 @@ Everything after `--` goes to Flower's own `flower-superlink` entry point unchan
 instruction rings its SuperNode's doorbell, a stored reply the ServerApp's, so neither has to
 poll fast to pick them up soon. The Control API's middlewares run for Control-API requests
 only (`flower_internals.ControlOnly`), the protobuf and error translation of runtime requests
-without Starlette's per-request streams (`RuntimeUnary`), and SuperNodes may name their key
-by its id instead of sending it whole with every call (node key ids). `--fallback`: where
+without Starlette's per-request streams (`RuntimeUnary`), and SuperNodes may send their node-auth
+metadata in one compact header instead of Flower's three (compact node auth). `--fallback`: where
 Flower's internals changed, warn and keep Flower's own behaviour for that part (without rings,
 the others poll as with a stock SuperLink).
 """
@@ -21,7 +21,7 @@ from .flower_internals import (
     FlowerInternalsError,
     check_version,
     part_on,
-    patch_node_key_ids,
+    patch_compact_auth_server,
     patch_superlink_control_middleware,
     patch_superlink_rings,
 )
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     patches = (("doorbells", patch_superlink_rings, "rings no doorbells"),
                ("control-only", patch_superlink_control_middleware,
                 "runs Flower's whole middleware stack on every request"),
-               ("key-ids", patch_node_key_ids, "needs each SuperNode's whole key in every call"))
+               ("compact-auth", patch_compact_auth_server,
+                "needs Flower's node-auth headers in every call"))
     for part, patch, without in patches:
         if not part_on(part):
             continue

@@ -273,8 +273,9 @@ def _details(method, metadata=()):
 
 
 @pytest.fixture
-def key_id_interceptors():
-    """Flower's two node-auth interceptors with fedsqueeze's key-id patches, restored after."""
+def auth_interceptors():
+    """Flower's two node-auth interceptors with fedsqueeze's compact-auth patches, restored
+    after."""
     from flwr.client.grpc_rere_client.node_auth_client_interceptor import (
         NodeAuthClientInterceptor,
     )
@@ -284,19 +285,22 @@ def key_id_interceptors():
 
     saved = (NodeAuthClientInterceptor.intercept_unary_unary,
              NodeAuthServerInterceptor.intercept_service)
-    fi.patch_compact_node_key()
-    fi.patch_node_key_ids()
+    fi.patch_compact_node_auth()
+    fi.patch_compact_auth_server()
     yield NodeAuthClientInterceptor, NodeAuthServerInterceptor
     (NodeAuthClientInterceptor.intercept_unary_unary,
      NodeAuthServerInterceptor.intercept_service) = saved
 
 
-def test_a_supernode_names_its_key_by_id_and_falls_back_where_ids_are_unknown(
-        key_id_interceptors):
+FLOWER_AUTH = ("flwr-public-key-bin", "flwr-timestamp", "flwr-signature-bin")
+
+
+def test_a_supernode_sends_one_compact_auth_header_and_falls_back_where_it_is_unknown(
+        auth_interceptors):
     import grpc
     from flwr.supercore.primitives.asymmetric import generate_key_pairs
 
-    client = key_id_interceptors[0](*generate_key_pairs())
+    client = auth_interceptors[0](*generate_key_pairs())
     pem, sent, answers = client.public_key_bytes, [], []
 
     def continuation(details, request):
@@ -310,24 +314,50 @@ def test_a_supernode_names_its_key_by_id_and_falls_back_where_ids_are_unknown(
     assert sent[-1]["flwr-public-key-bin"] == pem and "flwr-package-version" in sent[-1]
     client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PullMessages",
                                                         extra), None)
-    assert "flwr-public-key-bin" not in sent[-1] and "flwr-package-version" not in sent[-1]
-    assert sent[-1][fi.KEY_ID_HEADER] == fi.key_id(pem) and "flwr-signature-bin" in sent[-1]
-    # a SuperLink that lost the key (restarted): this call again, whole; ids afterwards
+    assert not set(FLOWER_AUTH) & set(sent[-1]) and "flwr-package-version" not in sent[-1]
+    header = sent[-1][fi.AUTH_HEADER]
+    width = (client.private_key.curve.key_size + 7) // 8   # r and s: at most this each
+    assert header[:8] == fi.key_id(pem) and len(header) <= 8 + 8 + 2 * width
+    # a SuperLink that lost the key (restarted): this call again with Flower's headers
     answers[:] = [_Call(grpc.StatusCode.UNAUTHENTICATED, fi.UNKNOWN_KEY_ID)]
     client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PushObject"), None)
-    assert sent[-1]["flwr-public-key-bin"] == pem
+    assert set(FLOWER_AUTH) <= set(sent[-1]) and fi.AUTH_HEADER not in sent[-1]
     client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PushObject"), None)
-    assert fi.KEY_ID_HEADER in sent[-1]
-    # a stock SuperLink: whole keys from then on
+    assert fi.AUTH_HEADER in sent[-1]
+    # a stock SuperLink: Flower's headers from then on
     answers[:] = [_Call(grpc.StatusCode.UNAUTHENTICATED, "Missing authentication metadata")]
     client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PushObject"), None)
     client.intercept_unary_unary(continuation, _details("/flwr.proto.Fleet/PullObject"), None)
     assert all(s["flwr-public-key-bin"] == pem for s in sent[-2:])
 
 
-def test_the_superlink_puts_a_known_key_back_and_refuses_an_unknown_id(key_id_interceptors):
-    """Flower's own checks run on every call: the signature is verified against the key the
-    id names; an id never seen is refused with UNKNOWN_KEY_ID, before any of Flower's."""
+@pytest.mark.parametrize("stamp", ["2026-12-06T23:01:02.000001+00:00",
+                                   "2026-12-06T23:01:02+00:00",   # isoformat drops zero micros
+                                   "1969-12-31T23:59:59.999999+00:00"])
+def test_the_compact_header_gives_back_the_exact_timestamp_text_and_signature(stamp):
+    from flwr.supercore.primitives.asymmetric import (
+        generate_key_pairs,
+        public_key_to_bytes,
+        sign_message,
+        verify_signature,
+    )
+
+    private, public = generate_key_pairs()
+    signature = sign_message(private, stamp.encode("ascii"))
+    header = fi.compact_auth(public_key_to_bytes(public), stamp, signature)
+    key, text, der = fi.expand_auth(header)
+    assert (key, text, der) == (fi.key_id(public_key_to_bytes(public)), stamp, signature)
+    assert verify_signature(public, text.encode("ascii"), der)
+    # a timestamp this form would not give back exactly keeps Flower's headers
+    assert fi.compact_auth(b"k", "2026-12-06T23:01:02.000001+01:00", signature) is None
+    assert fi.compact_auth(b"k", "not a time", signature) is None
+    assert fi.expand_auth(header[:17]) is None
+
+
+def test_the_superlink_puts_flowers_headers_back_and_refuses_an_unknown_id(auth_interceptors):
+    """Flower's own checks run on every call: the signature and the timestamp are verified
+    against the key the id names; an id never seen is refused with UNKNOWN_KEY_ID, before any
+    of Flower's; a forged signature is refused by Flower's check."""
     import types
 
     import grpc
@@ -338,55 +368,65 @@ def test_the_superlink_puts_a_known_key_back_and_refuses_an_unknown_id(key_id_in
         sign_message,
     )
 
-    server = key_id_interceptors[1](state_factory=None)
+    server = auth_interceptors[1](state_factory=None)
     private, public = generate_key_pairs()
     pem = public_key_to_bytes(public)
-    reached = []
+    reached, aborted = [], []
+    context = types.SimpleNamespace(abort=lambda code, text: aborted.append((code, text)))
 
     def continuation(details):
         reached.append(dict(details.invocation_metadata))
         return grpc.unary_unary_rpc_method_handler(lambda request, context: "served")
 
-    def call(*names):
-        stamp = now().isoformat()
-        metadata = (("flwr-timestamp", stamp),
-                    ("flwr-signature-bin", sign_message(private, stamp.encode("ascii"))),
-                    *names)
+    def call(metadata):
         return server.intercept_service(continuation, types.SimpleNamespace(
             method="/flwr.proto.Fleet/PullMessages", invocation_metadata=metadata))
 
-    aborted = []
-    context = types.SimpleNamespace(abort=lambda code, text: aborted.append((code, text)))
-    with pytest.raises(RuntimeError):  # Flower's terminator raises after aborting
-        call((fi.KEY_ID_HEADER, fi.key_id(pem))).unary_unary(None, context)
-    assert aborted == [(grpc.StatusCode.UNAUTHENTICATED, fi.UNKNOWN_KEY_ID)] and not reached
-    call(("flwr-public-key-bin", pem))           # the key seen once, whole
-    call((fi.KEY_ID_HEADER, fi.key_id(pem)))     # then by its id
+    def flower_headers(key=private):
+        stamp = now().isoformat()
+        return stamp, sign_message(key, stamp.encode("ascii"))
+
+    def compact(key=private):
+        return ((fi.AUTH_HEADER, fi.compact_auth(pem, *flower_headers(key))),)
+
+    def refused(metadata):
+        aborted.clear()
+        with pytest.raises(RuntimeError):  # Flower's terminator raises after aborting
+            call(metadata).unary_unary(None, context)
+        return aborted[0][1]
+
+    assert refused(compact()) == fi.UNKNOWN_KEY_ID and not reached
+    stamp, signature = flower_headers()
+    call((("flwr-public-key-bin", pem), ("flwr-timestamp", stamp),
+          ("flwr-signature-bin", signature)))                  # the key seen once, whole
+    call(compact())                                            # then compact
     assert len(reached) == 2 and reached[-1]["flwr-public-key-bin"] == pem
+    assert refused(compact(generate_key_pairs()[0])) == "Invalid signature"
     other = public_key_to_bytes(generate_key_pairs()[1])
-    call((fi.KEY_ID_HEADER, fi.key_id(other)))   # an id of a key never sent
+    forged = fi.compact_auth(other, *flower_headers())
+    assert refused(((fi.AUTH_HEADER, forged),)) == fi.UNKNOWN_KEY_ID   # a key never sent
     assert len(reached) == 2
 
 
 def test_each_part_of_the_layer_can_be_left_out(monkeypatch):
     """`--flower-off` names parts (unknown ones are an error); a part left out is Flower's own
     in the processes that would have patched it."""
-    assert fi.parts_off(" waits, key-ids ") == ("waits", "key-ids")
+    assert fi.parts_off(" waits, compact-auth ") == ("waits", "compact-auth")
     with pytest.raises(ValueError, match="no part .* named nope: one of waits, doorbells"):
         fi.parts_off("waits,nope")
-    monkeypatch.setenv(fi.PARTS_OFF_ENV, "key-ids")
-    assert fi.part_on("waits") and not fi.part_on("key-ids")
+    monkeypatch.setenv(fi.PARTS_OFF_ENV, "compact-auth")
+    assert fi.part_on("waits") and not fi.part_on("compact-auth")
     code = ("import time; from fedsqueeze.deploy.accelerated.flower_internals import *; "
             "assert apply_waits(Waits(), supernode=True); "
             "import flwr.supernode.start_client_internal as m; "
             "from flwr.client.grpc_rere_client.node_auth_client_interceptor import "
             "NodeAuthClientInterceptor as C; "
             "assert m.time is time, 'waits applied'; "
-            "assert not hasattr(C.intercept_unary_unary, 'fedsqueeze_stock'), 'key ids on'; "
+            "assert not hasattr(C.intercept_unary_unary, 'fedsqueeze_stock'), 'compact auth on'; "
             "import flwr.supercore.inflatable.inflatable_utils as u; "
             "assert u.pull_objects.__kwdefaults__['initial_backoff'] == Waits().pull_backoff; "
             "print('ok')")
-    env = {**os.environ, fi.PARTS_OFF_ENV: "waits,key-ids"}
+    env = {**os.environ, fi.PARTS_OFF_ENV: "waits,compact-auth"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
     assert done.stdout.strip() == "ok", done.stderr
