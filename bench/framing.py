@@ -3,10 +3,10 @@
     python bench/framing.py [--clients 10] [--rounds 5] [--row LABEL] [--results-dir DIR]
                             [RUN_DIR ...]
 
-Without RUN_DIR it runs a row of `fmnist-fc2` (default: the best compressed one,
-`fedpara x topk-ef-0.99-q8-both`) as a deployment (`fedsqueeze deploy`, the accelerated
-default) and reads that run; with RUN_DIR it reads deployments that exist. For each it
-prints wire / message over the rounds (the figure issue 33 asks to bring to 1.3), then every
+Without RUN_DIR it runs a row of `fmnist-fc2` (default: `fedpara x topk-ef-0.99-both`, the
+compressed row whose wire / message issue 33 asked to bring from 1.96 to 1.3) as a deployment
+(`fedsqueeze deploy`, the accelerated default) and reads that run; with RUN_DIR it reads
+deployments that exist. For each it prints wire / message over the rounds, then every
 kind of Fleet call (`summary.json`'s `wire_calls`, the whole run, polls included) per
 SuperNode and round: how many calls, and their bytes by direction and HTTP/2 frame type
 (HEADERS: gRPC headers, Flower's signature metadata among them; DATA: the protobufs, 5 B
@@ -24,7 +24,7 @@ from fedsqueeze.deploy.cli import main as cli
 from fedsqueeze.deploy.compare import config_text, preset_named
 from fedsqueeze.server.results import read_run
 
-ROW = "fedpara x topk-ef-0.99-q8-both"
+ROW = "fedpara x topk-ef-0.99-both"
 FRAMES = ("HeadersFrame", "DataFrame", "WindowUpdateFrame", "RstStreamFrame")
 
 

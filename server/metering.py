@@ -26,6 +26,7 @@ from flwr.app import Error, Message
 from flwr.serverapp import Grid
 from flwr.supercore.inflatable.inflatable_object import no_object_id_recompute
 
+from fedsqueeze.strategies.folding import FoldError, unfold_reply
 from fedsqueeze.strategies.metering import DOWN, UP, Traffic, plus
 
 from .doorbell import Doorbell
@@ -48,6 +49,17 @@ def attributed(reply: Message, sent: Message | None) -> Message:
         error = Error(code=0, reason=f"a reply from node {reply.metadata.src_node_id} answered "
                                      f"the message sent to node {sent.metadata.dst_node_id}")
     return Message(error, reply_to=sent)
+
+
+def unfolded(reply: Message, sent: Message | None) -> Message:
+    """The reply with its records unfolded (`strategies/folding.py`); a malformed folded
+    record makes it an error reply of the node its message (`sent`) went to."""
+    try:
+        return unfold_reply(reply)
+    except FoldError as err:
+        if sent is None:
+            raise
+        return Message(Error(code=0, reason=f"undecodable reply: {err}"), reply_to=sent)
 
 
 class MeteredGrid:
@@ -108,9 +120,10 @@ class MeteredGrid:
         while pending:
             for reply in self._grid.pull_messages(pending):
                 pending.discard(reply.metadata.reply_to_message_id)
-                reply = attributed(reply, sent.get(reply.metadata.reply_to_message_id))
+                instruction = sent.get(reply.metadata.reply_to_message_id)
+                reply = attributed(reply, instruction)
                 self._record(UP, [(reply.metadata.src_node_id, reply)])
-                replies.append(reply)
+                replies.append(unfolded(reply, instruction))
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
             pause = self.poll_interval if self.bell is None else max(self.poll_interval,

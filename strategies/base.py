@@ -21,6 +21,7 @@ from torch import nn
 from fedsqueeze.codecs import CodecError
 
 from .claims import PaperClaim
+from .folding import FoldError, fold, unfold_reply
 from .hooks import TrainingHooks
 from .model_codec import DenseModelCodec
 from .model_transform import ModelTransform, model_transform_of
@@ -385,14 +386,22 @@ class SqueezeStrategy(FedAvg):
                                                METHOD_KEY: self.method.name})
         group = f"{server_round}:{exchange}"
         self._sent[node_id] = group
-        return Message(content, dst_node_id=node_id, message_type=message_type,
+        return Message(fold(content), dst_node_id=node_id, message_type=message_type,
                        group_id=group)
 
     def _screened(self, replies: list[Message]) -> list[Message]:
+        """The replies to this round's messages, once each, their records unfolded."""
         good, problems = screen(replies, self._sent)
         for reply, reason in problems:
             self._fail(reply.metadata.src_node_id, _exchange_of(reply), reason)
-        return good
+        unfolded = []
+        for reply in good:
+            try:
+                unfolded.append(unfold_reply(reply))
+            except FoldError as err:
+                self._fail(reply.metadata.src_node_id, _exchange_of(reply),
+                           f"undecodable reply: {err}")
+        return unfolded
 
     def _silent(self, exchange: str, node_ids: list[int], replies: list[Message]) -> None:
         answered = {r.metadata.src_node_id for r in replies}

@@ -65,6 +65,7 @@ from . import header as h
 from .catchup import ChangeHistory, Payloads
 from .channel import Channel, Coded
 from .channels.dense import Dense
+from .folding import FoldError, fold, unfold_reply
 from .metering import DOWN, UP, Traffic, layer_bytes
 from .payload import PAYLOAD_RECORD, pack, payload_bytes, read_payload
 from .replies import NOT_SENT, Failure, absurd_values, majority_metric_keys, screen, weight_problem
@@ -322,7 +323,7 @@ class Compressed(Strategy):
         replies = list(replies)
         self._measure(server_round, UP, replies)
         try:
-            decoded = self._decode_replies(server_round, replies)
+            decoded = self._decode_replies(server_round, self._unfolded(replies, "train"))
             if len(decoded) < self.min_replies:
                 return None, None
             arrays, metrics = self.strategy.aggregate_train(server_round, decoded)
@@ -346,7 +347,8 @@ class Compressed(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
-        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round,
+                                                 self._unfolded(replies, "evaluate"))
         if self.meter and metrics is not None:
             deliver(self.sinks, {"round": server_round, "evaluate": dict(metrics)})
         return metrics
@@ -562,11 +564,27 @@ class Compressed(Strategy):
         if key != h.ARRAYS:
             header[h.KEY] = key
         content[config_name] = ConfigRecord({**config_record, **header})
-        return Message(content, dst_node_id=message.metadata.dst_node_id,
+        return Message(fold(content), dst_node_id=message.metadata.dst_node_id,
                        message_type=message.metadata.message_type or message_type,
                        group_id=message.metadata.group_id or group, ttl=message.metadata.ttl)
 
     # -- uplink ----------------------------------------------------------------------------
+    def _unfolded(self, replies: Iterable[Message], phase: str) -> list[Message]:
+        """The replies with their records unfolded (`folding.py`); a malformed one fails."""
+        out = []
+        for reply in replies:
+            try:
+                out.append(unfold_reply(reply))
+            except FoldError as err:
+                if phase == "train":
+                    self._fail(reply.metadata.src_node_id, f"undecodable reply: {err}")
+                else:
+                    log(WARNING, "node %d (%s): undecodable reply: %s",
+                        reply.metadata.src_node_id, phase, err)
+                    self.own_failures.append(Failure(reply.metadata.src_node_id, phase,
+                                                     f"undecodable reply: {err}"))
+        return out
+
     def _decode_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
         good, problems = screen(replies, {n: s.group for n, s in self._sent.items()})
         for reply, reason in problems:

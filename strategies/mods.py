@@ -5,7 +5,8 @@ which runs a method's client side (`ClientSide`) around the user's handler.
 
 It decodes a compressed message into the plain `ArrayRecord` the user's handler expects (and
 removes the `fsq.*` header from its config), and codes the handler's reply as the header's
-uplink channel says. Messages without a header pass through untouched. What it keeps between
+uplink channel says; a folded message's records are unfolded for the handler and its reply's
+folded (`folding.py`). Messages without a header pass through untouched. What it keeps between
 rounds lives in `context.state`: the broadcast model it holds (`fsq.held`, a versioned
 downlink) and the uplink's error memory (`fsq.error`). A handler never sees a codec.
 """
@@ -32,6 +33,7 @@ from fedsqueeze.codecs import CodecError, decode_sparse_parts, get_codec
 from . import header as h
 from .base import ARRAYS, CONFIG_RECORD, METHOD_KEY, TRAIN, ClientSide
 from .channel import Channel, channel_from_spec
+from .folding import FOLDED, fold, unfold
 from .hooks import using_hooks
 from .payload import METRICS_RECORD, is_payload, unpack
 from .registry import get_method
@@ -55,6 +57,17 @@ class DownlinkRejected(ValueError):
 
 def compression_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Decode a `Compressed` message for the handler; code its reply (see the module)."""
+    if FOLDED not in msg.content.config_records:
+        return _decoded_and_coded(msg, context, call_next)
+    msg.content = unfold(msg.content)
+    reply = _decoded_and_coded(msg, context, call_next)
+    if not reply.has_error():
+        reply.content = fold(reply.content)
+    return reply
+
+
+def _decoded_and_coded(msg: Message, context: Context, call_next: ClientAppCallable
+                       ) -> Message:
     found = h.header_of(msg.content)
     if found is None:
         return call_next(msg, context)

@@ -24,6 +24,8 @@ from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 
 from fedsqueeze.codecs import CodecError, observed_bound_bits
 
+from .folding import FoldError, unfold
+
 PAYLOAD_RECORD = "payload"
 PAYLOAD_ARRAY = "bytes"
 PAYLOAD_STYPE = "stype"
@@ -94,6 +96,10 @@ def is_payload(record: ConfigRecord | ArrayRecord) -> bool:
 def _payloads(content: RecordDict | None) -> Iterator[bytes]:
     """The bytes of every fedsqueeze payload a message carries, in either form."""
     if content is None:
+        return
+    try:
+        content = unfold(content)
+    except FoldError:
         return
     for record in content.config_records.values():
         if is_payload(record):

@@ -26,6 +26,7 @@ from fedsqueeze.server.loop import NodeView
 from fedsqueeze.strategies.base import ARRAYS, TRAIN
 from fedsqueeze.strategies.build import run_channels
 from fedsqueeze.strategies.channel import channel_names
+from fedsqueeze.strategies.folding import FOLDED, fold, unfold
 from fedsqueeze.strategies.mods import compression_mod, method_mod
 from fedsqueeze.strategies.payload import METRICS_RECORD
 from fedsqueeze.strategies.registry import get_method, method_names
@@ -77,11 +78,21 @@ def _rebuilt(reply: Message, content, **metadata) -> Message:
     return make_message(metadata=copied, content=content)
 
 
-def _identity(reply: Message, partition_id: int) -> Message:
+def _forged(reply: Message, change) -> Message:
+    """The reply with `change(its records)` applied, folded again if it came folded (a
+    forging client that speaks the protocol)."""
     content = copy_recorddict(reply.content)
-    content[METRICS_RECORD] = MetricRecord({**content.metric_records[METRICS_RECORD],
-                                            "partition-id": partition_id})
-    return _rebuilt(reply, content)
+    folded = FOLDED in content.config_records
+    content = unfold(content)
+    change(content)
+    return _rebuilt(reply, fold(content) if folded else content)
+
+
+def _identity(reply: Message, partition_id: int) -> Message:
+    def change(content):
+        content[METRICS_RECORD] = MetricRecord({**content.metric_records[METRICS_RECORD],
+                                                "partition-id": partition_id})
+    return _forged(reply, change)
 
 
 def _other_round(reply: Message) -> Message:
@@ -89,15 +100,15 @@ def _other_round(reply: Message) -> Message:
 
 
 def _metric(reply: Message, **changes) -> Message:
-    content = copy_recorddict(reply.content)
-    metrics = dict(content.metric_records[METRICS_RECORD])
-    for key, value in changes.items():
-        if value is None:
-            metrics.pop(key)
-        else:
-            metrics[key] = value
-    content[METRICS_RECORD] = MetricRecord(metrics)
-    return _rebuilt(reply, content)
+    def change(content):
+        metrics = dict(content.metric_records[METRICS_RECORD])
+        for key, value in changes.items():
+            if value is None:
+                metrics.pop(key)
+            else:
+                metrics[key] = value
+        content[METRICS_RECORD] = MetricRecord(metrics)
+    return _forged(reply, change)
 
 
 CASES = {

@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from fedsqueeze.codecs import CodecError, get_codec
 from fedsqueeze.strategies.channels.dense import Dense
+from fedsqueeze.strategies.folding import unfold
 from fedsqueeze.strategies.payload import PAYLOAD_RECORD, pack, read_payload
 from fedsqueeze.strategies.settings import ConfigError
 
@@ -90,5 +91,5 @@ def test_an_unknown_value_format_is_refused():
 def test_a_rounds_model_is_encoded_once_for_every_node(channel_loop):
     loop = channel_loop(Dense(), Dense(), clients=3)
     messages = list(loop.strategy.configure_train(1, loop.arrays, ConfigRecord(), loop.grid))
-    records = {id(m.content[PAYLOAD_RECORD]) for m in messages}
-    assert len(messages) == 3 and len(records) == 1  # one record object shared by all
+    coded = {id(read_payload(unfold(m.content))[1]) for m in messages}
+    assert len(messages) == 3 and len(coded) == 1  # one payload object shared by all
