@@ -38,6 +38,7 @@ from fedsqueeze.server.checkpoint import latest_checkpoint
 from fedsqueeze.server.report import Run, report, round_table
 from fedsqueeze.server.results import fmt_bytes
 from fedsqueeze.server.side_by_side import side_by_side
+from fedsqueeze.strategies.build import run_channels
 from fedsqueeze.strategies.model_transform import FedParaConfig
 from fedsqueeze.strategies.registry import get_method
 from fedsqueeze.strategies.run_model import build_run_model
@@ -109,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "the SuperLink (implies --tls: Flower refuses it in cleartext)")
     dep.add_argument("--flower", choices=FLOWERS, default="accelerated",
                      help="accelerated (default): fedsqueeze's layer over Flower (shorter "
-                     "waits, doorbells, the warm ClientApp executor, lighter middleware, node "
-                     "key ids; deploy/accelerated/); stock: Flower's own SuperLink, "
+                     "waits, doorbells, the warm ClientApp executor, lighter middleware, compact "
+                     "node auth; deploy/accelerated/); stock: Flower's own SuperLink, "
                      "SuperNodes, waits and executor")
     dep.add_argument("--supernode-flower", choices=FLOWERS,
                      help="the SuperNodes' Flower, if not --flower's (a mixed deployment)")
@@ -269,14 +270,16 @@ def prepare(args: argparse.Namespace) -> tuple[Path, dict, RunSettings]:
     if args.clients < settings.min_nodes:
         raise ConfigError(f"--clients = {args.clients} is fewer than run-config min-nodes = "
                           f"{settings.min_nodes}")
-    transform = get_method(settings.method)(settings, run_config).transform
-    build_run_model(settings, transform)
-    users = {settings.method} | ({FedParaConfig.prefix} if transform is not None else set())
+    method = get_method(settings.method)(settings, run_config)
+    build_run_model(settings, method.transform)
+    users = {settings.method, *(c.name for c in run_channels(method, run_config) if c)} | (
+        {FedParaConfig.prefix} if method.transform is not None else set())
     for key in sorted(parse_overrides(args.run_config)):
         owner = key.split(".", 1)[0] if "." in key else None
         if owner is not None and owner not in users:
-            print(f"fedsqueeze: warning: run-config '{key}' is a key of method {owner!r}; "
-                  f"method = {settings.method!r} ignores it", file=sys.stderr)
+            print(f"fedsqueeze: warning: run-config '{key}' is a key of {owner!r}, which "
+                  f"neither method = {settings.method!r} nor the run's channels use",
+                  file=sys.stderr)
     return app_dir, run_config, settings
 
 
@@ -543,8 +546,9 @@ def explain_wire(result: LaunchResult, console: Console) -> None:
         f"protocol seen by the relays: {', '.join(sorted(set(w['protocol'].values())))}; "
         "idle polling and heartbeats "
         f"outside rounds {fmt_bytes(w['wire_idle_up'] + w['wire_idle_down'])}.\n"
-        "wire/message > 1: gRPC and HTTP/2 framing and headers (about 500 B per call), the "
-        "SuperNodes' polls and heartbeats during the round, TLS records when on.\n"
+        "wire/message > 1: gRPC and HTTP/2 framing, headers and object ids (about 430 B per "
+        "call with the accelerated layer; bench/framing.py), TLS records when on (polls and "
+        "heartbeats during rounds are apart: wire_poll_*).\n"
         "message/payload > 1: Flower's object headers and ids, message metadata, config and "
         "metric records around the codec payload.\n"
         f"message layer vs Flower's own network-traffic (all phases): up "

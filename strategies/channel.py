@@ -108,7 +108,8 @@ def _text(value: Any) -> str:
 
 
 # --------------------------------------------------------------------------- registry
-CHANNELS: Registry[type[Channel]] = Registry("channel", "fedsqueeze.strategies.channels")
+CHANNELS: Registry[type[Channel]] = Registry("channel", "fedsqueeze.strategies.channels",
+                                             "channel")
 
 
 def register_channel(name: str) -> Callable[[C], C]:
@@ -124,16 +125,8 @@ def register_channel(name: str) -> Callable[[C], C]:
     return decorate
 
 
-def channel_names() -> list[str]:
-    return CHANNELS.names()
-
-
-def get_channel(name: str) -> type[Channel]:
-    """The channel class registered as `name`; a ConfigError lists the valid names."""
-    channel = CHANNELS.get(name)
-    if channel is None:
-        raise ConfigError(f"unknown channel {name!r}; valid: " + ", ".join(channel_names()))
-    return channel
+channel_names = CHANNELS.names  # the registered channels' names, sorted
+get_channel = CHANNELS.find      # the class of a channel's name; a ConfigError lists the valid
 
 
 def channels_from_run_config(run_config: Mapping[str, UserValue], default: str
@@ -146,9 +139,7 @@ def channels_from_run_config(run_config: Mapping[str, UserValue], default: str
     chosen = []
     for key in (UPLINK_KEY, DOWNLINK_KEY):
         name = str(run_config.get(key, "") or "") or default
-        if name not in built:
-            raise ConfigError(f"run-config '{key}' = {name!r} is invalid: unknown channel "
-                              f"{name!r}; valid: " + ", ".join(sorted(built)))
+        CHANNELS.find(name, f"run-config '{key}'")  # an unknown name is a ConfigError
         chosen.append(built[name])
     return chosen[0], chosen[1]
 

@@ -24,8 +24,9 @@ M = TypeVar("M", bound="type[Method]")
 class Registry(Generic[T]):
     """Classes by name, found by importing every module of one package."""
 
-    def __init__(self, kind: str, package: str) -> None:
-        self.kind, self.package = kind, package
+    def __init__(self, kind: str, package: str, asked_as: str) -> None:
+        """`asked_as`: what names a class where users ask for one (in `find`'s errors)."""
+        self.kind, self.package, self.asked_as = kind, package, asked_as
         self._classes: dict[str, T] = {}
         self._discovered = False
 
@@ -51,8 +52,18 @@ class Registry(Generic[T]):
         self._discover()
         return self._classes.get(name)
 
+    def find(self, name: str, where: str | None = None) -> T:
+        """The class registered as `name`; a ConfigError names where it was asked for
+        (`where`, else `asked_as`) and lists the valid names."""
+        found = self.get(name)
+        if found is None:
+            raise ConfigError(f"{where or self.asked_as} = {name!r} is invalid: unknown "
+                              f"{self.kind}, valid: " + ", ".join(self.names()))
+        return found
 
-METHODS: Registry[type[Method]] = Registry("method", "fedsqueeze.strategies.methods")
+
+METHODS: Registry[type[Method]] = Registry("method", "fedsqueeze.strategies.methods",
+                                           "run-config 'method'")
 
 
 def register(name: str) -> Callable[[M], M]:
@@ -73,14 +84,5 @@ def register(name: str) -> Callable[[M], M]:
     return decorate
 
 
-def method_names() -> list[str]:
-    return METHODS.names()
-
-
-def get_method(name: str) -> type[Method]:
-    """The method class registered as `name`; a ConfigError lists the valid names."""
-    method = METHODS.get(name)
-    if method is None:
-        raise ConfigError(f"run-config 'method' = {name!r} is invalid: unknown method, valid: "
-                          + ", ".join(method_names()))
-    return method
+method_names = METHODS.names  # the registered methods' names, sorted
+get_method = METHODS.find      # the class of a method's name; a ConfigError lists the valid

@@ -27,7 +27,7 @@ def run_cli(capsys, *argv):
     ("num-server-rounds=0", "'num-server-rounds' = 0 is invalid: must be >= 1"),
     ("lr-rate=0.1", "unknown run-config key 'lr-rate'"),
     ("\"dense.dtype\"='int4'", "'dense.dtype' = 'int4' is invalid: must be one of fp32"),
-    ("uplink='zip'", "'uplink' = 'zip' is invalid: unknown channel 'zip'; valid: dense"),
+    ("uplink='zip'", "'uplink' = 'zip' is invalid: unknown channel, valid: dense"),
     ("model='resnet50'", "unknown model 'resnet50'"),
     ("model='vgg16-gn'", "model 'vgg16-gn' cannot take input shape (1, 28, 28)"),
     ("seed=99999999999999999999", "'seed' = 99999999999999999999 is invalid: must be in [0, 2^63)"),
@@ -113,8 +113,12 @@ def test_a_key_of_another_method_gets_a_warning(capsys, monkeypatch):
     code, err = run_cli(capsys, "simulate", "--clients", "2", "--run-config",
                         "\"fedsparsify.final-sparsity\"=0.5")
     assert code == 2
-    assert any("'fedsparsify.final-sparsity' is a key of method 'fedsparsify'; method = "
-               "'fedavg' ignores it" in line for line in err)
+    assert any("'fedsparsify.final-sparsity' is a key of 'fedsparsify', which neither "
+               "method = 'fedavg' nor the run's channels use" in line for line in err)
+    # a key of a channel the run names is that channel's, and no warning
+    code, err = run_cli(capsys, "simulate", "--clients", "2", "--run-config",
+                        "uplink='topk-ef' \"topk-ef.values\"='q8'")
+    assert code == 2 and not any("warning" in line for line in err)
 
 
 def test_a_deployment_on_another_flower_than_1_39_says_what_to_install(monkeypatch):
