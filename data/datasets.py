@@ -218,14 +218,6 @@ def _fashion_mnist(root: Path, train: bool, download: bool) -> Arrays:
 
 
 @register_dataset(
-    DatasetInfo("mnist", 10, (1, 28, 28)),
-    layout="MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-)
-def _mnist(root: Path, train: bool, download: bool) -> Arrays:
-    return _arrays(_tvd().MNIST(root, train=train, download=download))
-
-
-@register_dataset(
     DatasetInfo("emnist-balanced", 47, (1, 28, 28)),
     layout="EMNIST/raw/emnist-balanced-{train,test}-{images-idx3,labels-idx1}-ubyte",
 )
@@ -235,20 +227,22 @@ def _emnist_balanced(root: Path, train: bool, download: bool) -> Arrays:
     return np.ascontiguousarray(images.transpose(0, 2, 1)), labels
 
 
-@register_dataset(
-    DatasetInfo("cifar10", 10, (3, 32, 32)),
-    layout="cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-)
-def _cifar10(root: Path, train: bool, download: bool) -> Arrays:
-    return _arrays(_tvd().CIFAR10(root, train=train, download=download))
+def _torchvision(dataset: str) -> Loader:
+    """The loader of the torchvision dataset class `dataset` (its own files, as it is)."""
+    def load(root: Path, train: bool, download: bool) -> Arrays:
+        return _arrays(getattr(_tvd(), dataset)(root, train=train, download=download))
+    return load
 
 
-@register_dataset(
-    DatasetInfo("cifar100", 100, (3, 32, 32)),
-    layout="cifar-100-python/{train,test,meta}",
-)
-def _cifar100(root: Path, train: bool, download: bool) -> Arrays:
-    return _arrays(_tvd().CIFAR100(root, train=train, download=download))
+for _info, _layout, _class in (
+        (DatasetInfo("mnist", 10, (1, 28, 28)),
+         "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte", "MNIST"),
+        (DatasetInfo("cifar10", 10, (3, 32, 32)),
+         "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}", "CIFAR10"),
+        (DatasetInfo("cifar100", 100, (3, 32, 32)), "cifar-100-python/{train,test,meta}",
+         "CIFAR100")):
+    register_dataset(_info, layout=_layout)(_torchvision(_class))
+del _info, _layout, _class
 
 
 def to_tensor(images: np.ndarray, scale: float = 255.0) -> torch.Tensor:

@@ -13,29 +13,31 @@ from .mlp import dense_layers
 from .registry import register_model, trace_spatial
 
 
+def _conv_net(
+    name: str, in_shape: tuple[int, int, int], num_classes: int,
+    convs: tuple[tuple[int, int], ...], pool: tuple[int, int], hidden: tuple[int, ...],
+) -> nn.Sequential:
+    """Per (out channels, padding) of `convs`: conv5x5, ReLU, maxpool (kernel, stride =
+    `pool`); then Flatten, fully connected layers with ReLU between them, logits out."""
+    channels, layers, trace = in_shape[0], [], []
+    kernel, stride = pool
+    for i, (out, padding) in enumerate(convs, 1):
+        layers += [nn.Conv2d(channels, out, 5, padding=padding), nn.ReLU(),
+                   nn.MaxPool2d(kernel, stride=stride)]
+        trace += [(f"conv{i}", 5, 1, padding), (f"pool{i}", kernel, stride, 0)]
+        channels = out
+    h, w = trace_spatial(name, in_shape, trace)
+    return nn.Sequential(*layers, nn.Flatten(),
+                         *dense_layers(channels * h * w, hidden, num_classes))
+
+
 @register_model("cnn")
 def cnn(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
     """GWPF's MNIST CNN: conv5x5 C->32, ReLU, maxpool 2, conv5x5 32->64, ReLU, maxpool 2,
     fc ->512, ReLU, fc 512->classes (no padding). 582,026 parameters at 1x28x28, 10 classes.
     """
-    c = in_shape[0]
-    h, w = trace_spatial(
-        "cnn",
-        in_shape,
-        [("conv1", 5, 1, 0), ("pool1", 2, 2, 0), ("conv2", 5, 1, 0), ("pool2", 2, 2, 0)],
-    )
-    return nn.Sequential(
-        nn.Conv2d(c, 32, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * h * w, 512),
-        nn.ReLU(),
-        nn.Linear(512, num_classes),
-    )
+    return _conv_net("cnn", in_shape, num_classes, convs=((32, 0), (64, 0)), pool=(2, 2),
+                     hidden=(512,))
 
 
 @register_model("lenet5")
@@ -44,51 +46,8 @@ def lenet5(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
     maxpool 2, fc 400->120, ReLU, fc 120->84, ReLU, fc 84->classes.
     61,706 parameters at 1x28x28 with 10 classes.
     """
-    c = in_shape[0]
-    h, w = trace_spatial(
-        "lenet5",
-        in_shape,
-        [("conv1", 5, 1, 2), ("pool1", 2, 2, 0), ("conv2", 5, 1, 0), ("pool2", 2, 2, 0)],
-    )
-    return nn.Sequential(
-        nn.Conv2d(c, 6, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(16 * h * w, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, num_classes),
-    )
-
-
-def _feddst_net(
-    name: str, in_shape: tuple[int, int, int], num_classes: int,
-    conv: tuple[int, int], hidden: tuple[int, ...],
-) -> nn.Sequential:
-    """FedDST's net shape: conv5x5, ReLU, maxpool 3 stride 1, conv5x5, ReLU, maxpool 3
-    stride 1, then fully connected layers with ReLU between them; logits out (no softmax)."""
-    c = in_shape[0]
-    c1, c2 = conv
-    h, w = trace_spatial(
-        name,
-        in_shape,
-        [("conv1", 5, 1, 0), ("pool1", 3, 1, 0), ("conv2", 5, 1, 0), ("pool2", 3, 1, 0)],
-    )
-    return nn.Sequential(
-        nn.Conv2d(c, c1, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(3, stride=1),
-        nn.Conv2d(c1, c2, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(3, stride=1),
-        nn.Flatten(),
-        *dense_layers(c2 * h * w, hidden, num_classes),
-    )
+    return _conv_net("lenet5", in_shape, num_classes, convs=((6, 2), (16, 0)), pool=(2, 2),
+                     hidden=(120, 84))
 
 
 @register_model("mnistnet")
@@ -99,7 +58,8 @@ def mnistnet(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
     The reference ends in a softmax (a double softmax under CrossEntropyLoss); this one
     returns logits.
     """
-    return _feddst_net("mnistnet", in_shape, num_classes, conv=(10, 20), hidden=(50,))
+    return _conv_net("mnistnet", in_shape, num_classes, convs=((10, 0), (20, 0)),
+                     pool=(3, 1), hidden=(50,))
 
 
 @register_model("cifar-cnn")
@@ -107,4 +67,5 @@ def cifar_cnn(num_classes: int, in_shape: tuple[int, int, int]) -> nn.Module:
     """FedDST's CIFAR10Net: conv5x5 C->6, maxpool 3/1, conv5x5 6->16, maxpool 3/1,
     fc 6400->120, fc 120->84, fc 84->classes. 782,006 parameters at 3x32x32 with 10 classes.
     """
-    return _feddst_net("cifar-cnn", in_shape, num_classes, conv=(6, 16), hidden=(120, 84))
+    return _conv_net("cifar-cnn", in_shape, num_classes, convs=((6, 0), (16, 0)),
+                     pool=(3, 1), hidden=(120, 84))

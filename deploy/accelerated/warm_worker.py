@@ -210,18 +210,14 @@ class ForkExecutor:
 
     def __init__(self, backoff: IdleBackoff | None = None, limits: Limits = Limits(),
                  hints: PartitionHints | None = None) -> None:
-        self._backoff = backoff
-        self._limits = limits
-        self._hints = hints
-        from fedsqueeze.client import runtime
-
-        self._runtime = runtime
         from flwr.supercore.superexec.executor.types import LaunchResult
         from flwr.supercore.tls import validate_and_resolve_root_certificates
 
-        self._results = LaunchResult
-        self._certificates = validate_and_resolve_root_certificates
-        self._entry = clientapp_entry()
+        from fedsqueeze.client import runtime
+
+        self._backoff, self._limits, self._hints = backoff, limits, hints
+        self._runtime, self._results = runtime, LaunchResult
+        self._certificates, self._entry = validate_and_resolve_root_certificates, clientapp_entry()
         self.children: set[int] = set()
 
     def get_eligible_capacity(self, supported_task_types, *, insecure=False,

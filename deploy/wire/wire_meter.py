@@ -58,6 +58,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .grpc_calls import MESSAGE, ConnectionCalls, Pulled
 
@@ -186,6 +187,19 @@ class _Pair:
         self.interest: dict[socket.socket, int] = {client: 0, target: 0}
 
 
+class _Reading:
+    """A counter of the meter, read under its lock (a read-only attribute)."""
+
+    def __init__(self, attribute: str, doc: str) -> None:
+        self.attribute, self.__doc__ = attribute, doc
+
+    def __get__(self, meter: WireMeter | None, owner: type | None = None) -> Any:
+        if meter is None:
+            return self
+        with meter._lock:
+            return getattr(meter, self.attribute)
+
+
 class WireMeter:
     """A byte-counting TCP relay: ``listen_host:port`` -> ``target``. See the module
     docstring. ``listen_port`` 0: a free port."""
@@ -222,33 +236,12 @@ class WireMeter:
         self._stopped = False
 
     # ---------------------------------------------------------------- readings (thread-safe)
-    @property
-    def up_bytes(self) -> int:
-        with self._lock:
-            return self._up
-
-    @property
-    def down_bytes(self) -> int:
-        with self._lock:
-            return self._down
-
-    @property
-    def connections(self) -> int:
-        """Client connections accepted so far."""
-        with self._lock:
-            return self._connections
-
-    @property
-    def active_connections(self) -> int:
-        """Client connections currently open."""
-        with self._lock:
-            return self._active
-
-    @property
-    def refused(self) -> int:
-        """Client connections closed because the target could not be reached."""
-        with self._lock:
-            return self._refused
+    up_bytes = _Reading("_up", "Bytes delivered client -> target, all connections.")
+    down_bytes = _Reading("_down", "Bytes delivered target -> client, all connections.")
+    connections = _Reading("_connections", "Client connections accepted so far.")
+    active_connections = _Reading("_active", "Client connections currently open.")
+    refused = _Reading("_refused", "Client connections closed because the target could not "
+                       "be reached.")
 
     def first_bytes(self, n: int = 24) -> list[bytes]:
         """The first ``n`` (<= 64) bytes the client sent, per connection in accept order."""

@@ -12,59 +12,32 @@ def _count(name, num_classes, in_shape):
     return count_parameters(build_model(name, num_classes, in_shape))
 
 
-def test_fc2_has_exactly_118282_parameters():
-    assert _count("fc2", 10, MNIST) == 118_282
+COUNTS = [  # (model, classes, input shape, parameters): each paper's figure
+    ("fc2", 10, MNIST, 118_282),
+    ("fc2", 10, CIFAR, 3072 * 128 + 128 + 16_512 + 1_290),  # the first layer takes 3*32*32
+    ("mlp-200", 10, MNIST, 199_210),
+    ("cnn", 10, MNIST, 582_026),
+    ("lenet5", 10, MNIST, 61_706),
+    ("mnistnet", 10, MNIST, 261_840),
+    ("cifar-cnn", 10, CIFAR, 782_006),
+    ("resnet18", 10, CIFAR, 11_173_962),
+    ("resnet18", 100, CIFAR, 11_220_132),
+    ("vgg16-gn", 10, CIFAR, 15_253_578),   # FedPara: 15.254M
+    ("vgg16-gn", 100, CIFAR, 15_299_748),  # FedPara: 15.300M
+]
 
 
-def test_fc2_first_layer_takes_the_flattened_input():
-    # 3*32*32 = 3072 inputs: 3072*128+128 + 128*128+128 + 128*10+10
-    assert _count("fc2", 10, CIFAR) == 3072 * 128 + 128 + 16_512 + 1_290
+@pytest.mark.parametrize("name,classes,in_shape,count", COUNTS)
+def test_a_model_has_exactly_its_papers_parameter_count(name, classes, in_shape, count):
+    assert _count(name, classes, in_shape) == count
 
 
-def test_mlp_200_has_exactly_199210_parameters():
-    assert _count("mlp-200", 10, MNIST) == 199_210
-
-
-def test_cnn_has_exactly_582026_parameters():
-    assert _count("cnn", 10, MNIST) == 582_026
-
-
-def test_lenet5_has_exactly_61706_parameters():
-    assert _count("lenet5", 10, MNIST) == 61_706
-
-
-def test_mnistnet_has_exactly_261840_parameters():
-    assert _count("mnistnet", 10, MNIST) == 261_840
-
-
-def test_cifar_cnn_has_exactly_782006_parameters():
-    assert _count("cifar-cnn", 10, CIFAR) == 782_006
-
-
-def test_resnet18_cifar_has_exactly_11173962_parameters():
-    assert _count("resnet18", 10, CIFAR) == 11_173_962
-
-
-def test_resnet18_cifar100_has_exactly_11220132_parameters():
-    assert _count("resnet18", 100, CIFAR) == 11_220_132
-
-
-def test_vgg16_gn_cifar10_has_exactly_15253578_parameters_fedpara_15_254M():
-    n = _count("vgg16-gn", 10, CIFAR)
-    assert n == 15_253_578
-    assert round(n / 1e6, 3) == 15.254
-
-
-def test_vgg16_gn_cifar100_has_exactly_15299748_parameters_fedpara_15_300M():
-    n = _count("vgg16-gn", 100, CIFAR)
-    assert n == 15_299_748
-    assert round(n / 1e6, 3) == 15.300
+def test_vgg16_gn_counts_round_to_fedparas_figures():
+    assert [round(_count("vgg16-gn", c, CIFAR) / 1e6, 3) for c in (10, 100)] == [15.254, 15.3]
 
 
 def test_every_registered_model_has_a_count_test():
-    assert model_names() == sorted(
-        ["fc2", "mlp-200", "cnn", "lenet5", "mnistnet", "cifar-cnn", "resnet18", "vgg16-gn"]
-    )
+    assert model_names() == sorted({name for name, *_ in COUNTS})
 
 
 @pytest.mark.parametrize("name,in_shape",
