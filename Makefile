@@ -34,7 +34,7 @@ demo: setup data
 
 test: setup data
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadscope
 	$(MAKE) test-newest-flower
 
 # The library (channels, Compressed, compression_mod, methods, codecs) and the example on the
