@@ -194,3 +194,19 @@ def test_a_start_model_that_does_not_decode_to_its_digest_is_refused():
         else:
             with pytest.raises(CodecError, match="another model"):
                 _downlink(content, config, "arrays", state)
+
+
+def test_a_compressed_message_and_its_reply_are_three_flower_objects_each(channel_loop):
+    """Flower moves a message one object per call: a compressed instruction and its reply are
+    each the message, its record dict and one record (`folding.py`), and still decode."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    from fedsqueeze.strategies.channels.topk_ef import TopKEF
+
+    loop = channel_loop(TopKEF(), TopKEF())
+    loop.run_round()
+    messages = list(loop.strategy.configure_train(2, loop.arrays, ConfigRecord(), loop.grid))
+    replies = list(loop.grid.send_and_receive(messages))
+    assert [len(get_all_nested_objects(m)) for m in messages + replies] == [3, 3]
+    arrays, _ = loop.strategy.aggregate_train(2, replies)
+    assert arrays is not None and not loop.strategy.failures
