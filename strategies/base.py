@@ -21,7 +21,7 @@ from torch import nn
 from fedsqueeze.codecs import CodecError
 
 from .claims import PaperClaim
-from .folding import FoldError, fold, unfold_reply
+from .folding import fold, unfold_replies
 from .hooks import TrainingHooks
 from .model_codec import DenseModelCodec
 from .model_transform import ModelTransform, model_transform_of
@@ -392,16 +392,10 @@ class SqueezeStrategy(FedAvg):
     def _screened(self, replies: list[Message]) -> list[Message]:
         """The replies to this round's messages, once each, their records unfolded."""
         good, problems = screen(replies, self._sent)
-        for reply, reason in problems:
+        good, malformed = unfold_replies(good)
+        for reply, reason in problems + malformed:
             self._fail(reply.metadata.src_node_id, _exchange_of(reply), reason)
-        unfolded = []
-        for reply in good:
-            try:
-                unfolded.append(unfold_reply(reply))
-            except FoldError as err:
-                self._fail(reply.metadata.src_node_id, _exchange_of(reply),
-                           f"undecodable reply: {err}")
-        return unfolded
+        return good
 
     def _silent(self, exchange: str, node_ids: list[int], replies: list[Message]) -> None:
         answered = {r.metadata.src_node_id for r in replies}

@@ -65,7 +65,7 @@ from . import header as h
 from .catchup import ChangeHistory, Payloads
 from .channel import Channel, Coded
 from .channels.dense import Dense
-from .folding import FoldError, fold, unfold_reply
+from .folding import fold, unfold_replies
 from .metering import DOWN, UP, Traffic, layer_bytes
 from .payload import PAYLOAD_RECORD, pack, payload_bytes, read_payload
 from .replies import NOT_SENT, Failure, absurd_values, majority_metric_keys, screen, weight_problem
@@ -570,20 +570,16 @@ class Compressed(Strategy):
 
     # -- uplink ----------------------------------------------------------------------------
     def _unfolded(self, replies: Iterable[Message], phase: str) -> list[Message]:
-        """The replies with their records unfolded (`folding.py`); a malformed one fails."""
-        out = []
-        for reply in replies:
-            try:
-                out.append(unfold_reply(reply))
-            except FoldError as err:
-                if phase == "train":
-                    self._fail(reply.metadata.src_node_id, f"undecodable reply: {err}")
-                else:
-                    log(WARNING, "node %d (%s): undecodable reply: %s",
-                        reply.metadata.src_node_id, phase, err)
-                    self.own_failures.append(Failure(reply.metadata.src_node_id, phase,
-                                                     f"undecodable reply: {err}"))
-        return out
+        """The replies with their records unfolded (`folding.py`); a malformed one fails (a
+        train reply as any refused one: its client's channel starts over)."""
+        good, malformed = unfold_replies(replies)
+        for reply, reason in malformed:
+            if phase == "train":
+                self._fail(reply.metadata.src_node_id, reason)
+            else:
+                log(WARNING, "node %d (%s): %s", reply.metadata.src_node_id, phase, reason)
+                self.own_failures.append(Failure(reply.metadata.src_node_id, phase, reason))
+        return good
 
     def _decode_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
         good, problems = screen(replies, {n: s.group for n, s in self._sent.items()})

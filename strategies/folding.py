@@ -23,6 +23,8 @@ as they were made.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 FOLDED = "fsq.folded"
@@ -80,6 +82,18 @@ def unfold(content: RecordDict) -> RecordDict:
         except (TypeError, ValueError) as err:
             raise FoldError(f"folded record {name!r}: {err}") from err
     return out
+
+
+def unfold_replies(replies: Iterable[Message]
+                   ) -> tuple[list[Message], list[tuple[Message, str]]]:
+    """(the replies with their records given back, [(malformed reply, why)]), as `screen`."""
+    good, problems = [], []
+    for reply in replies:
+        try:
+            good.append(unfold_reply(reply))
+        except FoldError as err:
+            problems.append((reply, f"undecodable reply: {err}"))
+    return good, problems
 
 
 def unfold_reply(reply: Message) -> Message:

@@ -65,22 +65,21 @@ exactly these:
   `flwr-public-key-bin` (178 bytes of PEM for P-256), `flwr-timestamp` (32 characters of ISO
   time) and `flwr-signature-bin` (a DER signature), and gRPC sends custom metadata as
   literal, never-indexed HPACK headers: about 340 bytes per call, most of what a compressed
-  round's calls add to its messages (bench/framing.py; 80 bytes of binary metadata cost
-  about 96 in a header). The
-  launcher's SuperNodes send Flower's headers on RegisterNode and ActivateNode only and, on
-  every other call, one header `fsq-auth-bin` of the same facts in 80 bytes: the first 8
-  bytes of the key's SHA-256, the signed timestamp as 8 bytes of microseconds, the signature
-  as raw r and s. The launcher's SuperLink (`NodeAuthServerInterceptor.intercept_service`)
-  keeps the keys it has seen by id and puts Flower's three headers back into the call's
-  metadata (the key, the timestamp's exact text, the DER signature) before Flower's own
-  checks, which then verify the signature and the timestamp as always; an id it does not know
-  is refused with `UNKNOWN_KEY_ID`, and the SuperNode repeats that call with Flower's
-  headers. Those calls also leave out the runtime-version metadata (`flwr-package-name`,
-  `-version`, `flwr-component-name`, another 100 bytes), which RegisterNode and ActivateNode
-  carry and Flower's SuperLink checks there (it accepts calls without it, as from older
-  SuperNodes). A stock SuperLink refuses the compact header as "Missing authentication
-  metadata": the SuperNode then sends Flower's headers on every call from there on, so mixed
-  deployments work either way round;
+  round's calls add to its messages (bench/framing.py). The launcher's SuperNodes send
+  Flower's headers on RegisterNode and ActivateNode only and, on every other call, one
+  header `fsq-auth-bin` of the same facts in 80 bytes: the first 8 bytes of the key's
+  SHA-256, the signed timestamp as 8 bytes of microseconds, the signature as raw r and s.
+  The launcher's SuperLink (`NodeAuthServerInterceptor.intercept_service`) keeps the keys it
+  has seen by id and puts Flower's three headers back into the call's metadata (the key, the
+  timestamp's exact text, the DER signature) before Flower's own checks, which then verify
+  the signature and the timestamp as always; an id it does not know is refused with
+  `UNKNOWN_KEY_ID`, and the SuperNode repeats that call with Flower's headers. Those calls
+  also leave out the runtime-version metadata (`flwr-package-name`, `-version`,
+  `flwr-component-name`, another 100 bytes), which RegisterNode and ActivateNode carry and
+  Flower's SuperLink checks there (it accepts calls without it, as from older SuperNodes). A
+  stock SuperLink refuses the compact header as "Missing authentication metadata": the
+  SuperNode then sends Flower's headers on every call from there on, so mixed deployments
+  work either way round;
 * `flwr.supercore.telemetry.create_event`: with telemetry off (`FLWR_TELEMETRY_ENABLED=0`,
   as the launcher sets it) and not logged, Flower still builds every event's payload, and
   `platform.architecture()` and `platform.processor()` in it run the `file` and `uname`
@@ -357,7 +356,8 @@ KEY_CALLS = ("/flwr.proto.Fleet/RegisterNode", "/flwr.proto.Fleet/ActivateNode")
 # key calls; Flower's SuperLink accepts calls without it
 RUNTIME_KEYS = ("flwr-package-name", "flwr-package-version", "flwr-component-name")
 MAX_KNOWN_KEYS = 1 << 16
-KEY_ID_BYTES = 8
+KEY_ID_BYTES, STAMP_BYTES = 8, 8
+AUTH_HEADER_NAMES = ("PUBLIC_KEY_HEADER", "TIMESTAMP_HEADER", "SIGNATURE_HEADER")  # Flower's
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 MICROSECOND = datetime.timedelta(microseconds=1)
 
@@ -387,7 +387,7 @@ def compact_auth(public_key: bytes, timestamp: str, signature: bytes) -> bytes |
     if _stamp_text(micros) != timestamp:
         return None
     width = (max(r.bit_length(), s.bit_length()) + 7) // 8
-    return key_id(public_key) + micros.to_bytes(8, "big", signed=True) \
+    return key_id(public_key) + micros.to_bytes(STAMP_BYTES, "big", signed=True) \
         + r.to_bytes(width, "big") + s.to_bytes(width, "big")
 
 
@@ -395,10 +395,11 @@ def expand_auth(header: bytes) -> tuple[bytes, str, bytes] | None:
     """(key id, timestamp text, DER signature) of a compact header; None if malformed."""
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    raw = header[KEY_ID_BYTES + 8:]
+    raw = header[KEY_ID_BYTES + STAMP_BYTES:]
     if len(raw) < 2 or len(raw) % 2:
         return None
-    micros = int.from_bytes(header[KEY_ID_BYTES:KEY_ID_BYTES + 8], "big", signed=True)
+    micros = int.from_bytes(header[KEY_ID_BYTES:KEY_ID_BYTES + STAMP_BYTES], "big",
+                            signed=True)
     try:
         stamp = _stamp_text(micros)
     except OverflowError:
@@ -413,8 +414,8 @@ def patch_compact_node_auth() -> None:
     """SuperNode side of compact node auth (see the module docstring)."""
     cls = _class(CLIENT_AUTH)
     module = sys.modules[cls.__module__]
-    key_header, stamp_header, signature_header = (_attribute(module, name) for name in (
-        "PUBLIC_KEY_HEADER", "TIMESTAMP_HEADER", "SIGNATURE_HEADER"))
+    key_header, stamp_header, signature_header = (_attribute(module, name)
+                                                  for name in AUTH_HEADER_NAMES)
     stock = _attribute(cls, "intercept_unary_unary")
     stock = getattr(stock, "fedsqueeze_stock", stock)
     import grpc
@@ -458,8 +459,8 @@ def patch_compact_auth_server() -> None:
     cls = _class(SERVER_AUTH)
     module = sys.modules[cls.__module__]
     terminator = _attribute(module, "_unary_unary_rpc_terminator")
-    key_header, stamp_header, signature_header = (_attribute(module, name) for name in (
-        "PUBLIC_KEY_HEADER", "TIMESTAMP_HEADER", "SIGNATURE_HEADER"))
+    key_header, stamp_header, signature_header = (_attribute(module, name)
+                                                  for name in AUTH_HEADER_NAMES)
     stock = _attribute(cls, "intercept_service")
     stock = getattr(stock, "fedsqueeze_stock", stock)
     known: dict[bytes, bytes] = {}
