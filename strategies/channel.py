@@ -115,14 +115,12 @@ CHANNELS: Registry[type[Channel]] = Registry("channel", "fedsqueeze.strategies.c
 def register_channel(name: str) -> Callable[[C], C]:
     """Class decorator: `@register_channel("topk-ef")` names the channel and gives its fields
     the run-config prefix `topk-ef.`."""
+    return CHANNELS.registering(name, _name_channel)
 
-    def decorate(cls: C) -> C:
-        CHANNELS.add(name, cls)
-        cls.name = name
-        cls.prefix = name
-        return cls
 
-    return decorate
+def _name_channel(cls: type[Channel], name: str) -> None:
+    cls.name = name
+    cls.prefix = name
 
 
 channel_names = CHANNELS.names  # the registered channels' names, sorted

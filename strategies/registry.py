@@ -30,10 +30,17 @@ class Registry(Generic[T]):
         self._classes: dict[str, T] = {}
         self._discovered = False
 
-    def add(self, name: str, cls: T) -> None:
-        if name in self._classes and self._classes[name] is not cls:
-            raise ValueError(f"{self.kind} name {name!r} is registered twice")
-        self._classes[name] = cls
+    def registering(self, name: str, name_class: Callable[[T, str], None]) -> Callable[[T], T]:
+        """A class decorator registering its class as `name`, after `name_class(cls, name)`
+        has named the class (and refused it, raising, if it cannot be: then nothing is
+        registered)."""
+        def decorate(cls: T) -> T:
+            if name in self._classes and self._classes[name] is not cls:
+                raise ValueError(f"{self.kind} name {name!r} is registered twice")
+            name_class(cls, name)
+            self._classes[name] = cls
+            return cls
+        return decorate
 
     def _discover(self) -> None:
         if self._discovered:
@@ -69,19 +76,17 @@ METHODS: Registry[type[Method]] = Registry("method", "fedsqueeze.strategies.meth
 def register(name: str) -> Callable[[M], M]:
     """Class decorator: `@register("fedavg")` makes `method = "fedavg"` select the class and
     gives its config dataclass the key prefix `fedavg.`."""
+    return METHODS.registering(name, _name_method)
 
-    def decorate(cls: M) -> M:
-        config = cls.Config  # checked before anything is registered: a refusal leaves no trace
-        if config is not MethodConfig and "prefix" in vars(config) and config.prefix != name:
-            raise ValueError(f"{config.__name__} already belongs to method "
-                             f"{config.prefix!r}; give {name!r} a config class of its own")
-        METHODS.add(name, cls)
-        if config is not MethodConfig:
-            config.prefix = name
-        cls.name = name
-        return cls
 
-    return decorate
+def _name_method(cls: type[Method], name: str) -> None:
+    config = cls.Config
+    if config is not MethodConfig and "prefix" in vars(config) and config.prefix != name:
+        raise ValueError(f"{config.__name__} already belongs to method {config.prefix!r}; "
+                         f"give {name!r} a config class of its own")
+    if config is not MethodConfig:
+        config.prefix = name
+    cls.name = name
 
 
 method_names = METHODS.names  # the registered methods' names, sorted
