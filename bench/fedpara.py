@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from fedsqueeze.deploy.inprocess import Federation
+from fedsqueeze.strategies.claims import acc, mb
 
 SWEEP = {"dataset": "fashion-mnist", "partitioner": "pathological", "partition-classes": 2,
          "class-assignment": "deterministic", "min-nodes": 2, "eval-every": 5,
@@ -72,14 +73,6 @@ def bytes_to_reach(rows: list[dict], target: float) -> int | None:
         if row["accuracy"] is not None and row["accuracy"] >= target:
             return total
     return None
-
-
-def mb(value: float | None) -> str:
-    return "-" if value is None else f"{value / 1e6:.2f}"
-
-
-def acc(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def write(out: Path, results: list[dict], lines: list[str]) -> None:

@@ -8,8 +8,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from fedsqueeze.strategies.claims import PaperClaim
-from fedsqueeze.strategies.registry import get_method, method_names
+from fedsqueeze.strategies.claims import CLAIMS, Measured, PaperClaim
+from fedsqueeze.strategies.registry import method_names
 
 from .compare import CompareRow, reached
 
@@ -65,8 +65,9 @@ class Comparison:
 
 
 def registered_claims() -> list[PaperClaim]:
-    claims = (get_method(name).paper_claim for name in method_names())
-    return [claim for claim in claims if claim is not None]
+    """The claims every method module declares, by paper."""
+    method_names()  # imports every method module: each declares its claim as it is imported
+    return [CLAIMS[paper] for paper in sorted(CLAIMS)]
 
 
 def paper_claims(results: Sequence[tuple[str, dict[str, Any], list[dict[str, Any]]]],
@@ -75,11 +76,11 @@ def paper_claims(results: Sequence[tuple[str, dict[str, Any], list[dict[str, Any
     runs = Comparison(results, rows)
     claims = []
     for claim in registered_claims():
-        measured = claim.check(runs)
-        claims.append(Claim(claim.paper, claim.claim, claim.setting,
-                            *((measured.ours, measured.verdict) if measured else
-                              ("-", f"not measured: runs {claim.runs} are not in this "
-                                    "comparison"))))
+        missing = Measured("-", "not measured: runs " + ", ".join(f"{p}*" for p in claim.needs)
+                           + " are not in this comparison")
+        measured = claim.measure(runs) or missing
+        claims.append(Claim(claim.paper, claim.claim, claim.setting, measured.ours,
+                            measured.verdict))
     return claims
 
 

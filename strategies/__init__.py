@@ -31,7 +31,12 @@ list to edit), plus its keys in pyproject's `[tool.flwr.app.config]`, plus its t
         def strategy(self, model, **options) -> Strategy: ...   # a Flower strategy
         Client = ClientSide                  # default: nothing beyond arrays in, arrays out
         model_transform = ""                 # a transform it needs ("fedpara")
-        paper_claim = None                   # claims.PaperClaim: checked by `compare`
+
+    @paper_claim("FedAvgM", "...", setting="...", needs=("fedavgm",))  # optional: checked
+    def _claim(runs, ours) -> Measured: ...  # by `compare` against the runs labelled fedavgm*
+
+A config's `schedule(num_server_rounds)` (default None) is what the method does in which
+round (FedSparsify's pruning, FedDST's readjustments); the method holds it as `schedule`.
 
 A *plain* method is a Flower strategy over plain arrays (Flower's own, subclassed only to name
 the method in its messages, `Tagged`, and to export its state); the run's channels carry its

@@ -20,7 +20,6 @@ from torch import nn
 
 from fedsqueeze.codecs import CodecError
 
-from .claims import PaperClaim
 from .folding import fold, unfold_replies
 from .hooks import TrainingHooks
 from .model_codec import DenseModelCodec
@@ -66,13 +65,12 @@ class Method:
     plain: ClassVar[bool] = False
     #: a plain method whose messages carry only part of the model (no versioned downlink)
     partial: ClassVar[bool] = False
-    #: its paper's headline and how `fedsqueeze compare` checks it against the runs
-    paper_claim: ClassVar[PaperClaim | None] = None
 
     def __init__(self, settings: RunSettings, run_config: Mapping[str, UserValue]) -> None:
         self.settings = settings
         self.config = from_run_config(self.Config, run_config, prefix=self.name)
         self.transform = model_transform_of(settings, run_config, self.model_transform)
+        self.schedule = self.config.schedule(settings.num_server_rounds)
 
     def strategy(self, model: nn.Module, **options: Any) -> Strategy:
         """The Flower strategy that runs this method's server side for `model` (`options`:

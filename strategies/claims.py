@@ -2,9 +2,9 @@
 runs of one comparison (`fedsqueeze compare` writes every registered method's claim beside
 what its runs measured, in claims.md).
 
-A method declares its claim as the class attribute `paper_claim`; the check reads the runs
-through `Runs`, which the comparison (server/claims.py) implements, so a method never
-imports the server.
+A method's module declares its claim by decorating the function that checks it,
+`@paper_claim(paper, claim, setting=, needs=)`; the check reads the runs through `Runs`, which
+the comparison (server/claims.py) implements, so a method never imports the server.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from .settings import register_in
 
 
 class Runs(Protocol):
@@ -51,13 +53,37 @@ class Measured:
     verdict: str
 
 
+Check = Callable[..., Measured]
+
+
 @dataclass(frozen=True)
 class PaperClaim:
     paper: str
     claim: str
-    setting: str    # the paper's setting, beside ours
-    runs: str       # the runs the check needs, as the comparison labels them ("feddst-*")
-    check: Callable[[Runs], Measured | None]  # None: those runs are not in the comparison
+    setting: str              # the paper's setting, beside ours
+    needs: tuple[str, ...]    # label prefixes: the runs the check needs ("feddst", "fedavgm")
+    check: Check              # check(runs, labels of each prefix in `needs`)
+
+    def measure(self, runs: Runs) -> Measured | None:
+        """What `runs` show of this claim; None when a run it needs is not among them."""
+        found = [runs.labels(prefix) for prefix in self.needs]
+        return self.check(runs, *found) if all(found) else None
+
+
+CLAIMS: dict[str, PaperClaim] = {}  # by paper, filled as the method modules are imported
+
+
+def paper_claim(paper: str, claim: str, *, setting: str, needs: tuple[str, ...]
+                ) -> Callable[[Check], Check]:
+    """Decorator: the function it decorates checks `claim` of `paper` (whose `setting` is
+    beside ours) against the runs whose labels start with each prefix of `needs`; it is
+    called with the runs and, per prefix, its labels (never empty). A paper claimed twice
+    is an error."""
+    def declare(check: Check) -> Check:
+        register_in(CLAIMS, "paper claim of", paper)(PaperClaim(paper, claim, setting, needs,
+                                                                check))
+        return check
+    return declare
 
 
 def mb(n: int | None) -> str:

@@ -134,11 +134,18 @@ class MethodConfig:
     def check_choice(self, field_name: str, choices: list[str] | tuple[str, ...]) -> None:
         check_choice(self.key(field_name), getattr(self, field_name), choices)
 
+    def schedule(self, num_server_rounds: int) -> Any:
+        """What the method does in which round of a run this long (FedSparsify's pruning
+        schedule, FedDST's readjustment rounds), built once per run as `Method.schedule`, so
+        that a schedule the keys make impossible is refused before the run; None: every
+        round alike."""
+        return None
+
 
 def register_in(table: dict[str, Any], kind: str, name: str) -> Callable[[Any], Any]:
     """A decorator that enters what it decorates in `table` under `name` (the run-config
-    registries of losses, optimizers, metrics and results sinks); a name taken twice is an
-    error, never a silent replacement."""
+    registries of losses, optimizers, metrics and results sinks, and the paper claims); a
+    name taken twice is an error, never a silent replacement."""
     def decorate(entry: Any) -> Any:
         if name in table:
             raise ValueError(f"{kind} {name!r} is already registered")
@@ -168,89 +175,74 @@ def import_plugins(names: str) -> None:
                 "which fedsqueeze's launchers pass on to the processes they start)") from None
 
 
+def checked(default: Any, predicate: Callable[[Any], bool], allowed: str) -> Any:
+    """A run-config field with its rule: `lr: float = checked(0.02, lambda v: v > 0, "must be
+    > 0")`; `RunSettings` checks every rule when built (`check_all`)."""
+    return dataclasses.field(default=default, metadata={"rule": (predicate, allowed)})
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """Method-independent settings of a run (the keys without a method prefix)."""
 
+    # what runs, and where its results go
     method: str = "fedavg"
     plugins: str = ""  # importable modules that register a user's models and datasets
+    engine: str = ""
+    run_name: str = ""
+    results_dir: str = ""
+    resume: bool = False
+    checkpoint_every: int = checked(0, lambda v: v >= 0, "must be >= 0 (0 = no checkpoints)")
+    seed: int = checked(0, lambda v: 0 <= v < 2**63, "must be in [0, 2^63)")
+    # the data and its partitions
     dataset: str = "fashion-mnist"
     data_dir: str = ""
     data_download: bool = False
+    input_scale: float = checked(255.0, lambda v: v > 0, "must be > 0")
     partitioner: str = "pathological"
-    partition_classes: int = 2
+    partition_classes: int = checked(2, lambda v: v >= 1, "must be >= 1")
     class_assignment: str = "random"
-    dirichlet_alpha: float = 0.5
-    shards_per_partition: int = 2
-    shard_size: int = 20
-    num_partitions: int = 0
+    dirichlet_alpha: float = checked(0.5, lambda v: v > 0, "must be > 0")
+    shards_per_partition: int = checked(2, lambda v: v >= 1, "must be >= 1")
+    shard_size: int = checked(20, lambda v: v >= 1, "must be >= 1")
+    num_partitions: int = checked(0, lambda v: v >= 0, "must be >= 0 (0 = from node config)")
+    local_test_fraction: float = checked(0.0, lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)")
+    # the model
     model: str = "fc2"
     model_init: str = "default"
     model_transform: str = ""
-    input_scale: float = 255.0
-    num_server_rounds: int = 3
-    fraction_train: float = 1.0
-    min_nodes: int = 2
+    # the rounds: who takes part, what is waited for and refused
+    num_server_rounds: int = checked(3, lambda v: v >= 1, "must be >= 1")
+    fraction_train: float = checked(1.0, lambda v: 0 < v <= 1, "must be in (0, 1]")
+    min_nodes: int = checked(2, lambda v: v >= 1, "must be >= 1")
     on_too_few_replies: str = "fail"
-    round_timeout: float = 600.0
-    server_poll_interval: float = 0.05
-    local_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.02
+    round_timeout: float = checked(600.0, lambda v: v > 0, "must be > 0 seconds")
+    server_poll_interval: float = checked(0.05, lambda v: 0 < v <= 10, "must be in (0, 10] seconds")
+    catchup_rounds: int = checked(16, lambda v: v >= 0, "must be >= 0 (0 = no catch-up)")
+    max_abs_value: float = checked(1e4, lambda v: v >= 0, "must be >= 0 (0 = no bound)")
+    fail_partitions: str = ""
+    # local training
+    local_epochs: int = checked(1, lambda v: v >= 1, "must be >= 1")
+    batch_size: int = checked(32, lambda v: v >= 1, "must be >= 1")
+    lr: float = checked(0.02, lambda v: v > 0, "must be > 0")
+    lr_decay: float = checked(1.0, lambda v: 0 < v <= 1, "must be in (0, 1]")
+    momentum: float = checked(0.0, lambda v: 0 <= v < 1, "must be in [0, 1)")
+    weight_decay: float = checked(0.0, lambda v: v >= 0, "must be >= 0")
     loss: str = "cross-entropy"  # a registered loss (strategies/training.py, or a plugin's)
     optimizer: str = "sgd"  # a registered optimizer (plain SGD with momentum, weight decay)
+    client_threads: int = checked(1, lambda v: v >= 1, "must be >= 1")
+    client_device: str = "auto"
+    # evaluation and what each round reports to
+    eval_every: int = checked(1, lambda v: v >= 1, "must be >= 1")
+    eval_batch_size: int = checked(1000, lambda v: v >= 1, "must be >= 1")
+    local_eval_every: int = checked(0, lambda v: v >= 0, "must be >= 0 (0 = off)")
+    local_eval_clients: int = checked(0, lambda v: v >= 0, "must be >= 0 (0 = every client)")
     metrics: str = ""  # registered metrics evaluated beside loss and accuracy (comma-separated)
     sinks: str = ""  # registered results sinks each round's row also goes to (tensorboard)
-    lr_decay: float = 1.0
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    client_threads: int = 1
-    client_device: str = "auto"
-    seed: int = 0
-    eval_every: int = 1
-    eval_batch_size: int = 1000
-    local_test_fraction: float = 0.0
-    local_eval_every: int = 0
-    local_eval_clients: int = 0
-    run_name: str = ""
-    results_dir: str = ""
-    engine: str = ""
-    fail_partitions: str = ""
-    max_abs_value: float = 1e4
-    checkpoint_every: int = 0
-    resume: bool = False
-    catchup_rounds: int = 16
 
     def __post_init__(self) -> None:
-        check_all(self, {
-            "partition_classes": (lambda v: v >= 1, "must be >= 1"),
-            "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
-            "shards_per_partition": (lambda v: v >= 1, "must be >= 1"),
-            "shard_size": (lambda v: v >= 1, "must be >= 1"),
-            "num_partitions": (lambda v: v >= 0, "must be >= 0 (0 = from node config)"),
-            "input_scale": (lambda v: v > 0, "must be > 0"),
-            "num_server_rounds": (lambda v: v >= 1, "must be >= 1"),
-            "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-            "min_nodes": (lambda v: v >= 1, "must be >= 1"),
-            "round_timeout": (lambda v: v > 0, "must be > 0 seconds"),
-            "server_poll_interval": (lambda v: 0 < v <= 10, "must be in (0, 10] seconds"),
-            "local_epochs": (lambda v: v >= 1, "must be >= 1"),
-            "batch_size": (lambda v: v >= 1, "must be >= 1"),
-            "lr": (lambda v: v > 0, "must be > 0"),
-            "lr_decay": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-            "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-            "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-            "client_threads": (lambda v: v >= 1, "must be >= 1"),
-            "seed": (lambda v: 0 <= v < 2**63, "must be in [0, 2^63)"),
-            "eval_every": (lambda v: v >= 1, "must be >= 1"),
-            "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
-            "local_test_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1) (0 = off)"),
-            "local_eval_every": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
-            "local_eval_clients": (lambda v: v >= 0, "must be >= 0 (0 = every client)"),
-            "max_abs_value": (lambda v: v >= 0, "must be >= 0 (0 = no bound)"),
-            "checkpoint_every": (lambda v: v >= 0, "must be >= 0 (0 = no checkpoints)"),
-            "catchup_rounds": (lambda v: v >= 0, "must be >= 0 (0 = no catch-up)"),
-        })
+        check_all(self, {f.name: f.metadata["rule"] for f in dataclasses.fields(self)
+                         if "rule" in f.metadata})
         check(self.local_eval_every == 0 or self.local_test_fraction > 0, "local-eval-every",
               self.local_eval_every, "needs local-test-fraction > 0 (each client's local "
               "test split)")

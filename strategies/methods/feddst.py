@@ -60,7 +60,7 @@ from fedsqueeze.codecs import (
     mask_digest,
 )
 from fedsqueeze.strategies.base import ClientSide, Method, SqueezeStrategy
-from fedsqueeze.strategies.claims import Measured, PaperClaim, Runs, acc, mb
+from fedsqueeze.strategies.claims import Measured, Runs, acc, mb, paper_claim
 from fedsqueeze.strategies.hooks import Gradient, TrainingHooks
 from fedsqueeze.strategies.payload import METRICS_RECORD, pack, unpack
 from fedsqueeze.strategies.registry import register
@@ -113,6 +113,10 @@ class FedDSTConfig(MethodConfig):
         self.check_choice("fraction", FRACTIONS)
         self.check_choice("variant", VARIANTS)
         self.check_choice("values", VALUE_SPECS)
+
+    def schedule(self, num_server_rounds: int) -> Readjustment:
+        return Readjustment(self.alpha, self.readjust_every,
+                            self.readjust_end or num_server_rounds // 2, self.fraction)
 
 
 # --------------------------------------------------------------------------- budgets
@@ -185,11 +189,6 @@ class Readjustment:
     every: int
     end: int
     rule: str
-
-    @classmethod
-    def of(cls, config: FedDSTConfig, num_server_rounds: int) -> Readjustment:
-        return cls(config.alpha, config.readjust_every,
-                   config.readjust_end or num_server_rounds // 2, config.fraction)
 
     def due(self, t: int) -> bool:
         return self.alpha > 0 and t < self.end and (t - 1) % self.every == 0
@@ -312,7 +311,7 @@ class FedDSTStrategy(SqueezeStrategy):
         super().__init__(method, model, **options)
         self.layers = sparse_layers(model)
         self.budgets = budgets(self.layers, self.config.sparsity, self.config.budget)
-        self.readjustment = method.readjustment
+        self.readjustment = method.schedule
         self.masks = initial_masks(list(self.round_arrays.values()), self.layers, self.budgets)
         self.version = _version(self.masks, self.shapes)
         self.history: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -549,7 +548,7 @@ class FedDSTClient(ClientSide):
 
     def __init__(self, method: FedDST) -> None:
         super().__init__(method)
-        self.readjustment = method.readjustment
+        self.readjustment = method.schedule
         self.layers: list[SparseLayer] = []
         self.masks: Masks = []
         self.new_masks: Masks | None = None
@@ -632,12 +631,12 @@ class FedDSTClient(ClientSide):
         return reply
 
 
-def _accuracy_at_upload_cap(runs: Runs) -> Measured | None:
+@paper_claim("FedDST", "+10% accuracy over FedAvgM at any fixed upload cap",
+             setting="CIFAR-10, 400 clients x 2 shards, 20 per round, E = 10, S = 0.8",
+             needs=("feddst", "fedavgm"))
+def _accuracy_at_upload_cap(runs: Runs, dst_runs: list[str], avgm_runs: list[str]) -> Measured:
     """FedDST's final accuracy against FedAvgM's within the same upload."""
-    dst, avgm = runs.labels("feddst"), runs.labels("fedavgm")
-    if not dst or not avgm:
-        return None
-    dst, avgm = dst[0], avgm[0]
+    dst, avgm = dst_runs[0], avgm_runs[0]
     cap = sum(runs.message_up(dst))
     theirs, ours = runs.accuracy_within_upload(avgm, cap), runs.final_accuracy(dst)
     gain = None if theirs is None or ours is None else ours - theirs
@@ -652,11 +651,3 @@ class FedDST(Method):
     Config = FedDSTConfig
     Strategy = FedDSTStrategy
     Client = FedDSTClient
-    paper_claim = PaperClaim(
-        "FedDST", "+10% accuracy over FedAvgM at any fixed upload cap",
-        "CIFAR-10, 400 clients x 2 shards, 20 per round, E = 10, S = 0.8",
-        "feddst-*, fedavgm", _accuracy_at_upload_cap)
-
-    def __init__(self, settings, run_config) -> None:
-        super().__init__(settings, run_config)
-        self.readjustment = Readjustment.of(self.config, settings.num_server_rounds)

@@ -47,7 +47,7 @@ from torch import nn
 
 from fedsqueeze.codecs import CodecError, decode_masked_values, encode_masked, get_codec
 from fedsqueeze.strategies.base import ARRAYS, TRAIN, ClientSide, Method, SqueezeStrategy
-from fedsqueeze.strategies.claims import Measured, PaperClaim, Runs, acc
+from fedsqueeze.strategies.claims import Measured, Runs, acc, paper_claim
 from fedsqueeze.strategies.hooks import TrainingHooks
 from fedsqueeze.strategies.payload import pack, unpack
 from fedsqueeze.strategies.registry import register
@@ -493,11 +493,11 @@ class GWPFClient(ClientSide):
         return models
 
 
-def _bytes_against_fedavg(runs: Runs) -> Measured | None:
+@paper_claim("GWPF", "up to 48.73% less communication than APF, +2.01% accuracy",
+             setting="MNIST CNN (582,026 params), Dirichlet(1), 10 clients",
+             needs=("gwpf",))
+def _bytes_against_fedavg(runs: Runs, ours: list[str]) -> Measured:
     """Each GWPF run's share of FedAvg's bytes: the paper's baseline (APF) is not here."""
-    ours = runs.labels("gwpf")
-    if not ours:
-        return None
     ref = runs.message_total(runs.reference)
     return Measured("; ".join(f"{label}: {runs.message_total(label) / ref:.3f} of FedAvg's "
                               f"bytes, accuracy {acc(runs.final_accuracy(label))}"
@@ -511,7 +511,3 @@ class GWPF(Method):
     Config = GWPFConfig
     Strategy = GWPFStrategy
     Client = GWPFClient
-    paper_claim = PaperClaim(
-        "GWPF", "up to 48.73% less communication than APF, +2.01% accuracy",
-        "MNIST CNN (582,026 params), Dirichlet(1), 10 clients", "gwpf-*",
-        _bytes_against_fedavg)

@@ -165,13 +165,24 @@ def test_paper_claims_are_computed_from_the_runs_and_say_what_is_missing():
     assert "0.00 -> 0.00 MB up" in claims["ResFed"].ours      # 70%: 2 kB vs 2 B
     # target 0.79: FedAvg at round 3 (6000 B), fedpara-0.1 at round 2 (1000 B)
     assert claims["FedPara"].verdict == "holds" and "x6.0" in claims["FedPara"].ours
-    assert claims["GWPF"].verdict.startswith("not measured")
+    assert claims["GWPF"].verdict == "not measured: runs gwpf* are not in this comparison"
     # FedDST's upload is 900 B: FedAvgM spent 1000 B in its first round already
     assert claims["FedDST"].verdict.startswith("not measurable")
     results[-1] = ("fedavgm", {}, run([0.6, 0.62, 0.7], 100, 1000))
     claims = {c.paper: c for c in paper_claims(results, compare_rows(results))}
     assert claims["FedDST"].verdict == "does not hold"          # 0.75 vs 0.70 at 900 B up
     assert "+5.0 points" in claims["FedDST"].ours
+
+
+def test_each_method_module_declares_its_paper_claim_once():
+    from fedsqueeze.server.claims import registered_claims
+    from fedsqueeze.strategies.claims import CLAIMS, paper_claim
+
+    assert [c.paper for c in registered_claims()] == ["FedDST", "FedPara", "FedSparsify",
+                                                       "GWPF", "ResFed"]
+    with pytest.raises(ValueError, match="'FedDST' is already registered"):
+        paper_claim("FedDST", "again", setting="-", needs=("feddst",))(lambda runs, ours: None)
+    assert CLAIMS["FedDST"].claim.startswith("+10% accuracy")  # the first one stays
 
 
 def test_a_failed_run_is_reported_and_the_comparison_goes_on(tmp_path):

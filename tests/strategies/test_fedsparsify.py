@@ -11,7 +11,6 @@ from fedsqueeze.codecs import CodecError, decode_sparse_parts
 from fedsqueeze.deploy.inprocess import Federation
 from fedsqueeze.strategies.methods.fedsparsify import (
     FedSparsifyConfig,
-    Schedule,
     magnitude_threshold,
     majority_vote_merge,
     prune_global,
@@ -285,7 +284,7 @@ def test_config_dataclass_defaults_match_the_spec():
     c = FedSparsifyConfig()
     assert (c.variant, c.initial_sparsity, c.final_sparsity, c.start_round, c.frequency,
             c.exponent, c.average, c.values) == ("global", 0.0, 0.9, 1, 1, 3.0, "all", "fp32")
-    assert Schedule.of(c, 200).T == 200
+    assert c.schedule(200).T == 200
 
 
 def test_zero_initialised_biases_train_until_pruned(client_round):
