@@ -87,12 +87,10 @@ def dataset_names() -> list[str]:
 
 
 def _source(name: str) -> _Source:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise DataError(
-            f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}"
-        ) from None
+    source = _REGISTRY.get(name)
+    if source is None:
+        raise DataError(f"unknown dataset {name!r}; valid names: {', '.join(dataset_names())}")
+    return source
 
 
 def dataset_identity(name: str) -> str:

@@ -56,9 +56,8 @@ _SCHEMES: dict[str, SchemeFactory] = {}
 
 def register_scheme(name: str) -> Callable[[SchemeFactory], SchemeFactory]:
     def decorate(factory: SchemeFactory) -> SchemeFactory:
-        if name in _SCHEMES:
+        if _SCHEMES.setdefault(name, factory) is not factory:
             raise ValueError(f"partition scheme {name!r} is already registered")
-        _SCHEMES[name] = factory
         return factory
 
     return decorate

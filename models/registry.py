@@ -37,14 +37,14 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator registering ``factory(num_classes, in_shape) -> nn.Module`` under ``name``."""
     if not isinstance(name, str) or not name:
         raise ModelError(f"model name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY:
+        raise ModelError(f"model {name!r} is already registered")
 
-    def decorator(factory: ModelFactory) -> ModelFactory:
-        if name in _REGISTRY:
-            raise ModelError(f"model {name!r} is already registered")
+    def enter(factory: ModelFactory) -> ModelFactory:
         _REGISTRY[name] = factory
         return factory
 
-    return decorator
+    return enter
 
 
 def model_names() -> list[str]:

@@ -189,8 +189,9 @@ def test_a_registered_scheme_is_usable_by_name(labels, monkeypatch):
 
     parts = partition_indices(labels, "plain-iid", 4, seed=0)
     assert [len(p) for p in parts] == [250] * 4
+    register_scheme("plain-iid")(_plain)  # the same scheme again: nothing changes
     with pytest.raises(ValueError, match="already registered"):
-        register_scheme("plain-iid")(_plain)
+        register_scheme("plain-iid")(lambda *args: IidPartitioner(2))
 
 
 @pytest.mark.parametrize(
