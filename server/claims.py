@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from fedsqueeze.strategies.claims import CLAIMS, Measured, PaperClaim
+from fedsqueeze.strategies.claims import CLAIMS, PaperClaim
 from fedsqueeze.strategies.registry import method_names
 
 from .compare import CompareRow, reached
@@ -76,9 +76,7 @@ def paper_claims(results: Sequence[tuple[str, dict[str, Any], list[dict[str, Any
     runs = Comparison(results, rows)
     claims = []
     for claim in registered_claims():
-        missing = Measured("-", "not measured: runs " + ", ".join(f"{p}*" for p in claim.needs)
-                           + " are not in this comparison")
-        measured = claim.measure(runs) or missing
+        measured = claim.measure(runs)
         claims.append(Claim(claim.paper, claim.claim, claim.setting, measured.ours,
                             measured.verdict))
     return claims

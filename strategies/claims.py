@@ -64,10 +64,14 @@ class PaperClaim:
     needs: tuple[str, ...]    # label prefixes: the runs the check needs ("feddst", "fedavgm")
     check: Check              # check(runs, labels of each prefix in `needs`)
 
-    def measure(self, runs: Runs) -> Measured | None:
-        """What `runs` show of this claim; None when a run it needs is not among them."""
+    def measure(self, runs: Runs) -> Measured:
+        """What `runs` show of this claim, or which of the runs it needs they lack."""
         found = [runs.labels(prefix) for prefix in self.needs]
-        return self.check(runs, *found) if all(found) else None
+        missing = [f"{prefix}*" for prefix, labels in zip(self.needs, found) if not labels]
+        if missing:
+            return Measured("-", f"not measured: no {' or '.join(missing)} run in this "
+                                 "comparison")
+        return self.check(runs, *found)
 
 
 CLAIMS: dict[str, PaperClaim] = {}  # by paper, filled as the method modules are imported

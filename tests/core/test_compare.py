@@ -165,13 +165,16 @@ def test_paper_claims_are_computed_from_the_runs_and_say_what_is_missing():
     assert "0.00 -> 0.00 MB up" in claims["ResFed"].ours      # 70%: 2 kB vs 2 B
     # target 0.79: FedAvg at round 3 (6000 B), fedpara-0.1 at round 2 (1000 B)
     assert claims["FedPara"].verdict == "holds" and "x6.0" in claims["FedPara"].ours
-    assert claims["GWPF"].verdict == "not measured: runs gwpf* are not in this comparison"
+    assert claims["GWPF"].verdict == "not measured: no gwpf* run in this comparison"
     # FedDST's upload is 900 B: FedAvgM spent 1000 B in its first round already
     assert claims["FedDST"].verdict.startswith("not measurable")
     results[-1] = ("fedavgm", {}, run([0.6, 0.62, 0.7], 100, 1000))
     claims = {c.paper: c for c in paper_claims(results, compare_rows(results))}
     assert claims["FedDST"].verdict == "does not hold"          # 0.75 vs 0.70 at 900 B up
     assert "+5.0 points" in claims["FedDST"].ours
+    only_theirs = [results[0], results[-1]]  # fedavg and fedavgm: FedDST's own run is missing
+    claims = {c.paper: c for c in paper_claims(only_theirs, compare_rows(only_theirs))}
+    assert claims["FedDST"].verdict == "not measured: no feddst* run in this comparison"
 
 
 def test_each_method_module_declares_its_paper_claim_once():
