@@ -173,6 +173,3 @@ class SparseCodec(Codec):
 
     def decode(self, payload, expected_shapes, **options) -> list[np.ndarray]:
         return decode_sparse(payload, expected_shapes, **options)
-
-    def decode_parts(self, payload, expected_shapes, **options) -> list[SparseTensor]:
-        return decode_sparse_parts(payload, expected_shapes, **options)

@@ -70,10 +70,6 @@ class ChangeHistory:
             union |= bits
         return np.unpackbits(union, count=self.size).astype(bool)
 
-    def versions_after(self, version: bytes) -> int:
-        """How many changes a client holding `version` missed (it must be in the history)."""
-        return len(self.versions) - 1 - list(self.versions).index(version)
-
     def export(self) -> ServerState:
         arrays = {f"change/{i}": bits for i, bits in enumerate(self.changes)}
         arrays.update({f"payload/{i}/{name}": np.frombuffer(data, np.uint8)
