@@ -10,7 +10,8 @@ one per core) never write the same run; one that needs a run another is writing 
 it and reuses it. Then the table
 (`server/compare.py`: bytes to FedAvg's final accuracy minus 1, 3 and 5 points) goes to
 `<out>/table.md` and `table.csv`, with `accuracy_vs_bytes.png` and `bytes_to_target.png`,
-and `claims.md`: each seed paper's headline claim beside what these runs measured.
+and `claims.md`: each claim a method module declares (`@paper_claim`) beside what these
+runs measured.
 
 Engines: `simulation` (default): the ServerApp round loop and the ClientApp in this process,
 every message serialized as on the wire (`deploy/inprocess.py`; the same accuracies as

@@ -1,6 +1,6 @@
 """The papers' claims beside what a comparison's runs measured (claims.md of `fedsqueeze
-compare`): every registered method's `paper_claim`, checked against the runs through
-`Comparison`; a claim whose runs are not in the comparison says so."""
+compare`): every claim a method module declares with `@paper_claim`, checked against the runs
+through `Comparison`; a claim whose runs are not in the comparison says which it lacks."""
 
 from __future__ import annotations
 

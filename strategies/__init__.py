@@ -17,8 +17,9 @@ Channels (`strategies/channel.py`, one module each in `strategies/channels/`): f
 dataclasses registered with `@register_channel`, `encode(arrays, seed=, memory=)` ->
 `Coded(records, delivered)` and `decode(content, shapes, memory=)`.
 
-The method contract: a method is one module in `strategies/methods/`, found by discovery (no
-list to edit), plus its keys in pyproject's `[tool.flwr.app.config]`, plus its tests::
+The method contract: a method is one module in `strategies/methods/`, found by discovery,
+plus its keys in pyproject's `[tool.flwr.app.config]`, its tests, its line in the README's
+`methods --brief` block and a run in each `compare` preset (both checked by tests)::
 
     @dataclasses.dataclass(frozen=True)
     class FedAvgMConfig(MethodConfig):      # the `fedavgm.*` keys; @register sets the prefix

@@ -155,8 +155,9 @@ PARTS: dict[str, str] = {
                  "20 s, not 60 s",
     "p256": "a SuperNode's self-made key is P-256 (Flower: P-384)",
     "compact-auth": "after registering, SuperNodes send their key's 8-byte id, the timestamp "
-                    "and a raw signature in one 80-byte header (Flower: the whole key, an ISO "
-                    "timestamp and a DER signature, about 340 bytes, in every call)",
+                    "and a raw signature in one header, 80 bytes with P-256 keys, 112 with "
+                    "P-384 (Flower: the whole key, an ISO timestamp and a DER signature, about "
+                    "340 bytes, in every call)",
     "runtime-unary": "runtime API requests skip Starlette's per-request streams in Flower's "
                      "protobuf and error translation layers",
     "control-only": "the SuperLink's Control-API middlewares run for Control-API requests "
