@@ -1,6 +1,6 @@
 """A method's paper claim: the paper's headline, its setting, and how to check it against the
-runs of one comparison (`fedsqueeze compare` writes every registered method's claim beside
-what its runs measured, in claims.md).
+runs of one comparison (`fedsqueeze compare` writes every declared claim beside what its
+runs measured, in claims.md).
 
 A method's module declares its claim by decorating the function that checks it,
 `@paper_claim(paper, claim, setting=, needs=)`; the check reads the runs through `Runs`, which
